@@ -1,0 +1,8 @@
+"""Data: webdataset streaming, sample decoding, transforms, collation, synthetic shards."""
+
+from ett_lightning.data.batch import ETTBatch
+from ett_lightning.data.datamodule import ImageTextDataModule
+from ett_lightning.data.sequence import IGNORE_INDEX, SequenceBuilder
+from ett_lightning.data.skips import SkipCounter
+
+__all__ = ["ETTBatch", "IGNORE_INDEX", "ImageTextDataModule", "SequenceBuilder", "SkipCounter"]

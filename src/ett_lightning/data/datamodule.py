@@ -1,0 +1,114 @@
+"""ImageTextDataModule: streams image-text webdataset shards into :class:`ETTBatch` es, DDP-correct."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import webdataset as wds
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from ett_lightning.data.collate import Collator
+from ett_lightning.data.samples import SampleDecoder
+from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.shards import OrderedShardStream, ResampledShardStream, expand_shards
+from ett_lightning.data.skips import SkipCounter
+from ett_lightning.data.transforms import ImageTransform
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    """Caption (img2dataset layout) and VQA shards -> tokenized, collated batches.
+
+    Training reads an endless stream: every (rank, worker) resamples a disjoint subset of the shards, shuffles
+    samples in a buffer, and stops after ``samples_per_epoch / world_size`` samples, so every rank runs the
+    same number of steps. Validation is one ordered pass, each rank reading a disjoint part.
+
+    The text tokenizer and number of image tokens come from the model being trained (``text_tokenizer`` and
+    ``num_image_tokens(image_size)`` on the LightningModule) unless :meth:`attach` gave them.
+    """
+
+    def __init__(
+        self,
+        train_shards: str | list[str] | None = None,
+        val_shards: str | list[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        image_size: int = 256,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        samples_per_epoch: int = 100_000,
+        max_text_tokens: int = 128,
+        templates: dict[str, str] | None = None,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_urls = expand_shards(train_shards) if train_shards else None
+        self.val_urls = expand_shards(val_shards) if val_shards else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.samples_per_epoch = samples_per_epoch
+        self.max_text_tokens = max_text_tokens
+        self.templates = templates
+        self.pin_memory = pin_memory
+        self.builder: SequenceBuilder | None = None
+
+    def attach(self, text_tokenizer: PreTrainedTokenizerBase, num_image_tokens: int) -> None:
+        """Sets what tokenization needs; called from :meth:`setup` with the trainer's model when not called."""
+        self.builder = SequenceBuilder(text_tokenizer, num_image_tokens, self.templates, self.max_text_tokens)
+
+    def setup(self, stage: str) -> None:
+        if self.builder is None:
+            model = self.trainer.lightning_module if self.trainer else None
+            if model is None or not hasattr(model, "text_tokenizer"):
+                raise RuntimeError("ImageTextDataModule needs attach(text_tokenizer, num_image_tokens) or a model "
+                                   "with `text_tokenizer` and `num_image_tokens(image_size)`")
+            self.attach(model.text_tokenizer, model.num_image_tokens(self.image_size))
+
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer else 1
+
+    def batches_per_worker(self) -> int:
+        """Per-rank batches, spread over the workers (rounded up so every rank gets the same number)."""
+        per_rank = max(1, self.samples_per_epoch // (self.batch_size * self.world_size()))
+        return math.ceil(per_rank / max(1, self.num_workers))
+
+    def pipeline(self, train: bool) -> wds.DataPipeline:
+        skips = SkipCounter()
+        decoder = SampleDecoder(ImageTransform(self.image_size, random_crop=train), self.builder, skips)
+        collate = Collator(self.builder.tokenizer.pad_token_id, skips)
+        if train:
+            source = [ResampledShardStream(self.train_urls, self.seed),
+                      wds.tarfile_to_samples(handler=skips.handler),
+                      wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2)]
+        else:
+            source = [OrderedShardStream(self.val_urls), wds.tarfile_to_samples(handler=skips.handler)]
+        return wds.DataPipeline(
+            *source,
+            wds.map(decoder),
+            wds.batched(self.batch_size, collation_fn=collate, partial=not train),
+        )
+
+    def loader(self, dataset: wds.DataPipeline) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_urls is None:
+            raise ValueError("data.train_shards is not set")
+        per_worker = self.batches_per_worker()
+        dataset = self.pipeline(train=True).with_epoch(per_worker).with_length(
+            per_worker * max(1, self.num_workers), silent=True)
+        return self.loader(dataset)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self.loader(self.pipeline(train=False)) if self.val_urls else []

@@ -1,0 +1,84 @@
+"""Decoding one raw webdataset sample (caption or VQA layout) into model-ready tensors, or skipping it."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from typing import Any
+
+from PIL import Image
+
+from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.skips import SkipCounter, SkipSample
+from ett_lightning.data.transforms import ImageTransform
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def read_image(sample: dict[str, Any]) -> Image.Image:
+    """The first image member of the sample, fully decoded (so truncated files fail here, not later)."""
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise SkipSample("no image member (expected one of jpg, jpeg, png, webp)")
+    try:
+        image = Image.open(io.BytesIO(sample[ext]))
+        image.load()
+    except Exception as err:  # PIL raises many types for broken files
+        raise SkipSample(f"undecodable image ({type(err).__name__})") from err
+    return image
+
+
+def read_text_fields(sample: dict[str, Any]) -> tuple[str, dict[str, str], str, list[str]]:
+    """(task, template fields, training target, reference answers) from ``json`` and/or ``txt``.
+
+    VQA when the json has a ``question``: the target is the most common of ``answers`` (first on ties) or
+    ``answer``; all answers are kept. Otherwise a caption task on ``txt`` (or the json's ``caption``).
+    """
+    meta = parse_json(sample.get("json"))
+    if "question" in meta:
+        answers = meta.get("answers") or ([meta["answer"]] if "answer" in meta else [])
+        answers = [str(a).strip() for a in answers if str(a).strip()]
+        if not answers:
+            raise SkipSample("vqa sample without answer")
+        target = Counter(answers).most_common(1)[0][0]
+        return "vqa", {"question": str(meta["question"]).strip()}, target, answers
+    caption = sample["txt"].decode("utf-8", errors="replace") if "txt" in sample else meta.get("caption")
+    if caption is None:
+        raise SkipSample("no caption (no txt member and no json caption/question)")
+    caption = str(caption).strip()
+    if not caption:
+        raise SkipSample("empty caption")
+    return "caption", {}, caption, [caption]
+
+
+def parse_json(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SkipSample("malformed json") from err
+    if not isinstance(meta, dict):
+        raise SkipSample("json member is not an object")
+    return meta
+
+
+class SampleDecoder:
+    """Raw sample -> dict(image, sequence, answers, task, key); skips are counted and yield None (dropped)."""
+
+    def __init__(self, transform: ImageTransform, builder: SequenceBuilder, skips: SkipCounter) -> None:
+        self.transform = transform
+        self.builder = builder
+        self.skips = skips
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any] | None:
+        key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+        try:
+            task, fields, target, answers = read_text_fields(sample)
+            image = self.transform(read_image(sample))
+        except SkipSample as reason:
+            self.skips.skip(str(reason), key)
+            return None
+        sequence = self.builder.build(task, fields, target)
+        return {"image": image, "sequence": sequence, "answers": answers, "task": task, "key": key}

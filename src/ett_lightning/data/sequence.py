@@ -1,0 +1,70 @@
+"""Turns a prompt and a target text into LLM token ids with image slots and masked labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
+
+IGNORE_INDEX = -100
+DEFAULT_TEMPLATES = {
+    "caption": "Describe the image.",
+    "vqa": "Question: {question} Answer:",
+}
+
+
+@dataclass
+class Sequence:
+    input_ids: Tensor
+    labels: Tensor
+    image_slots: Tensor
+    target_start: int
+
+
+class SequenceBuilder:
+    """Layout: ``[bos] <image_begin> slot x N <image_end> prompt target <eos>``.
+
+    Labels are -100 on bos, markers, image slots and prompt, so the loss covers only the target and its EOS.
+    Image slots hold the pad id; the LLM wrapper overwrites their embeddings. ``max_text_tokens`` bounds prompt
+    + target (the target is truncated first, and keeps its EOS).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        num_image_tokens: int,
+        templates: dict[str, str] | None = None,
+        max_text_tokens: int = 128,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.templates = {**DEFAULT_TEMPLATES, **(templates or {})}
+        self.max_text_tokens = max_text_tokens
+        markers = tokenizer.convert_tokens_to_ids([IMAGE_BEGIN, IMAGE_END])
+        self.begin_id, self.end_id = markers
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+    def prompt(self, task: str, fields: dict[str, str]) -> str:
+        if task not in self.templates:
+            raise KeyError(f"no prompt template for task {task!r}; templates exist for {sorted(self.templates)}")
+        return self.templates[task].format(**fields)
+
+    def build(self, task: str, fields: dict[str, str], target: str) -> Sequence:
+        prompt_ids = self.encode(self.prompt(task, fields))
+        target_ids = self.encode(" " + target.strip())
+        budget = max(1, self.max_text_tokens - 1 - len(prompt_ids))
+        target_ids = target_ids[: budget] + [self.tokenizer.eos_token_id]
+        prefix = self.bos + [self.begin_id] + [self.tokenizer.pad_token_id] * self.num_image_tokens + [self.end_id]
+        context = prefix + prompt_ids
+        input_ids = torch.tensor(context + target_ids)
+        labels = torch.tensor([IGNORE_INDEX] * len(context) + target_ids)
+        slots = torch.zeros(len(input_ids), dtype=torch.bool)
+        slots[len(self.bos) + 1 : len(self.bos) + 1 + self.num_image_tokens] = True
+        return Sequence(input_ids, labels, slots, len(context))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids[: self.max_text_tokens]

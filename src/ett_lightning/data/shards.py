@@ -1,0 +1,92 @@
+"""Shard lists: expansion and checks before training, and DDP/worker-aware shard streams."""
+
+from __future__ import annotations
+
+import glob
+import random
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from braceexpand import braceexpand
+from webdataset.utils import pytorch_worker_info
+
+REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://", "hf://")
+
+
+def expand_shards(spec: str | list[str]) -> list[str]:
+    """Expands brace patterns (``train-{000000..000099}.tar``) and local globs; checks local files exist.
+
+    URLs and ``pipe:`` commands are passed through unchecked (webdataset's ``gopen`` opens them).
+    Raises one clear error naming the pattern when a local pattern matches nothing or a file is missing.
+    """
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for pattern in patterns:
+        for url in braceexpand(pattern):
+            urls.extend(expand_local(url, pattern))
+    if not urls:
+        raise FileNotFoundError(f"shard pattern {spec!r} matches no shards")
+    return urls
+
+
+def expand_local(url: str, pattern: str) -> list[str]:
+    if url.startswith(REMOTE_PREFIXES):
+        return [url]
+    path = url.removeprefix("file:")
+    if glob.has_magic(path):
+        matches = sorted(glob.glob(path))
+        if not matches:
+            raise FileNotFoundError(f"shard pattern {pattern!r}: glob {path!r} matches no files")
+        return matches
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"shard pattern {pattern!r}: missing shard file {path!r}")
+    return [path]
+
+
+def assigned_shards(urls: list[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
+    """The shards one (rank, worker) slot reads: disjoint across slots when there are enough shards."""
+    slots = world_size * num_workers
+    slot = rank * num_workers + worker
+    if len(urls) < slots:
+        warnings.warn(
+            f"{len(urls)} shards for {world_size} ranks x {num_workers} workers: slots share shards; "
+            "write at least one shard per (rank, worker) for disjoint reading",
+            stacklevel=2,
+        )
+        return [urls[slot % len(urls)]]
+    return urls[slot::slots]
+
+
+class ResampledShardStream:
+    """Endless shard stream for training: each (rank, worker) resamples its own disjoint subset.
+
+    The generator is seeded by (seed, rank, worker, pass), so runs are reproducible and no two slots draw the
+    same sequence. Epoch length is set downstream with ``with_epoch``; every rank sees the same step count.
+    """
+
+    def __init__(self, urls: list[str], seed: int = 0) -> None:
+        self.urls = urls
+        self.seed = seed
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        rank, world_size, worker, num_workers = pytorch_worker_info()
+        mine = assigned_shards(self.urls, rank, world_size, worker, num_workers)
+        rng = random.Random(hash((self.seed, rank, worker, self.passes)))
+        self.passes += 1
+        while True:
+            yield {"url": rng.choice(mine)}
+
+
+class OrderedShardStream:
+    """One ordered pass for validation: rank r, worker w reads shards r*W+w, r*W+w + R*W, ... in order."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        rank, world_size, worker, num_workers = pytorch_worker_info()
+        slots = world_size * num_workers
+        for url in self.urls[rank * num_workers + worker :: slots]:
+            yield {"url": url}

@@ -1,0 +1,168 @@
+"""Synthetic text-in-image shards: words rendered on cluttered backgrounds, with captions and VQA pairs.
+
+The task the paper says a frozen tokenizer fails at, in miniature: the word is small, its colour and position
+vary, and the background has textures and shapes, so a reconstruction-only tokenizer with a small codebook
+keeps the layout but blurs the glyphs. ``ett-make-shards OUT`` writes ``OUT/caption/{train,val}-NNNNNN.tar``
+(png + txt + json) and ``OUT/vqa/{train,val}-NNNNNN.tar`` (png + json question/answers). Deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from webdataset import TarWriter
+
+WORDS = ("cat", "dog", "sun", "box", "map", "key", "car", "pen", "cup", "hat", "bus", "fox", "owl", "egg", "jam",
+         "ink", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "42", "17", "85", "36")
+TEXT_COLOURS = {"red": (220, 30, 30), "green": (20, 170, 40), "blue": (30, 60, 230), "yellow": (245, 220, 20),
+                "white": (250, 250, 250), "black": (10, 10, 10)}
+BACKGROUNDS = ("plain", "stripes", "checker", "noise", "gradient")
+SHAPES = ("circle", "square", "triangle")
+
+
+@dataclass
+class Scene:
+    """What one image shows; captions and questions are generated from it."""
+
+    word: str
+    colour: str
+    background: str
+    shapes: list[str]
+    font_size: int
+    position: tuple[int, int]
+
+
+def sample_scene(rng: random.Random, image_size: int) -> Scene:
+    font_size = rng.randint(max(8, image_size // 6), max(10, image_size // 3))
+    word = rng.choice(WORDS)
+    margin = font_size * max(1, len(word)) // 2 + 2
+    x = rng.randint(0, max(0, image_size - margin))
+    y = rng.randint(0, max(0, image_size - font_size - 2))
+    shapes = rng.sample(SHAPES, rng.randint(0, 2))
+    return Scene(word, rng.choice(list(TEXT_COLOURS)), rng.choice(BACKGROUNDS), shapes, font_size, (x, y))
+
+
+def render(scene: Scene, image_size: int, rng: random.Random) -> Image.Image:
+    image = background(scene.background, image_size, rng)
+    draw = ImageDraw.Draw(image)
+    for shape in scene.shapes:
+        draw_shape(draw, shape, image_size, rng)
+    font = ImageFont.load_default(size=scene.font_size)
+    text_colour = TEXT_COLOURS[scene.colour]
+    outline = (0, 0, 0) if sum(text_colour) > 380 else (255, 255, 255)
+    draw.text(scene.position, scene.word, fill=text_colour, font=font, stroke_width=1, stroke_fill=outline)
+    return image
+
+
+def background(kind: str, size: int, rng: random.Random) -> Image.Image:
+    base = tuple(rng.randint(60, 190) for _ in range(3))
+    alt = tuple(min(255, max(0, c + rng.choice((-50, 50)))) for c in base)
+    image = Image.new("RGB", (size, size), base)
+    draw = ImageDraw.Draw(image)
+    period = rng.randint(3, max(4, size // 6))
+    if kind == "stripes":
+        for x in range(0, size, 2 * period):
+            draw.rectangle([x, 0, x + period - 1, size], fill=alt)
+    elif kind == "checker":
+        for x in range(0, size, period):
+            for y in range(0, size, period):
+                if (x // period + y // period) % 2:
+                    draw.rectangle([x, y, x + period - 1, y + period - 1], fill=alt)
+    elif kind == "noise":
+        pixels = image.load()
+        for x in range(size):
+            for y in range(size):
+                jitter = rng.randint(-30, 30)
+                pixels[x, y] = tuple(min(255, max(0, c + jitter)) for c in base)
+    elif kind == "gradient":
+        for x in range(size):
+            t = x / max(1, size - 1)
+            draw.line([x, 0, x, size], fill=tuple(int(a * (1 - t) + b * t) for a, b in zip(base, alt)))
+    return image
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, size: int, rng: random.Random) -> None:
+    r = rng.randint(size // 10, size // 4)
+    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
+    colour = tuple(rng.randint(0, 255) for _ in range(3))
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif shape == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+
+
+def caption(scene: Scene) -> str:
+    shapes = f" with a {' and a '.join(scene.shapes)}" if scene.shapes else ""
+    return f"the text {scene.word} in {scene.colour} on a {scene.background} background{shapes}"
+
+
+def question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+    kind = rng.choice(("word", "word", "colour", "shape"))
+    if kind == "word":
+        return "What is written in the image?", scene.word
+    if kind == "colour":
+        return "What colour is the text?", scene.colour
+    shape = rng.choice(SHAPES)
+    return f"Is there a {shape}?", "yes" if shape in scene.shapes else "no"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_sample(index: int, seed: int, image_size: int) -> tuple[bytes, Scene, random.Random]:
+    rng = random.Random(seed * 1_000_003 + index)
+    scene = sample_scene(rng, image_size)
+    return png_bytes(render(scene, image_size, rng)), scene, rng
+
+
+def write_split(out: Path, split: str, count: int, offset: int, seed: int, image_size: int, per_shard: int) -> None:
+    for kind in ("caption", "vqa"):
+        (out / kind).mkdir(parents=True, exist_ok=True)
+    for shard, start in enumerate(range(0, count, per_shard)):
+        name = f"{split}-{shard:06d}.tar"
+        with TarWriter(str(out / "caption" / name)) as cap, TarWriter(str(out / "vqa" / name)) as vqa:
+            for index in range(offset + start, offset + min(count, start + per_shard)):
+                png, scene, rng = make_sample(index, seed, image_size)
+                key = f"{index:09d}"
+                meta = {"word": scene.word, "colour": scene.colour, "background": scene.background,
+                        "shapes": scene.shapes, "font_size": scene.font_size}
+                cap.write({"__key__": key, "png": png, "txt": caption(scene), "json": json.dumps(meta)})
+                q, a = question(scene, rng)
+                vqa.write({"__key__": key, "png": png, "json": json.dumps({"question": q, "answers": [a]})})
+
+
+def make_shards(out: str | Path, num_train: int = 2000, num_val: int = 200, image_size: int = 64, seed: int = 0,
+                samples_per_shard: int = 250) -> Path:
+    """Writes train and val shards of both layouts under ``out``; val images come from disjoint indices."""
+    out = Path(out)
+    write_split(out, "train", num_train, 0, seed, image_size, samples_per_shard)
+    write_split(out, "val", num_val, num_train, seed, image_size, samples_per_shard)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ett-make-shards", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="output directory")
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples-per-shard", type=int, default=250)
+    args = parser.parse_args(argv)
+    out = make_shards(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.samples_per_shard)
+    print(f"wrote {args.num_train} train + {args.num_val} val samples to {out}/caption and {out}/vqa")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""ETT's objective: caption loss plus alpha times the tokenizer's own VQ loss, every weight from config."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ett_lightning.losses.perceptual import LPIPSLoss
+
+
+class ETTLoss(nn.Module):
+    """``total = w_cap * caption + alpha * (w_rec * rec + w_perc * lpips + w_quant * sum(quantizer terms))``.
+
+    Returns ``(total, parts)``; ``parts`` holds every unweighted term plus the weighted ``vq`` and ``total``,
+    which the module logs as ``train/<part>``. Without reconstructions (tokenizer frozen) only the caption
+    term exists. ``perceptual`` defaults to VGG LPIPS when ``perceptual_weight`` > 0.
+    """
+
+    def __init__(
+        self,
+        caption_weight: float = 1.0,
+        alpha: float = 0.25,
+        reconstruction_weight: float = 1.0,
+        reconstruction_loss: Literal["l1", "l2"] = "l1",
+        perceptual_weight: float = 1.0,
+        quantizer_weight: float = 1.0,
+        perceptual: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        weights = dict(caption_weight=caption_weight, alpha=alpha, reconstruction_weight=reconstruction_weight,
+                       perceptual_weight=perceptual_weight, quantizer_weight=quantizer_weight)
+        for name, value in weights.items():
+            if value < 0:
+                raise ValueError(f"loss weight {name} must be >= 0, got {value}")
+        if reconstruction_loss not in ("l1", "l2"):
+            raise ValueError(f"reconstruction_loss must be 'l1' or 'l2', got {reconstruction_loss!r}")
+        self.caption_weight = caption_weight
+        self.alpha = alpha
+        self.reconstruction_weight = reconstruction_weight
+        self.reconstruction_loss = reconstruction_loss
+        self.perceptual_weight = perceptual_weight
+        self.quantizer_weight = quantizer_weight
+        self.perceptual = (perceptual or LPIPSLoss()) if perceptual_weight > 0 else None
+
+    def forward(
+        self,
+        caption: Tensor,
+        images: Tensor | None = None,
+        reconstructions: Tensor | None = None,
+        quant_losses: dict[str, Tensor] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        parts = {"caption": caption}
+        total = self.caption_weight * caption
+        if reconstructions is not None:
+            vq, vq_parts = self.vq_loss(images, reconstructions, quant_losses or {})
+            parts.update(vq_parts)
+            total = total + self.alpha * vq
+        parts["total"] = total
+        return total, parts
+
+    def vq_loss(
+        self, images: Tensor, reconstructions: Tensor, quant_losses: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The tokenizer's own objective (what it was pre-trained with) and its parts."""
+        distance = F.l1_loss if self.reconstruction_loss == "l1" else F.mse_loss
+        rec = distance(reconstructions.float(), images.float())
+        parts = {"reconstruction": rec, **quant_losses}
+        vq = self.reconstruction_weight * rec
+        if self.perceptual is not None:
+            parts["perceptual"] = self.perceptual(reconstructions, images)
+            vq = vq + self.perceptual_weight * parts["perceptual"]
+        if quant_losses:
+            parts["quantizer"] = sum(quant_losses.values())
+            vq = vq + self.quantizer_weight * parts["quantizer"]
+        parts["vq"] = vq
+        return vq, parts

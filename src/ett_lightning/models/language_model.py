@@ -1,0 +1,109 @@
+"""Any Hugging Face causal LM, with image marker tokens and codebook embeddings spliced into its input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END, load_text_tokenizer
+
+
+class LanguageModel(nn.Module):
+    """Wraps ``AutoModelForCausalLM`` built from a local path / hub id (``pretrained``) or a ``config`` dict.
+
+    The text tokenizer comes from ``tokenizer`` (defaults to ``pretrained``; a byte-level tokenizer when both
+    are None). Image begin/end markers are added to it, and the embedding matrix grows only when the new
+    tokens do not fit in its existing rows. ``trust_remote_code`` stays off unless the recipe sets it.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        dtype: str | None = None,
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if (pretrained is None) == (config is None):
+            raise ValueError("LanguageModel needs exactly one of `pretrained` (path or hub id) or `config` (dict)")
+        self.tokenizer = load_text_tokenizer(tokenizer or pretrained, trust_remote_code)
+        self.model = build_causal_lm(pretrained, config, dtype, attn_implementation, trust_remote_code)
+        if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
+            self.model.resize_token_embeddings(len(self.tokenizer))
+        self.image_begin_id = self.tokenizer.convert_tokens_to_ids(IMAGE_BEGIN)
+        self.image_end_id = self.tokenizer.convert_tokens_to_ids(IMAGE_END)
+        self.model.config.use_cache = False
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    @staticmethod
+    def splice(text_embeds: Tensor, image_embeds: Tensor, image_slots: Tensor) -> Tensor:
+        """Writes ``image_embeds`` [B, N, C] into ``text_embeds`` [B, L, C] where ``image_slots`` [B, L] is True.
+
+        Each row must have exactly N slots; image tokens fill them in order. Gradient flows to ``image_embeds``.
+        """
+        slots_per_row = image_slots.sum(dim=1)
+        if not torch.all(slots_per_row == image_embeds.shape[1]):
+            raise ValueError(
+                f"every sequence needs exactly {image_embeds.shape[1]} image slots (one per image token), "
+                f"found {slots_per_row.tolist()}; the data pipeline's num_image_tokens must match the tokenizer"
+            )
+        mask = image_slots.unsqueeze(-1).expand_as(text_embeds)
+        return text_embeds.masked_scatter(mask, image_embeds.to(text_embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        image_embeds: Tensor | None = None,
+        image_slots: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> CausalLMOutputWithPast:
+        """Causal LM forward; with ``labels`` the output carries the mean next-token loss over labelled tokens."""
+        inputs_embeds = self.embed(input_ids)
+        if image_embeds is not None:
+            inputs_embeds = self.splice(inputs_embeds, image_embeds, image_slots)
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+
+
+def build_causal_lm(
+    pretrained: str | None,
+    config: dict[str, Any] | None,
+    dtype: str | None,
+    attn_implementation: str,
+    trust_remote_code: bool,
+) -> PreTrainedModel:
+    """Loads weights from ``pretrained`` or builds randomly initialised weights from ``config``."""
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    if config is not None:
+        config = dict(config)
+        hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+        return AutoModelForCausalLM.from_config(
+            hf_config, dtype=torch_dtype, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            pretrained, dtype=torch_dtype, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as err:
+        raise FileNotFoundError(
+            f"could not load the LLM from {pretrained!r}: not a local directory with config + weights, and the "
+            "Hugging Face hub could not provide it (offline?). Download it once (`huggingface-cli download "
+            f"{pretrained} --local-dir /models/...`) and set language_model.pretrained to that directory."
+        ) from err

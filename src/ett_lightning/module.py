@@ -1,0 +1,211 @@
+"""ETTModule: tokenizer + projector + LLM trained end to end, stage by stage."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import partial
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from ett_lightning.data.batch import ETTBatch
+from ett_lightning.losses import ETTLoss
+from ett_lightning.models import LanguageModel, MLPProjector
+from ett_lightning.tokenizer import TokenizerOutput, VQTokenizer
+
+Stage = Literal["align", "ett", "posttrain"]
+COMPONENTS = ("tokenizer", "projector", "language_model")
+STAGE_TRAINABLE: dict[str, frozenset[str]] = {
+    "align": frozenset({"projector"}),
+    "ett": frozenset(COMPONENTS),
+    "posttrain": frozenset({"projector", "language_model"}),
+}
+DEFAULT_LEARNING_RATES = {"tokenizer": 1e-5, "projector": 1e-3, "language_model": 2e-5}
+
+
+class ETTModule(L.LightningModule):
+    """Owns the three components and trains those its ``stage`` names.
+
+    - ``align``: projector only, caption loss only (paper stage 1);
+    - ``ett``: everything, caption + alpha x VQ loss (stage 2, the tokenizer learns from the caption loss);
+    - ``posttrain``: tokenizer frozen, projector + LLM on the task loss (stage 3).
+
+    ``trainable`` overrides the stage per component (e.g. ``{"language_model": false}``). Frozen components are
+    in eval mode, have ``requires_grad=False`` and get no optimizer state. Subclasses override the small hooks
+    :meth:`encode_images`, :meth:`caption_loss` and :meth:`compute_losses`, not the whole step.
+    """
+
+    def __init__(
+        self,
+        tokenizer: VQTokenizer,
+        projector: MLPProjector,
+        language_model: LanguageModel,
+        loss: ETTLoss | None = None,
+        stage: Stage = "ett",
+        trainable: dict[str, bool] | None = None,
+        learning_rates: dict[str, float] | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 1000,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self._save_config()
+        self.tokenizer = tokenizer
+        self.projector = projector
+        self.language_model = language_model
+        check_dimensions(tokenizer, projector, language_model)
+        self.stage = stage
+        self.trainable = resolve_trainable(stage, trainable)
+        self.loss = loss if loss is not None else ETTLoss()
+        self.learning_rates = {**DEFAULT_LEARNING_RATES, **(learning_rates or {})}
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.skipped_samples = 0
+        self.freeze_components()
+
+    def _save_config(self) -> None:
+        """Records the init arguments so ``load_from_checkpoint`` can rebuild the module.
+
+        Under LightningCLI these are the nested ``class_path`` configs of every component. Components passed as
+        Python objects are not recorded (their weights are in the state dict): pass them to
+        ``load_from_checkpoint`` again.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        for key in [k for k, v in self.hparams.items() if isinstance(v, nn.Module)]:
+            del self.hparams[key]
+
+    @property
+    def text_tokenizer(self):
+        """The LLM's text tokenizer (with image markers); the datamodule tokenizes with it."""
+        return self.language_model.tokenizer
+
+    def num_image_tokens(self, image_size: int) -> int:
+        return self.tokenizer.num_tokens(image_size)
+
+    def is_trainable(self, component: str) -> bool:
+        return component in self.trainable
+
+    def freeze_components(self) -> None:
+        for name in COMPONENTS:
+            getattr(self, name).requires_grad_(self.is_trainable(name))
+
+    def train(self, mode: bool = True) -> ETTModule:
+        """Keeps frozen components in eval mode (no dropout, no norm statistics updates) while training."""
+        super().train(mode)
+        for name in COMPONENTS:
+            if not self.is_trainable(name):
+                getattr(self, name).eval()
+        return self
+
+    def encode_images(self, images: Tensor) -> TokenizerOutput:
+        """Tokenizer forward; without gradient bookkeeping when the tokenizer is frozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.is_trainable("tokenizer")):
+            return self.tokenizer.encode(images)
+
+    def caption_loss(self, batch: ETTBatch, image_embeds: Tensor) -> Tensor:
+        """Next-token loss on the target text, with the projected image tokens spliced in."""
+        output = self.language_model(
+            batch.input_ids, batch.attention_mask, image_embeds, batch.image_slots, labels=batch.labels
+        )
+        return output.loss
+
+    def compute_losses(self, batch: ETTBatch) -> tuple[Tensor, dict[str, Tensor], TokenizerOutput]:
+        """Caption loss always; the VQ loss (decoder, LPIPS, quantizer terms) only while the tokenizer trains."""
+        encoded = self.encode_images(batch.images)
+        caption = self.caption_loss(batch, self.projector(encoded.embeddings))
+        if not self.is_trainable("tokenizer"):
+            total, parts = self.loss(caption)
+            return total, parts, encoded
+        reconstructions = self.tokenizer.decode(encoded.embeddings)
+        total, parts = self.loss(caption, batch.images, reconstructions, encoded.quant_losses)
+        return total, parts, encoded
+
+    def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
+        total, parts, encoded = self.compute_losses(batch)
+        self.log_parts("train", {**parts, **encoded.stats}, len(batch))
+        self.skipped_samples += batch.skipped
+        self.log("data/skipped", float(self.skipped_samples), on_step=True, batch_size=len(batch))
+        return total
+
+    def validation_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
+        total, parts, encoded = self.compute_losses(batch)
+        self.log_parts("val", {**parts, **encoded.stats}, len(batch))
+        return total
+
+    def test_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
+        total, parts, encoded = self.compute_losses(batch)
+        self.log_parts("test", {**parts, **encoded.stats}, len(batch))
+        return total
+
+    def log_parts(self, split: str, parts: dict[str, Tensor], batch_size: int) -> None:
+        training = split == "train"
+        values = {f"{split}/{name}": value.detach() for name, value in parts.items()}
+        self.log_dict(values, on_step=training, on_epoch=not training, sync_dist=not training, batch_size=batch_size)
+
+    def configure_optimizers(self) -> dict:
+        """AdamW with one learning rate per trainable component (no decay on biases and norms), warmup + cosine."""
+        groups = []
+        for name in COMPONENTS:
+            if self.is_trainable(name):
+                groups += parameter_groups(name, getattr(self, name), self.learning_rates[name], self.weight_decay)
+        if not groups:
+            raise ValueError(f"stage {self.stage!r} with trainable={sorted(self.trainable)} leaves nothing to train")
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, betas=self.betas, fused=fused)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        schedule = partial(warmup_cosine, warmup=self.warmup_steps, total=total_steps, floor=self.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+def resolve_trainable(stage: str, overrides: dict[str, bool] | None) -> frozenset[str]:
+    """The stage's trainable components with per-component ``overrides`` applied."""
+    if stage not in STAGE_TRAINABLE:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGE_TRAINABLE)}")
+    trainable = set(STAGE_TRAINABLE[stage])
+    for name, flag in (overrides or {}).items():
+        if name not in COMPONENTS:
+            raise ValueError(f"trainable has unknown component {name!r}; expected keys from {list(COMPONENTS)}")
+        (trainable.add if flag else trainable.discard)(name)
+    return frozenset(trainable)
+
+
+def check_dimensions(tokenizer: VQTokenizer, projector: MLPProjector, language_model: LanguageModel) -> None:
+    """Fails at construction, not at the first step, when the components do not fit together."""
+    if projector.in_dim != tokenizer.code_dim:
+        raise ValueError(
+            f"projector.in_dim={projector.in_dim} but the tokenizer's codes have {tokenizer.code_dim} dims; "
+            f"set model.projector.init_args.in_dim: {tokenizer.code_dim}"
+        )
+    if projector.out_dim != language_model.hidden_size:
+        raise ValueError(
+            f"projector.out_dim={projector.out_dim} but the LLM hidden size is {language_model.hidden_size}; "
+            f"set model.projector.init_args.out_dim: {language_model.hidden_size}"
+        )
+
+
+def parameter_groups(name: str, module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Two AdamW groups for ``module``: matrices/convs with weight decay, biases/norm/scalars without."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [
+        {"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay},
+        {"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
+    """Learning-rate multiplier: linear warmup to 1, then cosine decay to ``floor`` at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,0 +1,18 @@
+"""Vision tokenizers: VQGAN-family encoder/decoder with straight-through VQ or IBQ quantizers."""
+
+from ett_lightning.tokenizer.decoder import Decoder
+from ett_lightning.tokenizer.encoder import Encoder
+from ett_lightning.tokenizer.quantizers import IndexBackpropQuantizer, Quantizer, QuantizerOutput, VectorQuantizer
+from ett_lightning.tokenizer.vq_tokenizer import TokenizerOutput, VQTokenizer, codebook_stats
+
+__all__ = [
+    "Decoder",
+    "Encoder",
+    "IndexBackpropQuantizer",
+    "Quantizer",
+    "QuantizerOutput",
+    "TokenizerOutput",
+    "VQTokenizer",
+    "VectorQuantizer",
+    "codebook_stats",
+]

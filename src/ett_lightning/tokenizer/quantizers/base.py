@@ -1,0 +1,77 @@
+"""What every quantizer shares: a codebook, nearest-code lookup and the VQ loss terms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class QuantizerOutput:
+    """``quantized`` [B, D, H, W] has the value of the selected codes and a gradient path to the encoder."""
+
+    quantized: Tensor
+    indices: Tensor
+    losses: dict[str, Tensor]
+
+
+class Quantizer(nn.Module):
+    """Codebook of ``codebook_size`` x ``code_dim`` vectors, stored as ``embedding`` (the public checkpoints' name).
+
+    With ``l2_norm`` latents and codes are compared and returned on the unit sphere (LlamaGen style).
+    Subclasses implement :meth:`forward`; distances are computed in float32 so bf16 autocast cannot flip an argmin.
+    """
+
+    def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, l2_norm: bool = False) -> None:
+        super().__init__()
+        if codebook_size < 2 or code_dim < 1:
+            raise ValueError(f"codebook needs >= 2 codes and dim >= 1, got {codebook_size} x {code_dim}")
+        self.codebook_size = codebook_size
+        self.code_dim = code_dim
+        self.beta = beta
+        self.l2_norm = l2_norm
+        self.embedding = nn.Embedding(codebook_size, code_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+
+    def codebook(self) -> Tensor:
+        """The codebook as the quantizer uses it (normalised when ``l2_norm``)."""
+        weight = self.embedding.weight
+        return F.normalize(weight, dim=-1) if self.l2_norm else weight
+
+    def embed(self, indices: Tensor) -> Tensor:
+        """Codes for ``indices`` of any shape -> [..., D]."""
+        return F.embedding(indices, self.codebook())
+
+    def flatten_latents(self, z: Tensor) -> Tensor:
+        """[B, D, H, W] -> [B*H*W, D] in float32, normalised when ``l2_norm``."""
+        if z.shape[1] != self.code_dim:
+            raise ValueError(f"quantizer expects {self.code_dim} latent channels, got tensor of shape {tuple(z.shape)}")
+        flat = z.permute(0, 2, 3, 1).reshape(-1, self.code_dim).float()
+        return F.normalize(flat, dim=-1) if self.l2_norm else flat
+
+    def vq_losses(self, flat: Tensor, codes: Tensor) -> dict[str, Tensor]:
+        """Commitment (pulls the encoder to its codes, scaled by beta) and codebook (pulls codes to the encoder)."""
+        return {
+            "commitment": self.beta * F.mse_loss(flat, codes.detach()),
+            "codebook": F.mse_loss(codes, flat.detach()),
+        }
+
+    def output(self, quantized_flat: Tensor, indices: Tensor, z: Tensor, losses: dict[str, Tensor]) -> QuantizerOutput:
+        """Reshapes flat codes back to the latent grid of ``z`` in its dtype."""
+        b, _, h, w = z.shape
+        quantized = quantized_flat.reshape(b, h, w, self.code_dim).permute(0, 3, 1, 2).to(z.dtype)
+        return QuantizerOutput(quantized.contiguous(), indices.reshape(b, h, w), losses)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        raise NotImplementedError
+
+
+def squared_distances(flat: Tensor, codebook: Tensor) -> Tensor:
+    """||x - c||^2 for every row of ``flat`` against every code, without materialising the differences."""
+    codebook = codebook.float()
+    return flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codebook.t() + codebook.pow(2).sum(1)[None]
+
+
+__all__ = ["Quantizer", "QuantizerOutput", "squared_distances"]

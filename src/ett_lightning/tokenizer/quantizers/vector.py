@@ -1,0 +1,24 @@
+"""Straight-through vector quantizer (VQ-VAE / VQGAN / LlamaGen)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ett_lightning.tokenizer.quantizers.base import Quantizer, QuantizerOutput, squared_distances
+
+
+class VectorQuantizer(Quantizer):
+    """Nearest-code quantization with a two-sided straight-through estimator.
+
+    The output has the value of the nearest code. Its gradient reaches the encoder (straight-through, as in
+    VQ-VAE) *and* the selected codebook rows, so that a downstream loss (ETT's caption loss) tunes the codebook
+    embeddings the LLM reads, not only the encoder. The codebook and commitment terms are returned as losses.
+    """
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        flat = self.flatten_latents(z)
+        codebook = self.codebook()
+        indices = squared_distances(flat, codebook).argmin(dim=1)
+        codes = self.embed(indices).float()
+        quantized = codes + (flat - flat.detach())
+        return self.output(quantized, indices, z, self.vq_losses(flat, codes))
