@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from braceexpand import braceexpand
+from torch.utils.data import IterableDataset
 from webdataset.utils import pytorch_worker_info
 
 REMOTE_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "ais://", "hf://")
@@ -58,7 +59,7 @@ def assigned_shards(urls: list[str], rank: int, world_size: int, worker: int, nu
     return urls[slot::slots]
 
 
-class ResampledShardStream:
+class ResampledShardStream(IterableDataset):
     """Endless shard stream for training: each (rank, worker) resamples its own disjoint subset.
 
     The generator is seeded by (seed, rank, worker, pass), so runs are reproducible and no two slots draw the
@@ -79,7 +80,7 @@ class ResampledShardStream:
             yield {"url": rng.choice(mine)}
 
 
-class OrderedShardStream:
+class OrderedShardStream(IterableDataset):
     """One ordered pass for validation: rank r, worker w reads shards r*W+w, r*W+w + R*W, ... in order."""
 
     def __init__(self, urls: list[str]) -> None:

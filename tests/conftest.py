@@ -1,0 +1,64 @@
+"""Tiny components shared by the tests: built from configs, CPU-sized, deterministic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ett_lightning import ETTLoss, ETTModule, IndexBackpropQuantizer, LanguageModel, MLPProjector, VQTokenizer
+from ett_lightning.data.synthetic import make_shards
+
+IMAGE_SIZE = 32
+TINY_LLM = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, vocab_size=264, max_position_embeddings=256,
+                tie_word_embeddings=True)
+
+
+def tiny_tokenizer(quantizer_cls=IndexBackpropQuantizer, **quantizer_kwargs) -> VQTokenizer:
+    quantizer = quantizer_cls(codebook_size=32, code_dim=8, **quantizer_kwargs)
+    return VQTokenizer(quantizer, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
+                       resolution=IMAGE_SIZE, z_channels=16)
+
+
+def tiny_module(stage: str = "ett", **kwargs) -> ETTModule:
+    torch.manual_seed(0)
+    return ETTModule(
+        tokenizer=tiny_tokenizer(),
+        projector=MLPProjector(8, 32),
+        language_model=LanguageModel(config=TINY_LLM),
+        loss=ETTLoss(perceptual_weight=0.0),
+        stage=stage,
+        warmup_steps=1,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def module_factory():
+    return tiny_module
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory) -> Path:
+    """Caption and VQA shards, 4 train shards x 16 samples and 2 val shards, 32x32 images."""
+    return make_shards(tmp_path_factory.mktemp("shards"), num_train=64, num_val=16, image_size=IMAGE_SIZE,
+                       samples_per_shard=16, seed=1)
+
+
+def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0):
+    """A collated batch through the real data-side sequence builder and collator."""
+    from ett_lightning.data.collate import Collator
+    from ett_lightning.data.sequence import SequenceBuilder
+    from ett_lightning.data.skips import SkipCounter
+
+    generator = torch.Generator().manual_seed(seed)
+    builder = SequenceBuilder(module.text_tokenizer, module.num_image_tokens(IMAGE_SIZE))
+    samples = [
+        {"image": torch.rand(3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 2 - 1,
+         "sequence": builder.build("caption", {}, f"the text {i} in red"), "answers": [f"{i}"], "task": "caption",
+         "key": str(i)}
+        for i in range(batch_size)
+    ]
+    return Collator(module.text_tokenizer.pad_token_id, SkipCounter())(samples)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from ett_lightning.losses import ETTLoss, LPIPSLoss
+
+
+class ConstantPerceptual(torch.nn.Module):
+    def forward(self, reconstructions, images):
+        return torch.tensor(0.7)
+
+
+def test_total_equals_weighted_formula():
+    loss = ETTLoss(caption_weight=1.5, alpha=0.25, reconstruction_weight=2.0, reconstruction_loss="l2",
+                   perceptual_weight=0.5, quantizer_weight=3.0, perceptual=ConstantPerceptual())
+    images, recon = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    quant = {"commitment": torch.tensor(0.1), "codebook": torch.tensor(0.2)}
+    total, parts = loss(torch.tensor(2.0), images, recon, quant)
+    expected = 1.5 * 2.0 + 0.25 * (2.0 * 0.25 + 0.5 * 0.7 + 3.0 * (0.1 + 0.2))
+    assert total.item() == pytest.approx(expected)
+    assert parts["reconstruction"].item() == pytest.approx(0.25)
+    assert parts["quantizer"].item() == pytest.approx(0.3)
+    assert parts["vq"].item() == pytest.approx(2.0 * 0.25 + 0.5 * 0.7 + 3.0 * 0.3)
+    assert set(parts) == {"caption", "reconstruction", "perceptual", "commitment", "codebook", "quantizer", "vq",
+                          "total"}
+
+
+def test_caption_only_when_tokenizer_frozen():
+    total, parts = ETTLoss(caption_weight=2.0, perceptual_weight=0.0)(torch.tensor(1.25))
+    assert total.item() == 2.5 and set(parts) == {"caption", "total"}
+
+
+def test_negative_weight_is_rejected():
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        ETTLoss(alpha=-1.0, perceptual_weight=0.0)
+
+
+def test_lpips_with_random_backbone_is_zero_for_identical_images_and_positive_otherwise():
+    lpips = LPIPSLoss(random_backbone=True)
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert lpips(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    assert lpips(a, b).item() > 0
+    assert not any(p.requires_grad for p in lpips.parameters())
+    lpips.train()
+    assert not lpips.training
+
+
+def test_lpips_backbone_loads_from_local_torchvision_file(tmp_path):
+    import torchvision
+
+    vgg = torchvision.models.vgg16(weights=None)
+    path = tmp_path / "vgg16.pth"
+    torch.save(vgg.state_dict(), path)
+    lpips = LPIPSLoss(backbone_weights=str(path))
+    assert torch.equal(getattr(lpips.lpips.net.slice2, "5").weight, vgg.features[5].weight)
+
+
+def test_lpips_missing_backbone_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="backbone_weights file not found"):
+        LPIPSLoss(backbone_weights=str(tmp_path / "missing.pth"))

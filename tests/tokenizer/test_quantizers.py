@@ -1,0 +1,87 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ett_lightning.tokenizer import IndexBackpropQuantizer, VectorQuantizer
+
+
+def latents(seed=0, shape=(2, 8, 4, 4)):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+
+
+@pytest.mark.parametrize("l2_norm", [False, True])
+def test_vector_quantizer_returns_nearest_code(l2_norm):
+    quantizer = VectorQuantizer(32, 8, l2_norm=l2_norm)
+    z = latents()
+    out = quantizer(z)
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, 8)
+    codebook = quantizer.embedding.weight.detach()
+    if l2_norm:
+        flat, codebook = F.normalize(flat, dim=-1), F.normalize(codebook, dim=-1)
+    expected = torch.cdist(flat, codebook).argmin(1)
+    assert torch.equal(out.indices.flatten(), expected)
+    assert torch.allclose(out.quantized.permute(0, 2, 3, 1).reshape(-1, 8), codebook[expected], atol=1e-6)
+
+
+def test_vector_quantizer_gradient_reaches_encoder_and_selected_codes_only():
+    quantizer = VectorQuantizer(32, 8)
+    z = latents()
+    out = quantizer(z)
+    out.quantized.pow(2).sum().backward()
+    assert z.grad.abs().sum() > 0
+    used = torch.zeros(32, dtype=torch.bool)
+    used[out.indices.flatten()] = True
+    row_grad = quantizer.embedding.weight.grad.abs().sum(1)
+    assert torch.all(row_grad[used] > 0) and torch.all(row_grad[~used] == 0)
+
+
+def test_vq_losses_equal_their_formula():
+    quantizer = VectorQuantizer(32, 8, beta=0.3)
+    z = latents()
+    out = quantizer(z)
+    codes = quantizer.embed(out.indices).permute(0, 3, 1, 2)
+    mse = F.mse_loss(z, codes).item()
+    assert out.losses["commitment"].item() == pytest.approx(0.3 * mse, rel=1e-5)
+    assert out.losses["codebook"].item() == pytest.approx(mse, rel=1e-5)
+
+
+def test_ibq_forward_value_is_argmax_code_and_every_code_gets_gradient():
+    quantizer = IndexBackpropQuantizer(32, 8)
+    z = latents()
+    out = quantizer(z)
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, 8)
+    expected = (flat @ quantizer.embedding.weight.detach().t()).argmax(1)
+    assert torch.equal(out.indices.flatten(), expected)
+    assert torch.allclose(out.quantized, quantizer.embed(out.indices).permute(0, 3, 1, 2), atol=1e-6)
+    out.quantized.sum().backward()
+    assert torch.all(quantizer.embedding.weight.grad.abs().sum(1) > 0)
+    assert z.grad.abs().sum() > 0
+
+
+def test_ibq_gradient_equals_textbook_onehot_form():
+    quantizer = IndexBackpropQuantizer(16, 4)
+    z = latents(shape=(1, 4, 2, 2))
+    weight = torch.randn(1, 4, 2, 2)
+    (quantizer(z).quantized * weight).sum().backward()
+    ours = quantizer.embedding.weight.grad.clone(), z.grad.clone()
+
+    codebook = quantizer.embedding.weight.detach().clone().requires_grad_(True)
+    z2 = z.detach().clone().requires_grad_(True)
+    flat = z2.permute(0, 2, 3, 1).reshape(-1, 4)
+    probs = (flat @ codebook.t()).softmax(1)
+    onehot = F.one_hot(probs.argmax(1), 16).float()
+    quantized = ((onehot - probs.detach() + probs) @ codebook).reshape(1, 2, 2, 4).permute(0, 3, 1, 2)
+    (quantized * weight).sum().backward()
+    assert torch.allclose(ours[0], codebook.grad, atol=1e-6)
+    assert torch.allclose(ours[1], z2.grad, atol=1e-6)
+
+
+def test_ibq_entropy_term_only_when_weighted():
+    z = latents()
+    assert "entropy" not in IndexBackpropQuantizer(32, 8)(z).losses
+    assert torch.isfinite(IndexBackpropQuantizer(32, 8, entropy_weight=0.1)(z).losses["entropy"])
+
+
+def test_quantizer_rejects_wrong_channel_count():
+    with pytest.raises(ValueError, match="expects 8 latent channels"):
+        VectorQuantizer(32, 8)(torch.randn(1, 4, 2, 2))
