@@ -88,7 +88,7 @@ class VQTokenizer(nn.Module):
         side = math.isqrt(n)
         if side * side != n:
             raise ValueError(f"decode expects a square token grid, got N={n} tokens")
-        grid = embeddings.transpose(1, 2).reshape(b, d, side, side)
+        grid = embeddings.transpose(1, 2).reshape(b, d, side, side).contiguous()
         return self.decoder(self.post_quant_conv(grid))
 
     def decode_indices(self, indices: Tensor) -> Tensor:
