@@ -16,6 +16,7 @@ from ett_lightning.data.batch import ETTBatch
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.tokenizer import TokenizerOutput, VQTokenizer
+from ett_lightning.utils import load_state_dict_file, load_strict
 
 Stage = Literal["align", "ett", "posttrain"]
 COMPONENTS = ("tokenizer", "projector", "language_model")
@@ -34,7 +35,8 @@ class ETTModule(L.LightningModule):
     - ``ett``: everything, caption + alpha x VQ loss (stage 2, the tokenizer learns from the caption loss);
     - ``posttrain``: tokenizer frozen, projector + LLM on the task loss (stage 3).
 
-    ``trainable`` overrides the stage per component (e.g. ``{"language_model": false}``). Frozen components are
+    ``init_from`` starts from the component weights of an earlier stage's checkpoint (a fresh optimizer and
+    schedule, unlike ``ckpt_path``, which resumes a run). ``trainable`` overrides the stage per component (e.g. ``{"language_model": false}``). Frozen components are
     in eval mode, have ``requires_grad=False`` and get no optimizer state. Subclasses override the small hooks
     :meth:`encode_images`, :meth:`caption_loss` and :meth:`compute_losses`, not the whole step.
     """
@@ -52,6 +54,7 @@ class ETTModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_steps: int = 1000,
         min_lr_ratio: float = 0.1,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self._save_config()
@@ -68,6 +71,8 @@ class ETTModule(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.skipped_samples = 0
+        if init_from is not None:
+            self.load_components(init_from)
         self.freeze_components()
 
     def _save_config(self) -> None:
@@ -75,13 +80,21 @@ class ETTModule(L.LightningModule):
 
         Under LightningCLI these are the nested ``class_path`` configs of every component. Components passed as
         Python objects are not recorded (their weights are in the state dict): pass them to
-        ``load_from_checkpoint`` again.
+        ``load_from_checkpoint`` again. ``init_from`` is not recorded: a checkpoint already holds those weights.
         """
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`")
             self.save_hyperparameters()
-        for key in [k for k, v in self.hparams.items() if isinstance(v, nn.Module)]:
+        for key in [k for k, v in self.hparams.items() if isinstance(v, nn.Module) or k == "init_from"]:
             del self.hparams[key]
+
+    def load_components(self, path: str) -> None:
+        """Loads tokenizer, projector and LLM weights (strictly) from a checkpoint; loss modules are skipped."""
+        state = load_state_dict_file(path)
+        for name in COMPONENTS:
+            prefix = f"{name}."
+            part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            load_strict(getattr(self, name), part, f"{path} [{name}]")
 
     @property
     def text_tokenizer(self):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -25,3 +25,19 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             return payload[key]
     return payload
+
+
+def load_strict(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a readable report of missing / unexpected / mis-shaped keys."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        lines = [f"weights from {source} do not match {type(module).__name__}:"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""))
+        raise ValueError("\n".join(lines))
+    module.load_state_dict(state, strict=True)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ett_lightning.tokenizer.decoder import Decoder
 from ett_lightning.tokenizer.encoder import Encoder
 from ett_lightning.tokenizer.quantizers import Quantizer
+from ett_lightning.utils import load_state_dict_file, load_strict
 
 
 @dataclass
@@ -34,7 +35,8 @@ class VQTokenizer(nn.Module):
 
     Submodule names (``encoder``, ``quant_conv``, ``quantize``, ``post_quant_conv``, ``decoder``) are the ones
     taming-transformers, LlamaGen and SEED-Voken use, so their checkpoints load by name.
-    The downsampling factor is ``2 ** (len(ch_mult) - 1)``: 8 for four levels, 16 for five.
+    The downsampling factor is ``2 ** (len(ch_mult) - 1)``: 8 for four levels, 16 for five. ``weights`` loads
+    a state dict in this layout (safetensors or torch pickle) strictly, reporting any mismatched keys.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class VQTokenizer(nn.Module):
         resolution: int = 256,
         z_channels: int = 256,
         dropout: float = 0.0,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, resolution=resolution,
@@ -57,6 +60,8 @@ class VQTokenizer(nn.Module):
         self.quantize = quantizer
         self.post_quant_conv = nn.Conv2d(quantizer.code_dim, z_channels, kernel_size=1)
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
+        if weights is not None:
+            load_strict(self, load_state_dict_file(weights), weights)
 
     @property
     def code_dim(self) -> int:

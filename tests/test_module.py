@@ -1,0 +1,109 @@
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ett_lightning import ETTModule, MLPProjector
+from tests.conftest import make_batch, tiny_module, tiny_tokenizer
+
+
+def fit(module: ETTModule, steps: int = 1, tmp_path=None) -> L.Trainer:
+    batches = [make_batch(module, seed=i) for i in range(steps)]
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
+    return trainer
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_ett_caption_loss_alone_reaches_encoder_and_codebook():
+    module = tiny_module("ett")
+    batch = make_batch(module)
+    encoded = module.encode_images(batch.images)
+    module.caption_loss(batch, module.projector(encoded.embeddings)).backward()
+    tokenizer = module.tokenizer
+    assert tokenizer.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert tokenizer.quant_conv.weight.grad.abs().sum() > 0
+    assert tokenizer.quantize.embedding.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tokenizer.decoder.parameters())
+
+
+def test_align_trains_projector_only_and_tokenizer_stays_bit_identical(tmp_path):
+    module = tiny_module("align")
+    before = {name: snapshot(getattr(module, name)) for name in ("tokenizer", "projector", "language_model")}
+    trainer = fit(module, steps=2, tmp_path=tmp_path)
+    for name in ("tokenizer", "language_model"):
+        after = snapshot(getattr(module, name))
+        assert all(torch.equal(before[name][k], after[k]) for k in after), name
+        assert all(p.grad is None for p in getattr(module, name).parameters())
+    assert not all(torch.equal(before["projector"][k], v) for k, v in snapshot(module.projector).items())
+    optimizer = trainer.optimizers[0]
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.projector.parameters()}
+    assert all(id(p) in optimized for p in optimizer.state)
+
+
+def test_posttrain_keeps_tokenizer_frozen_and_in_eval_mode(tmp_path):
+    module = tiny_module("posttrain")
+    before = snapshot(module.tokenizer)
+    fit(module, tmp_path=tmp_path)
+    module.train()
+    assert not module.tokenizer.training and module.language_model.training
+    assert all(torch.equal(before[k], v) for k, v in snapshot(module.tokenizer).items())
+
+
+def test_ett_stage_updates_every_component(tmp_path):
+    module = tiny_module("ett")
+    before = {name: snapshot(getattr(module, name)) for name in ("tokenizer", "projector", "language_model")}
+    fit(module, tmp_path=tmp_path)
+    for name, state in before.items():
+        assert not all(torch.equal(state[k], v) for k, v in snapshot(getattr(module, name)).items()), name
+    assert torch.any(module.tokenizer.decoder.conv_out.weight != before["tokenizer"]["decoder.conv_out.weight"])
+
+
+def test_trainable_override_and_unknown_names():
+    module = tiny_module("ett", trainable={"language_model": False})
+    assert module.trainable == {"tokenizer", "projector"}
+    assert not any(p.requires_grad for p in module.language_model.parameters())
+    with pytest.raises(ValueError, match="unknown component 'llm'"):
+        tiny_module("ett", trainable={"llm": False})
+    with pytest.raises(ValueError, match="unknown stage 'sft'"):
+        tiny_module("sft")
+
+
+def test_per_component_learning_rates(tmp_path):
+    module = tiny_module("ett", learning_rates={"tokenizer": 1e-6})
+    trainer = fit(module, tmp_path=tmp_path)
+    initial = {g["name"]: g["initial_lr"] for g in trainer.optimizers[0].param_groups}
+    assert initial["tokenizer"] == 1e-6 and initial["projector"] == 1e-3 and initial["language_model"] == 2e-5
+    assert initial["tokenizer/no_decay"] == 1e-6
+
+
+def test_dimension_mismatch_names_the_key():
+    module = tiny_module()
+    with pytest.raises(ValueError, match="projector.init_args.in_dim: 8"):
+        ETTModule(tiny_tokenizer(), MLPProjector(4, 32), module.language_model)
+    with pytest.raises(ValueError, match="projector.init_args.out_dim: 32"):
+        ETTModule(tiny_tokenizer(), MLPProjector(8, 16), module.language_model)
+
+
+def test_lightning_checkpoint_reloads_to_identical_outputs(tmp_path):
+    module = tiny_module("ett")
+    trainer = fit(module, tmp_path=tmp_path)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    fresh = tiny_module("ett")
+    fresh.projector[0].weight.data.add_(1.0)
+    reloaded = ETTModule.load_from_checkpoint(path, tokenizer=fresh.tokenizer, projector=fresh.projector,
+                                              language_model=fresh.language_model, loss=fresh.loss)
+    assert reloaded.stage == "ett"
+    batch = make_batch(module, seed=7)
+    module.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        expected, _, _ = module.compute_losses(batch)
+        actual, _, _ = reloaded.compute_losses(batch)
+    assert torch.equal(expected, actual)
