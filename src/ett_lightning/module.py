@@ -36,8 +36,9 @@ class ETTModule(L.LightningModule):
     - ``posttrain``: tokenizer frozen, projector + LLM on the task loss (stage 3).
 
     ``init_from`` starts from the component weights of an earlier stage's checkpoint (a fresh optimizer and
-    schedule, unlike ``ckpt_path``, which resumes a run). ``trainable`` overrides the stage per component (e.g. ``{"language_model": false}``). Frozen components are
-    in eval mode, have ``requires_grad=False`` and get no optimizer state. Subclasses override the small hooks
+    schedule, unlike ``ckpt_path``, which resumes a run). ``trainable`` overrides the stage per component
+    (e.g. ``{"language_model": false}``). Frozen components are in eval mode, have ``requires_grad=False`` and
+    get no optimizer state. Subclasses override the small hooks
     :meth:`encode_images`, :meth:`caption_loss` and :meth:`compute_losses`, not the whole step.
     """
 
@@ -176,7 +177,8 @@ class ETTModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, betas=self.betas, fused=fused)
         total_steps = int(self.trainer.estimated_stepping_batches)
         schedule = partial(warmup_cosine, warmup=self.warmup_steps, total=total_steps, floor=self.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+        scheduler = {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
 def resolve_trainable(stage: str, overrides: dict[str, bool] | None) -> frozenset[str]:

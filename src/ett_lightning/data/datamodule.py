@@ -8,6 +8,7 @@ import lightning as L
 import webdataset as wds
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
+from webdataset.utils import pytorch_worker_info
 
 from ett_lightning.data.collate import Collator
 from ett_lightning.data.samples import SampleDecoder
@@ -70,7 +71,8 @@ class ImageTextDataModule(L.LightningDataModule):
             self.attach(model.text_tokenizer, model.num_image_tokens(self.image_size))
 
     def world_size(self) -> int:
-        return self.trainer.world_size if self.trainer else 1
+        """The trainer's world size; outside a trainer, the environment's (RANK/WORLD_SIZE or torch.distributed)."""
+        return self.trainer.world_size if self.trainer else pytorch_worker_info()[1]
 
     def batches_per_worker(self) -> int:
         """Per-rank batches, spread over the workers (rounded up so every rank gets the same number)."""

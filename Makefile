@@ -1,0 +1,49 @@
+# ett_lightning developer commands. `make demo` and `make test` work on a fresh machine: both install first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines of this project need this pair (PyPI's torchvision does not import beside the local torch 2.13.0).
+# GPU users: make install TORCH_SPEC="torch==2.5.1 torchvision==0.20.1 --index-url https://download.pytorch.org/whl/cu124"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DATA ?= data/synthetic
+DEMO_STEPS ?= 150
+DEMO_ARGS ?=
+DEMO_OUT := outputs/demo
+
+.PHONY: install test test-fast demo shards lint bench clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+shards: install
+	$(BIN)/ett-make-shards $(DEMO_DATA) --num-train 2000 --num-val 200 --image-size 64
+
+demo: install shards
+	$(BIN)/lightning fit --config recipes/demo/ett_align.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS)
+	$(BIN)/lightning fit --config recipes/demo/ett_sft.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS) \
+		--model.init_args.init_from=$(DEMO_OUT)/ett_align/checkpoints/last.ckpt
+	$(BIN)/lightning fit --config recipes/demo/ett_posttrain.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS) \
+		--model.init_args.init_from=$(DEMO_OUT)/ett_sft/checkpoints/last.ckpt
+	$(BIN)/lightning validate --config recipes/demo/ett_posttrain.yaml \
+		--ckpt_path=$(DEMO_OUT)/ett_posttrain/checkpoints/last.ckpt
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+bench: install shards
+	$(BIN)/python benchmarks/data_throughput.py --shards "$(DEMO_DATA)/caption/train-*.tar"
+
+clean:
+	rm -rf outputs $(DEMO_DATA) .pytest_cache

@@ -1,0 +1,142 @@
+import io
+import json
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from ett_lightning.data import IGNORE_INDEX, ImageTextDataModule
+from ett_lightning.data.shards import ResampledShardStream, expand_shards
+from ett_lightning.models import byte_level_tokenizer, load_text_tokenizer
+from tests.conftest import IMAGE_SIZE
+
+NUM_TOKENS = 16
+
+
+def datamodule(shards, **kwargs) -> ImageTextDataModule:
+    defaults = dict(batch_size=4, num_workers=0, image_size=IMAGE_SIZE, shuffle_buffer=8, samples_per_epoch=16,
+                    pin_memory=False)
+    dm = ImageTextDataModule(**{**defaults, **kwargs, **shards})
+    dm.attach(load_text_tokenizer(None), NUM_TOKENS)
+    return dm
+
+
+def target_texts(batch, tokenizer):
+    return [tokenizer.decode(labels[labels != IGNORE_INDEX][:-1]).strip() for labels in batch.labels]
+
+
+def test_caption_shards_round_trip(synthetic_shards):
+    dm = datamodule({"val_shards": str(synthetic_shards / "caption" / "val-*.tar")})
+    batches = list(dm.val_dataloader())
+    assert sum(len(b) for b in batches) == 16
+    batch = batches[0]
+    with tarfile.open(synthetic_shards / "caption" / "val-000000.tar") as tar:
+        captions = [tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt")]
+    assert target_texts(batch, dm.builder.tokenizer) == captions[:4]
+    assert batch.images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE) and batch.images.dtype == torch.float32
+    assert batch.images.min() >= -1 and batch.images.max() <= 1
+    assert torch.all(batch.image_slots.sum(1) == NUM_TOKENS)
+    assert torch.all(batch.labels[batch.image_slots] == IGNORE_INDEX)
+    for row in range(4):
+        start = batch.target_starts[row]
+        assert torch.all(batch.labels[row, :start] == IGNORE_INDEX) and batch.labels[row, start] != IGNORE_INDEX
+    assert batch.tasks == ["caption"] * 4
+
+
+def test_vqa_shards_keep_all_answers_and_train_on_most_common(tmp_path):
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40), "red").save(png, format="PNG")
+    write_tar(tmp_path / "vqa.tar", [
+        {"png": png.getvalue(), "json": json.dumps({"question": "Colour?", "answers": ["red", "Red", "red", "blue"]})},
+        {"png": png.getvalue(), "json": json.dumps({"question": "Word?", "answer": "cat"})},
+    ])
+    dm = datamodule({"val_shards": str(tmp_path / "vqa.tar")})
+    batch = next(iter(dm.val_dataloader()))
+    assert batch.answers == [["red", "Red", "red", "blue"], ["cat"]]
+    assert target_texts(batch, dm.builder.tokenizer) == ["red", "cat"]
+    prompt = dm.builder.tokenizer.decode(batch.input_ids[0, NUM_TOKENS + 2: batch.target_starts[0]])
+    assert prompt == "Question: Colour? Answer:"
+
+
+def test_two_ranks_two_workers_read_disjoint_shards(monkeypatch):
+    urls = [f"shard-{i}.tar" for i in range(8)]
+    seen = {}
+    for rank in range(2):
+        for worker in range(2):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            monkeypatch.setenv("WORKER", str(worker))
+            monkeypatch.setenv("NUM_WORKERS", "2")
+            stream = iter(ResampledShardStream(urls, seed=0))
+            seen[rank, worker] = {next(stream)["url"] for _ in range(50)}
+    slots = list(seen.values())
+    assert all(len(s) == 2 for s in slots)
+    assert all(a.isdisjoint(b) for i, a in enumerate(slots) for b in slots[i + 1:])
+
+
+def test_every_rank_runs_the_same_number_of_steps(synthetic_shards, monkeypatch):
+    counts = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        dm = datamodule({"train_shards": str(synthetic_shards / "caption" / "train-*.tar")}, num_workers=2,
+                        samples_per_epoch=40)
+        loader = dm.train_dataloader()
+        counts.append((len(loader), sum(1 for _ in loader)))
+    assert counts == [(6, 6), (6, 6)]
+
+
+def test_validation_order_is_identical_across_runs(synthetic_shards):
+    shards = {"val_shards": str(synthetic_shards / "vqa" / "val-*.tar")}
+    keys = [[k for b in datamodule(shards, num_workers=2).val_dataloader() for k in b.keys] for _ in range(2)]
+    assert keys[0] == keys[1] and len(keys[0]) == 16
+
+
+def write_tar(path, samples):
+    with tarfile.open(path, "w") as tar:
+        for i, sample in enumerate(samples):
+            for ext, data in sample.items():
+                data = data.encode() if isinstance(data, str) else data
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40), "blue").save(png, format="PNG")
+    good = {"png": png.getvalue(), "txt": "a blue square"}
+    write_tar(tmp_path / "bad-0.tar", [
+        good,
+        {"png": b"not an image", "txt": "broken image"},
+        {"png": png.getvalue()[: len(png.getvalue()) // 2], "txt": "truncated image"},
+        {"png": png.getvalue()},
+        {"png": png.getvalue(), "txt": "   "},
+        {"png": png.getvalue(), "json": "{not json"},
+        good,
+    ])
+    truncated = tmp_path / "bad-1.tar"
+    write_tar(truncated, [good, good, good])
+    truncated.write_bytes(truncated.read_bytes()[:1800])
+    dm = datamodule({"val_shards": [str(tmp_path / "bad-0.tar"), str(truncated)]}, batch_size=16)
+    batches = list(dm.val_dataloader())
+    assert sum(len(b) for b in batches) == 3  # two good in bad-0, the first of the truncated shard
+    assert sum(b.skipped for b in batches) == 6
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    for reason in ("undecodable image", "no caption", "empty caption", "malformed json", "unreadable shard data"):
+        assert reason in messages
+
+
+def test_missing_shards_error_names_the_pattern(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train-\{000000..000003\}.tar"):
+        expand_shards(str(tmp_path / "train-{000000..000003}.tar"))
+    with pytest.raises(FileNotFoundError, match=r"nothing-\*.tar"):
+        expand_shards(str(tmp_path / "nothing-*.tar"))
+    assert expand_shards("pipe:cat /data/a.tar") == ["pipe:cat /data/a.tar"]
+
+
+def test_byte_level_tokenizer_round_trips_any_text():
+    tokenizer = byte_level_tokenizer()
+    text = "Größe 42 — ok?"
+    assert tokenizer.decode(tokenizer(text).input_ids) == text

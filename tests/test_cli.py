@@ -1,0 +1,48 @@
+"""The console scripts as users type them: print_config on the real recipes, a short demo chain on CPU."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ett_lightning import ETTModule
+
+ROOT = Path(__file__).resolve().parents[1]
+LIGHTNING = str(Path(sys.executable).with_name("lightning"))
+FAST = ["--trainer.max_steps=2", "--data.init_args.batch_size=4", "--data.init_args.num_workers=0",
+        "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2"]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([LIGHTNING, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["ett_align", "ett_sft", "ett_posttrain"])
+def test_real_recipes_print_their_resolved_config(recipe):
+    out = run("fit", "--config", f"recipes/{recipe}.yaml", "--print_config", cwd=ROOT).stdout
+    assert "class_path: ett_lightning.ETTModule" in out and "codebook_size: 131072" in out
+
+
+@pytest.mark.slow
+def test_demo_chain_runs_and_checkpoints_reload(tmp_path, synthetic_shards):
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    shutil.copytree(synthetic_shards, tmp_path / "data" / "synthetic")
+    small = ["--model.init_args.tokenizer.init_args.resolution=32", "--data.init_args.image_size=32"]
+    run("fit", "--config", "recipes/demo/ett_align.yaml", *FAST, *small, cwd=tmp_path)
+    align_ckpt = tmp_path / "outputs/demo/ett_align/checkpoints/last.ckpt"
+    run("fit", "--config", "recipes/demo/ett_sft.yaml", *FAST, *small,
+        f"--model.init_args.init_from={align_ckpt}", cwd=tmp_path)
+    sft_ckpt = tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt"
+    module = ETTModule.load_from_checkpoint(sft_ckpt)
+    saved = torch.load(sft_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert module.stage == "ett" and all(torch.equal(saved[k], v) for k, v in module.state_dict().items())
+    align = torch.load(align_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert not torch.equal(align["tokenizer.encoder.conv_in.weight"], saved["tokenizer.encoder.conv_in.weight"])
+    run("validate", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_val_batches=1", *small,
+        f"--ckpt_path={sft_ckpt}", "--data.init_args.num_workers=0", cwd=tmp_path)
