@@ -47,6 +47,7 @@ class SequenceBuilder:
         markers = tokenizer.convert_tokens_to_ids([IMAGE_BEGIN, IMAGE_END])
         self.begin_id, self.end_id = markers
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self._prompt_ids: dict[str, list[int]] = {}
 
     def prompt(self, task: str, fields: dict[str, str]) -> str:
         if task not in self.templates:
@@ -54,7 +55,7 @@ class SequenceBuilder:
         return self.templates[task].format(**fields)
 
     def build(self, task: str, fields: dict[str, str], target: str) -> Sequence:
-        prompt_ids = self.encode(self.prompt(task, fields))
+        prompt_ids = self.prompt_ids(self.prompt(task, fields))
         target_ids = self.encode(" " + target.strip())
         budget = max(1, self.max_text_tokens - 1 - len(prompt_ids))
         target_ids = target_ids[: budget] + [self.tokenizer.eos_token_id]
@@ -65,6 +66,14 @@ class SequenceBuilder:
         slots = torch.zeros(len(input_ids), dtype=torch.bool)
         slots[len(self.bos) + 1 : len(self.bos) + 1 + self.num_image_tokens] = True
         return Sequence(input_ids, labels, slots, len(context))
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of a prompt, memoised: caption prompts repeat for every sample."""
+        if prompt not in self._prompt_ids:
+            if len(self._prompt_ids) > 10_000:
+                self._prompt_ids.clear()
+            self._prompt_ids[prompt] = self.encode(prompt)
+        return self._prompt_ids[prompt]
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids[: self.max_text_tokens]
