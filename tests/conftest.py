@@ -61,4 +61,4 @@ def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0):
          "key": str(i)}
         for i in range(batch_size)
     ]
-    return Collator(module.text_tokenizer.pad_token_id, SkipCounter())(samples)
+    return Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples)

@@ -59,6 +59,17 @@ def test_vqa_shards_keep_all_answers_and_train_on_most_common(tmp_path):
     assert prompt == "Question: Colour? Answer:"
 
 
+def test_img2dataset_layout_jpg_txt_json(tmp_path):
+    jpg = io.BytesIO()
+    Image.new("L", (48, 36), 128).save(jpg, format="JPEG")
+    meta = json.dumps({"url": "http://x/y.jpg", "caption": "a grey field", "status": "success", "width": 48})
+    write_tar(tmp_path / "00000.tar", [{"jpg": jpg.getvalue(), "txt": "a grey field", "json": meta}])
+    dm = datamodule({"val_shards": str(tmp_path / "{00000..00000}.tar")})
+    batch = next(iter(dm.val_dataloader()))
+    assert target_texts(batch, dm.builder.tokenizer) == ["a grey field"]
+    assert batch.images.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
 def test_two_ranks_two_workers_read_disjoint_shards(monkeypatch):
     urls = [f"shard-{i}.tar" for i in range(8)]
     seen = {}

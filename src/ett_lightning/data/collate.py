@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.data.sequence import IGNORE_INDEX
@@ -16,21 +16,29 @@ from ett_lightning.data.skips import SkipCounter
 class Collator:
     """Stacks images, right-pads token sequences, and stamps the batch with the worker's recent skip count."""
 
-    def __init__(self, pad_id: int, skips: SkipCounter) -> None:
+    def __init__(self, pad_id: int, skips: SkipCounter, num_image_tokens: int) -> None:
         self.pad_id = pad_id
         self.skips = skips
+        self.num_image_tokens = num_image_tokens
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> ETTBatch:
         sequences = [s["sequence"] for s in samples]
-        input_ids = pad_sequence([q.input_ids for q in sequences], batch_first=True, padding_value=self.pad_id)
-        lengths = torch.tensor([len(q.input_ids) for q in sequences])
-        attention_mask = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
+        width = max(len(q.input_ids) for q in sequences)
+        input_ids = np.full((len(samples), width), self.pad_id, dtype=np.int64)
+        labels = np.full((len(samples), width), IGNORE_INDEX, dtype=np.int64)
+        attention_mask = np.zeros((len(samples), width), dtype=np.int64)
+        image_slots = np.zeros((len(samples), width), dtype=bool)
+        for row, q in enumerate(sequences):
+            input_ids[row, : len(q.input_ids)] = q.input_ids
+            labels[row, : len(q.labels)] = q.labels
+            attention_mask[row, : len(q.input_ids)] = 1
+            image_slots[row, q.slot_start : q.slot_start + self.num_image_tokens] = True
         return ETTBatch(
             images=torch.stack([s["image"] for s in samples]),
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            labels=pad_sequence([q.labels for q in sequences], batch_first=True, padding_value=IGNORE_INDEX),
-            image_slots=pad_sequence([q.image_slots for q in sequences], batch_first=True, padding_value=False),
+            input_ids=torch.from_numpy(input_ids),
+            attention_mask=torch.from_numpy(attention_mask),
+            labels=torch.from_numpy(labels),
+            image_slots=torch.from_numpy(image_slots),
             target_starts=torch.tensor([q.target_start for q in sequences]),
             answers=[s["answers"] for s in samples],
             tasks=[s["task"] for s in samples],

@@ -82,7 +82,7 @@ class ImageTextDataModule(L.LightningDataModule):
     def pipeline(self, train: bool) -> wds.DataPipeline:
         skips = SkipCounter()
         decoder = SampleDecoder(ImageTransform(self.image_size, random_crop=train), self.builder, skips)
-        collate = Collator(self.builder.tokenizer.pad_token_id, skips)
+        collate = Collator(self.builder.tokenizer.pad_token_id, skips, self.builder.num_image_tokens)
         if train:
             source = [ResampledShardStream(self.train_urls, self.seed),
                       wds.tarfile_to_samples(handler=skips.handler),

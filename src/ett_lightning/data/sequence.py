@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
@@ -19,9 +17,11 @@ DEFAULT_TEMPLATES = {
 
 @dataclass
 class Sequence:
-    input_ids: Tensor
-    labels: Tensor
-    image_slots: Tensor
+    """One sample's tokens as plain lists (tensors are made once per batch by the collator)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    slot_start: int
     target_start: int
 
 
@@ -61,11 +61,8 @@ class SequenceBuilder:
         target_ids = target_ids[: budget] + [self.tokenizer.eos_token_id]
         prefix = self.bos + [self.begin_id] + [self.tokenizer.pad_token_id] * self.num_image_tokens + [self.end_id]
         context = prefix + prompt_ids
-        input_ids = torch.tensor(context + target_ids)
-        labels = torch.tensor([IGNORE_INDEX] * len(context) + target_ids)
-        slots = torch.zeros(len(input_ids), dtype=torch.bool)
-        slots[len(self.bos) + 1 : len(self.bos) + 1 + self.num_image_tokens] = True
-        return Sequence(input_ids, labels, slots, len(context))
+        labels = [IGNORE_INDEX] * len(context) + target_ids
+        return Sequence(context + target_ids, labels, len(self.bos) + 1, len(context))
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of a prompt, memoised: caption prompts repeat for every sample."""
@@ -76,4 +73,8 @@ class SequenceBuilder:
         return self._prompt_ids[prompt]
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids[: self.max_text_tokens]
+        """Token ids without special tokens; straight through the Rust tokenizer when there is one."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        ids = backend.encode(text, add_special_tokens=False).ids if backend else self.tokenizer.encode(
+            text, add_special_tokens=False)
+        return ids[: self.max_text_tokens]
