@@ -1,0 +1,6 @@
+"""torchmetrics Metrics for ETT evaluation."""
+
+from ett_lightning.metrics.codebook import CodebookUsage
+from ett_lightning.metrics.vqa import VQAAccuracy, normalize_answer, soft_accuracy
+
+__all__ = ["CodebookUsage", "VQAAccuracy", "normalize_answer", "soft_accuracy"]

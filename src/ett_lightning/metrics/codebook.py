@@ -1,0 +1,34 @@
+"""Codebook usage over an epoch: fraction of codes used and perplexity of the code histogram."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+class CodebookUsage(Metric):
+    """Accumulates a histogram of code indices (summed across DDP ranks).
+
+    ``compute`` returns ``{"usage": fraction of codes hit at least once, "perplexity": exp(entropy)}``;
+    perplexity equals the codebook size when every code is used equally often.
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, codebook_size: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.codebook_size = codebook_size
+        self.add_state("counts", default=torch.zeros(codebook_size, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, indices: Tensor) -> None:
+        flat = indices.flatten().long()
+        if flat.numel() and (flat.min() < 0 or flat.max() >= self.codebook_size):
+            raise ValueError(f"code indices must lie in [0, {self.codebook_size}), got {flat.min()}..{flat.max()}")
+        self.counts += torch.bincount(flat, minlength=self.codebook_size)
+
+    def compute(self) -> dict[str, Tensor]:
+        probs = self.counts.double() / self.counts.sum().clamp_min(1)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum()
+        return {"usage": (self.counts > 0).float().mean(), "perplexity": entropy.exp().float()}

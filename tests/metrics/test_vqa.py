@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from ett_lightning.metrics import CodebookUsage, VQAAccuracy, normalize_answer, soft_accuracy
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("Two", "2"),
+    ("the dog", "dog"),
+    ("A red car.", "red car"),
+    ("yes!", "yes"),
+    ("dont know", "don't know"),
+    ("3.5", "3.5"),
+    ("1,000", "1000"),
+    ("black/white", "black white"),
+    ("  Ten  ", "10"),
+])
+def test_normalisation(raw, expected):
+    assert normalize_answer(raw) == expected
+
+
+def test_single_reference_is_exact_match_after_normalisation():
+    assert soft_accuracy("The Cat.", ["cat"]) == 1.0
+    assert soft_accuracy("dog", ["cat"]) == 0.0
+    assert soft_accuracy("", ["cat"]) == 0.0
+
+
+def test_partial_agreement_two_of_ten():
+    refs = ["red", "red"] + ["blue"] * 8
+    assert soft_accuracy("red", refs) == pytest.approx((2 * (1 / 3) + 8 * (2 / 3)) / 10)
+    assert soft_accuracy("blue", refs) == pytest.approx(1.0)
+    assert soft_accuracy("green", refs) == 0.0
+
+
+def test_three_of_ten_is_nearly_full_credit():
+    refs = ["two"] * 3 + ["three"] * 7
+    assert soft_accuracy("2", refs) == pytest.approx((3 * (2 / 3) + 7 * 1.0) / 10)
+
+
+def test_metric_accumulates_and_resets():
+    metric = VQAAccuracy()
+    metric.update(["cat", "two"], [["cat"], ["2"]])
+    metric.update(["dog"], [["cat"]])
+    assert metric.compute().item() == pytest.approx(2 / 3)
+    metric.reset()
+    metric.update(["a dog"], [["dog"]])
+    assert metric.compute().item() == 1.0
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        metric.update(["a", "b"], [["a"]])
+
+
+def test_codebook_usage_on_known_indices():
+    metric = CodebookUsage(codebook_size=8)
+    metric.update(torch.tensor([[0, 1], [2, 3]]))
+    metric.update(torch.tensor([0, 1, 2, 3]))
+    out = metric.compute()
+    assert out["usage"].item() == 0.5 and out["perplexity"].item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        metric.update(torch.tensor([8]))
