@@ -107,3 +107,38 @@ def test_lightning_checkpoint_reloads_to_identical_outputs(tmp_path):
         expected, _, _ = module.compute_losses(batch)
         actual, _, _ = reloaded.compute_losses(batch)
     assert torch.equal(expected, actual)
+
+
+def vqa_batch(module: ETTModule, questions: list[str]):
+    from ett_lightning.data.collate import Collator
+    from ett_lightning.data.sequence import SequenceBuilder
+    from ett_lightning.data.skips import SkipCounter
+
+    builder = SequenceBuilder(module.text_tokenizer, module.num_image_tokens(32))
+    generator = torch.Generator().manual_seed(3)
+    samples = [{"image": torch.rand(3, 32, 32, generator=generator) * 2 - 1, "task": "vqa", "key": str(i),
+                "sequence": builder.build("vqa", {"question": q}, "yes"), "answers": ["yes"]}
+               for i, q in enumerate(questions)]
+    return Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples)
+
+
+def test_batched_generation_with_left_padding_equals_manual_greedy_decoding():
+    module = tiny_module("posttrain").eval()
+    batch = vqa_batch(module, ["Why?", "What is written in the image?"])
+    answers = module.generate(batch, max_new_tokens=5)
+    lm = module.language_model
+    for row in range(2):
+        start = int(batch.target_starts[row])
+        ids, slots = batch.input_ids[row:row + 1, :start], batch.image_slots[row:row + 1, :start]
+        image_embeds = module.projector(module.tokenizer.encode(batch.images[row:row + 1]).embeddings)
+        new = []
+        with torch.no_grad():
+            for _ in range(5):
+                logits = lm(ids, torch.ones_like(ids), image_embeds, torch.cat(
+                    [slots, torch.zeros(1, ids.shape[1] - slots.shape[1], dtype=torch.bool)], 1)).logits
+                token = int(logits[0, -1].argmax())
+                if token == lm.tokenizer.eos_token_id:
+                    break
+                new.append(token)
+                ids = torch.cat([ids, torch.tensor([[token]])], 1)
+        assert answers[row] == lm.tokenizer.decode(new, skip_special_tokens=True).strip()

@@ -160,6 +160,28 @@ class ETTModule(L.LightningModule):
         self.log_parts("test", {**parts, **encoded.stats}, len(batch))
         return total
 
+    @torch.no_grad()
+    def generate(self, batch: ETTBatch, max_new_tokens: int = 16) -> list[str]:
+        """Greedy continuation of each sample's prompt (image + prompt, the target removed), with the KV cache,
+        stopping at EOS. Prompts are left-padded so they end at the same position."""
+        image_embeds = self.projector(self.tokenizer.encode(batch.images).embeddings)
+        lm = self.language_model
+        length = int(batch.target_starts.max())
+        input_ids = torch.full((len(batch), length), lm.tokenizer.pad_token_id, device=self.device)
+        slots = torch.zeros_like(input_ids, dtype=torch.bool)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, start in enumerate(batch.target_starts.tolist()):
+            input_ids[row, length - start:] = batch.input_ids[row, :start]
+            slots[row, length - start:] = batch.image_slots[row, :start]
+            attention_mask[row, length - start:] = 1
+        inputs_embeds = lm.splice(lm.embed(input_ids), image_embeds, slots)
+        generated = lm.model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            do_sample=False, use_cache=True, eos_token_id=lm.tokenizer.eos_token_id,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
+        return [text.strip() for text in lm.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
     def log_parts(self, split: str, parts: dict[str, Tensor], batch_size: int) -> None:
         training = split == "train"
         values = {f"{split}/{name}": value.detach() for name, value in parts.items()}

@@ -1,0 +1,34 @@
+"""Writes every scalar metric to ``<run dir>/metrics.json`` after each validation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The logger's version directory when there is a logger, else ``default_root_dir``."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class MetricsJSON(L.Callback):
+    """``metrics.json`` holds the latest value of every logged scalar plus ``step`` and ``epoch``; written
+    atomically (temp file, then rename) so a reader never sees half a file."""
+
+    def __init__(self, filename: str = "metrics.json") -> None:
+        super().__init__()
+        self.filename = filename
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        payload = {"step": trainer.global_step, "epoch": trainer.current_epoch, **dict(sorted(metrics.items()))}
+        path = run_dir(trainer) / self.filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, path)

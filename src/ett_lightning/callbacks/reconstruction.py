@@ -1,0 +1,80 @@
+"""Reconstruction quality of the tokenizer on validation images: PSNR, SSIM and rFID."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.image import FrechetInceptionDistance, PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from ett_lightning.data.batch import ETTBatch
+
+
+def build_fid(weights_path: str | None, feature_extractor: nn.Module | None) -> FrechetInceptionDistance:
+    """torchmetrics FID on Inception features from ``weights_path`` (torch-fidelity's
+    ``weights-inception-2015-12-05-6726825d.pth``), or on a custom ``feature_extractor`` (inputs in [0, 1])."""
+    if feature_extractor is not None:
+        return FrechetInceptionDistance(feature=feature_extractor, normalize=True, sync_on_compute=True)
+    if weights_path is not None and not Path(weights_path).is_file():
+        raise FileNotFoundError(f"FID Inception weights not found at {weights_path}")
+    try:
+        return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights_path)
+    except Exception as err:  # torch-fidelity raises URL / OS / runtime errors when it cannot download
+        raise FileNotFoundError(
+            "rFID needs the Inception weights torch-fidelity uses (weights-inception-2015-12-05-6726825d.pth), "
+            "which could not be downloaded (offline?). Copy the file to this machine and set "
+            "`fid_weights: /path/to/weights-inception-2015-12-05-6726825d.pth`, give a `fid_feature_extractor`, "
+            "or set `fid: false`."
+        ) from err
+
+
+class ReconstructionMetrics(L.Callback):
+    """Reconstructs each validation batch with the tokenizer and logs ``val/psnr``, ``val/ssim``, ``val/rfid``.
+
+    Images are compared in [0, 1]. Everything runs in validation only; the training step is untouched. FID is
+    built in ``setup``, so missing weights fail before training starts, with the fix in the message.
+    """
+
+    def __init__(self, fid: bool = True, fid_weights: str | None = None, fid_feature_extractor: nn.Module | None = None,
+                 max_batches: int | None = None) -> None:
+        super().__init__()
+        self.use_fid = fid
+        self.fid_weights = fid_weights
+        self.fid_feature_extractor = fid_feature_extractor
+        self.max_batches = max_batches
+        self.metrics = nn.ModuleDict()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.metrics["psnr"] = PeakSignalNoiseRatio(data_range=1.0)
+        self.metrics["ssim"] = StructuralSimilarityIndexMeasure(data_range=1.0)
+        if self.use_fid:
+            self.metrics["rfid"] = build_fid(self.fid_weights, self.fid_feature_extractor)
+        self.metrics.to(pl_module.device)
+
+    @torch.no_grad()
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch: ETTBatch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if self.max_batches is not None and batch_idx >= self.max_batches:
+            return
+        reconstructions, _ = pl_module.tokenizer(batch.images)
+        self.update(to_unit(batch.images), to_unit(reconstructions))
+
+    def update(self, images: Tensor, reconstructions: Tensor) -> None:
+        self.metrics["psnr"].update(reconstructions, images)
+        self.metrics["ssim"].update(reconstructions, images)
+        if "rfid" in self.metrics:
+            self.metrics["rfid"].update(images, real=True)
+            self.metrics["rfid"].update(reconstructions, real=False)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        for name, metric in self.metrics.items():
+            if metric.update_count:
+                pl_module.log(f"val/{name}", metric.compute().float())
+            metric.reset()
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """[-1, 1] -> [0, 1], float32, clamped."""
+    return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)

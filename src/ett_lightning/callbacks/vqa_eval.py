@@ -1,0 +1,39 @@
+"""VQA accuracy of the model on validation VQA samples, by greedy generation."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from ett_lightning.data.batch import ETTBatch
+from ett_lightning.metrics import VQAAccuracy
+
+
+class VQAEvaluation(L.Callback):
+    """Generates answers for the VQA samples of each validation batch and logs ``val/vqa_acc``.
+
+    ``max_batches`` bounds the cost (generation is sequential in the new tokens); the metric syncs across ranks.
+    """
+
+    def __init__(self, max_new_tokens: int = 16, max_batches: int | None = None) -> None:
+        super().__init__()
+        self.max_new_tokens = max_new_tokens
+        self.max_batches = max_batches
+        self.accuracy = VQAAccuracy()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.accuracy.to(pl_module.device)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch: ETTBatch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if self.max_batches is not None and batch_idx >= self.max_batches:
+            return
+        rows = [i for i, task in enumerate(batch.tasks) if task == "vqa"]
+        if not rows:
+            return
+        answers = pl_module.generate(batch, self.max_new_tokens)
+        self.accuracy.update([answers[i] for i in rows], [batch.answers[i] for i in rows])
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.accuracy.update_count:
+            pl_module.log("val/vqa_acc", self.accuracy.compute())
+        self.accuracy.reset()
