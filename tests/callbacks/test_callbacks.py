@@ -73,5 +73,6 @@ def test_validation_writes_metrics_json_pictures_and_vqa_accuracy(tmp_path, synt
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["val/vqa_acc"] <= 1.0
     assert metrics["val/psnr"] > 0 and np.isfinite(metrics["val/rfid"]) and "val/caption" in metrics
+    assert 0 < metrics["val/epoch_codebook_usage"] <= 1 and metrics["val/epoch_codebook_perplexity"] >= 1
     pictures = list((run / "reconstructions").glob("step_*.png"))
     assert len(pictures) == 1

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics.image import FrechetInceptionDistance, PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ett_lightning.data.batch import ETTBatch
+from ett_lightning.metrics import CodebookUsage
 
 
 def build_fid(weights_path: str | None, feature_extractor: nn.Module | None) -> FrechetInceptionDistance:
@@ -31,7 +32,9 @@ def build_fid(weights_path: str | None, feature_extractor: nn.Module | None) -> 
 
 
 class ReconstructionMetrics(L.Callback):
-    """Reconstructs each validation batch with the tokenizer and logs ``val/psnr``, ``val/ssim``, ``val/rfid``.
+    """Reconstructs each validation batch with the tokenizer and logs ``val/psnr``, ``val/ssim``, ``val/rfid``,
+    and the codebook usage / perplexity over the whole validation epoch (``val/epoch_codebook_usage``,
+    ``val/epoch_codebook_perplexity``; the module's ``val/codebook_usage`` is a per-batch average).
 
     Images are compared in [0, 1]. Everything runs in validation only; the training step is untouched. FID is
     built in ``setup``, so missing weights fail before training starts, with the fix in the message.
@@ -49,6 +52,7 @@ class ReconstructionMetrics(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.metrics["psnr"] = PeakSignalNoiseRatio(data_range=1.0)
         self.metrics["ssim"] = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.metrics["epoch_codebook"] = CodebookUsage(pl_module.tokenizer.codebook_size)
         if self.use_fid:
             self.metrics["rfid"] = build_fid(self.fid_weights, self.fid_feature_extractor)
         self.metrics.to(pl_module.device)
@@ -58,7 +62,8 @@ class ReconstructionMetrics(L.Callback):
                                 dataloader_idx: int = 0) -> None:
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return
-        reconstructions, _ = pl_module.tokenizer(batch.images)
+        reconstructions, encoded = pl_module.tokenizer(batch.images)
+        self.metrics["epoch_codebook"].update(encoded.indices)
         self.update(to_unit(batch.images), to_unit(reconstructions))
 
     def update(self, images: Tensor, reconstructions: Tensor) -> None:
@@ -71,7 +76,10 @@ class ReconstructionMetrics(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         for name, metric in self.metrics.items():
             if metric.update_count:
-                pl_module.log(f"val/{name}", metric.compute().float())
+                value = metric.compute()
+                values = {f"{name}_{k}": v for k, v in value.items()} if isinstance(value, dict) else {name: value}
+                for key, v in values.items():
+                    pl_module.log(f"val/{key}", v.float())
             metric.reset()
 
 
