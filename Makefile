@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= data/synthetic
 DEMO_STEPS ?= 150
+TOKENIZER_STEPS ?= 300
 DEMO_ARGS ?=
 DEMO_OUT := outputs/demo
 
@@ -31,7 +32,9 @@ shards: install
 	$(BIN)/ett-make-shards $(DEMO_DATA) --num-train 2000 --num-val 200 --image-size 64
 
 demo: install shards
-	$(BIN)/lightning fit --config recipes/demo/ett_align.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS)
+	$(BIN)/lightning fit --config recipes/demo/tokenizer.yaml --trainer.max_steps=$(TOKENIZER_STEPS) $(DEMO_ARGS)
+	$(BIN)/lightning fit --config recipes/demo/ett_align.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS) \
+		--model.init_args.init_from=$(DEMO_OUT)/tokenizer/checkpoints/last.ckpt
 	$(BIN)/lightning fit --config recipes/demo/ett_sft.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS) \
 		--model.init_args.init_from=$(DEMO_OUT)/ett_align/checkpoints/last.ckpt
 	$(BIN)/lightning fit --config recipes/demo/ett_posttrain.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS) \

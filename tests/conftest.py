@@ -56,7 +56,7 @@ def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     builder = SequenceBuilder(module.text_tokenizer, module.num_image_tokens(IMAGE_SIZE))
     samples = [
-        {"image": torch.rand(3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 2 - 1,
+        {"image": torch.randint(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator),
          "sequence": builder.build("caption", {}, f"the text {i} in red"), "answers": [f"{i}"], "task": "caption",
          "key": str(i)}
         for i in range(batch_size)

@@ -34,7 +34,10 @@ def test_demo_chain_runs_and_checkpoints_reload(tmp_path, synthetic_shards):
     shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
     shutil.copytree(synthetic_shards, tmp_path / "data" / "synthetic")
     small = ["--model.init_args.tokenizer.init_args.resolution=32", "--data.init_args.image_size=32"]
-    run("fit", "--config", "recipes/demo/ett_align.yaml", *FAST, *small, cwd=tmp_path)
+    run("fit", "--config", "recipes/demo/tokenizer.yaml", *FAST, *small, cwd=tmp_path)
+    tokenizer_ckpt = tmp_path / "outputs/demo/tokenizer/checkpoints/last.ckpt"
+    run("fit", "--config", "recipes/demo/ett_align.yaml", *FAST, *small,
+        f"--model.init_args.init_from={tokenizer_ckpt}", cwd=tmp_path)
     align_ckpt = tmp_path / "outputs/demo/ett_align/checkpoints/last.ckpt"
     run("fit", "--config", "recipes/demo/ett_sft.yaml", *FAST, *small,
         f"--model.init_args.init_from={align_ckpt}", cwd=tmp_path)
@@ -42,7 +45,9 @@ def test_demo_chain_runs_and_checkpoints_reload(tmp_path, synthetic_shards):
     module = ETTModule.load_from_checkpoint(sft_ckpt)
     saved = torch.load(sft_ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert module.stage == "ett" and all(torch.equal(saved[k], v) for k, v in module.state_dict().items())
+    pretrained = torch.load(tokenizer_ckpt, map_location="cpu", weights_only=False)["state_dict"]
     align = torch.load(align_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert torch.equal(pretrained["tokenizer.quantize.embedding.weight"], align["tokenizer.quantize.embedding.weight"])
     assert not torch.equal(align["tokenizer.encoder.conv_in.weight"], saved["tokenizer.encoder.conv_in.weight"])
     run("validate", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_val_batches=1", *small,
         f"--ckpt_path={sft_ckpt}", "--data.init_args.num_workers=0", cwd=tmp_path)

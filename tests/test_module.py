@@ -116,7 +116,8 @@ def vqa_batch(module: ETTModule, questions: list[str]):
 
     builder = SequenceBuilder(module.text_tokenizer, module.num_image_tokens(32))
     generator = torch.Generator().manual_seed(3)
-    samples = [{"image": torch.rand(3, 32, 32, generator=generator) * 2 - 1, "task": "vqa", "key": str(i),
+    samples = [{"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator), "task": "vqa",
+                "key": str(i),
                 "sequence": builder.build("vqa", {"question": q}, "yes"), "answers": ["yes"]}
                for i, q in enumerate(questions)]
     return Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples)
@@ -142,3 +143,19 @@ def test_batched_generation_with_left_padding_equals_manual_greedy_decoding():
                 new.append(token)
                 ids = torch.cat([ids, torch.tensor([[token]])], 1)
         assert answers[row] == lm.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_init_from_loads_the_components_a_checkpoint_holds(tmp_path):
+    source = tiny_module("ett")
+    torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in source.tokenizer.state_dict().items()}},
+               tmp_path / "tokenizer.ckpt")
+    module = tiny_module("align", init_from=str(tmp_path / "tokenizer.ckpt"))
+    assert all(torch.equal(v, source.tokenizer.state_dict()[k]) for k, v in module.tokenizer.state_dict().items())
+    assert "init_from" not in module.hparams
+    torch.save({"state_dict": {"something.else": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not an ett_lightning checkpoint"):
+        tiny_module("align", init_from=str(tmp_path / "other.ckpt"))
+    bad = {f"tokenizer.{k}": v for k, v in source.tokenizer.state_dict().items() if "decoder" not in k}
+    torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match=r"missing \(\d+\): decoder"):
+        tiny_module("align", init_from=str(tmp_path / "bad.ckpt"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from functools import partial
@@ -18,6 +19,7 @@ from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.tokenizer import TokenizerOutput, VQTokenizer
 from ett_lightning.utils import load_state_dict_file, load_strict
 
+log = logging.getLogger(__name__)
 Stage = Literal["align", "ett", "posttrain"]
 COMPONENTS = ("tokenizer", "projector", "language_model")
 STAGE_TRAINABLE: dict[str, frozenset[str]] = {
@@ -90,12 +92,22 @@ class ETTModule(L.LightningModule):
             del self.hparams[key]
 
     def load_components(self, path: str) -> None:
-        """Loads tokenizer, projector and LLM weights (strictly) from a checkpoint; loss modules are skipped."""
+        """Loads the components a checkpoint holds (each one strictly); loss modules are skipped.
+
+        A tokenizer-only checkpoint (``TokenizerPretraining``) loads just the tokenizer; a checkpoint holding none
+        of the three components is an error.
+        """
         state = load_state_dict_file(path)
+        loaded = []
         for name in COMPONENTS:
             prefix = f"{name}."
             part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            load_strict(getattr(self, name), part, f"{path} [{name}]")
+            if part:
+                load_strict(getattr(self, name), part, f"{path} [{name}]")
+                loaded.append(name)
+        if not loaded:
+            raise ValueError(f"{path} holds weights for none of {list(COMPONENTS)}: not an ett_lightning checkpoint?")
+        log.info("init_from %s loaded %s", path, ", ".join(loaded))
 
     @property
     def text_tokenizer(self):
@@ -195,12 +207,8 @@ class ETTModule(L.LightningModule):
                 groups += parameter_groups(name, getattr(self, name), self.learning_rates[name], self.weight_decay)
         if not groups:
             raise ValueError(f"stage {self.stage!r} with trainable={sorted(self.trainable)} leaves nothing to train")
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, betas=self.betas, fused=fused)
         total_steps = int(self.trainer.estimated_stepping_batches)
-        schedule = partial(warmup_cosine, warmup=self.warmup_steps, total=total_steps, floor=self.min_lr_ratio)
-        scheduler = {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return adamw_with_schedule(groups, self.betas, self.warmup_steps, total_steps, self.min_lr_ratio, self.device)
 
 
 def resolve_trainable(stage: str, overrides: dict[str, bool] | None) -> frozenset[str]:
@@ -238,6 +246,15 @@ def parameter_groups(name: str, module: nn.Module, lr: float, weight_decay: floa
         {"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay},
         {"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
     ]
+
+
+def adamw_with_schedule(
+    groups: list[dict], betas: tuple[float, float], warmup: int, total: int, floor: float, device: torch.device
+) -> dict:
+    """AdamW (fused on CUDA) with a per-step warmup + cosine schedule, in Lightning's optimizer-config form."""
+    optimizer = torch.optim.AdamW(groups, betas=tuple(betas), fused=device.type == "cuda")
+    schedule = partial(warmup_cosine, warmup=warmup, total=total, floor=floor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:

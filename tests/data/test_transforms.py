@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ett_lightning.data.transforms import ImageTransform, to_rgb
+from ett_lightning.data.transforms import ImageTransform, to_model_range, to_rgb
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "CMYK", "P", "I;16", "1"])
@@ -18,8 +18,10 @@ def test_transparent_pixels_become_background_not_black():
     assert to_rgb(palette).getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_transform_resizes_crops_and_scales_to_minus_one_one():
+def test_transform_resizes_crops_and_batches_scale_to_minus_one_one():
     image = Image.new("RGB", (80, 40), (255, 0, 0))
-    out = ImageTransform(32)(image)
-    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    pixels = ImageTransform(32)(image)
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.uint8
+    out = to_model_range(pixels)
+    assert out.dtype == torch.float32
     assert torch.allclose(out[0], torch.ones(32, 32)) and torch.allclose(out[1], -torch.ones(32, 32))

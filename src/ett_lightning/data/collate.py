@@ -11,10 +11,12 @@ import torch
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.data.sequence import IGNORE_INDEX
 from ett_lightning.data.skips import SkipCounter
+from ett_lightning.data.transforms import to_model_range
 
 
 class Collator:
-    """Stacks images, right-pads token sequences, and stamps the batch with the worker's recent skip count."""
+    """Stacks uint8 images and scales them to [-1, 1] in one batched op, right-pads token sequences, and stamps
+    the batch with the worker's recent skip count."""
 
     def __init__(self, pad_id: int, skips: SkipCounter, num_image_tokens: int) -> None:
         self.pad_id = pad_id
@@ -34,7 +36,7 @@ class Collator:
             attention_mask[row, : len(q.input_ids)] = 1
             image_slots[row, q.slot_start : q.slot_start + self.num_image_tokens] = True
         return ETTBatch(
-            images=torch.stack([s["image"] for s in samples]),
+            images=to_model_range(torch.stack([s["image"] for s in samples])),
             input_ids=torch.from_numpy(input_ids),
             attention_mask=torch.from_numpy(attention_mask),
             labels=torch.from_numpy(labels),

@@ -26,9 +26,9 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 
 
 class ImageTransform:
-    """Resize the short side to ``image_size`` (bicubic, skipped when already there), crop a square (random for
-    training, centred otherwise) and map to float [-1, 1]. Done in PIL, which is faster per image than tensor ops
-    in data workers."""
+    """Resize the short side to ``image_size`` (bicubic, skipped when already there) and crop a square (random for
+    training, centred otherwise). Returns uint8 [3, S, S]: done in PIL, which is faster per image than tensor ops;
+    :func:`to_model_range` scales a whole batch at once."""
 
     def __init__(self, image_size: int, random_crop: bool = False) -> None:
         self.image_size = image_size
@@ -42,8 +42,7 @@ class ImageTransform:
             size = (max(self.image_size, round(width * scale)), max(self.image_size, round(height * scale)))
             image = image.resize(size, Image.Resampling.BICUBIC)
         image = image.crop(self.crop_box(*image.size))
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return pixels.float().div_(127.5).sub_(1.0)
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         spare_x, spare_y = width - self.image_size, height - self.image_size
@@ -52,3 +51,8 @@ class ImageTransform:
         else:
             left, top = spare_x // 2, spare_y // 2
         return left, top, left + self.image_size, top + self.image_size
+
+
+def to_model_range(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1], the tokenizer's input range."""
+    return images.float().div_(127.5).sub_(1.0)

@@ -1,0 +1,5 @@
+"""LightningModules for tasks beyond ETT's understanding stages."""
+
+from ett_lightning.tasks.tokenizer_pretraining import TokenizerPretraining
+
+__all__ = ["TokenizerPretraining"]

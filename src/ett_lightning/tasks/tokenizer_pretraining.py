@@ -1,0 +1,67 @@
+"""Reconstruction-only tokenizer training: how public VQ tokenizers are made, and the demo's first step."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import lightning as L
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from ett_lightning.data.batch import ETTBatch
+from ett_lightning.losses import ETTLoss
+from ett_lightning.models import load_text_tokenizer
+from ett_lightning.module import adamw_with_schedule, parameter_groups
+from ett_lightning.tokenizer import VQTokenizer
+
+
+class TokenizerPretraining(L.LightningModule):
+    """Trains a :class:`VQTokenizer` on the VQ part of :class:`ETTLoss` (reconstruction + LPIPS + quantizer terms).
+
+    No LLM is involved; captions in the batch are ignored. Its checkpoint keeps the weights under ``tokenizer.``,
+    so ``ETTModule(init_from=...)`` starts stage 1 from it.
+    """
+
+    def __init__(
+        self,
+        tokenizer: VQTokenizer,
+        loss: ETTLoss | None = None,
+        learning_rate: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.9),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer", "loss"])
+        self.tokenizer = tokenizer
+        self.loss = loss if loss is not None else ETTLoss()
+
+    @cached_property
+    def text_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The datamodule tokenizes captions anyway; a file-free byte-level tokenizer keeps that cheap."""
+        return load_text_tokenizer(None)
+
+    def num_image_tokens(self, image_size: int) -> int:
+        return self.tokenizer.num_tokens(image_size)
+
+    def step(self, batch: ETTBatch, split: str) -> Tensor:
+        reconstructions, encoded = self.tokenizer(batch.images)
+        vq, parts = self.loss.vq_loss(batch.images, reconstructions, encoded.quant_losses)
+        values = {f"{split}/{k}": v.detach() for k, v in {**parts, **encoded.stats}.items()}
+        training = split == "train"
+        self.log_dict(values, on_step=training, on_epoch=not training, sync_dist=not training,
+                      batch_size=len(batch))
+        return vq
+
+    def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
+        return self.step(batch, "val")
+
+    def configure_optimizers(self) -> dict:
+        groups = parameter_groups("tokenizer", self.tokenizer, self.hparams.learning_rate, self.hparams.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        return adamw_with_schedule(groups, self.hparams.betas, self.hparams.warmup_steps, total,
+                                   self.hparams.min_lr_ratio, self.device)
