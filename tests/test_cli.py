@@ -51,3 +51,5 @@ def test_demo_chain_runs_and_checkpoints_reload(tmp_path, synthetic_shards):
     assert not torch.equal(align["tokenizer.encoder.conv_in.weight"], saved["tokenizer.encoder.conv_in.weight"])
     run("validate", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_val_batches=1", *small,
         f"--ckpt_path={sft_ckpt}", "--data.init_args.num_workers=0", cwd=tmp_path)
+    run("predict", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_predict_batches=1", *small,
+        f"--ckpt_path={sft_ckpt}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=2", cwd=tmp_path)

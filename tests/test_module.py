@@ -159,3 +159,11 @@ def test_init_from_loads_the_components_a_checkpoint_holds(tmp_path):
     torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match=r"missing \(\d+\): decoder"):
         tiny_module("align", init_from=str(tmp_path / "bad.ckpt"))
+
+
+def test_predict_step_returns_generated_text_with_keys_and_references():
+    module = tiny_module("posttrain").eval()
+    batch = vqa_batch(module, ["Why?", "What?"])
+    rows = module.predict_step(batch, 0)
+    assert [r["key"] for r in rows] == ["0", "1"] and all(r["references"] == ["yes"] for r in rows)
+    assert [r["prediction"] for r in rows] == module.generate(batch)

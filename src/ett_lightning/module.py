@@ -194,6 +194,11 @@ class ETTModule(L.LightningModule):
         )
         return [text.strip() for text in lm.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
+    def predict_step(self, batch: ETTBatch, batch_idx: int) -> list[dict[str, object]]:
+        """Generated text for every sample (the caption or answer the model gives), with its key and references."""
+        predictions = self.generate(batch)
+        return [{"key": k, "prediction": p, "references": r} for k, p, r in zip(batch.keys, predictions, batch.answers)]
+
     def log_parts(self, split: str, parts: dict[str, Tensor], batch_size: int) -> None:
         training = split == "train"
         values = {f"{split}/{name}": value.detach() for name, value in parts.items()}

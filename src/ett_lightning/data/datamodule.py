@@ -114,3 +114,10 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self.loader(self.pipeline(train=False)) if self.val_urls else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """Predicts over the validation shards, in order."""
+        return self.val_dataloader()
