@@ -157,26 +157,27 @@ class ETTModule(L.LightningModule):
 
     def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
         total, parts, encoded = self.compute_losses(batch)
-        self.log_parts("train", {**parts, **encoded.stats}, len(batch))
+        log_split(self, "train", {**parts, **encoded.stats}, len(batch))
         self.skipped_samples += batch.skipped
         self.log("data/skipped", float(self.skipped_samples), on_step=True, batch_size=len(batch))
         return total
 
-    def validation_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
+    def evaluation_step(self, batch: ETTBatch, split: str) -> Tensor:
         total, parts, encoded = self.compute_losses(batch)
-        self.log_parts("val", {**parts, **encoded.stats}, len(batch))
+        log_split(self, split, {**parts, **encoded.stats}, len(batch))
         return total
 
+    def validation_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
+        return self.evaluation_step(batch, "val")
+
     def test_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
-        total, parts, encoded = self.compute_losses(batch)
-        self.log_parts("test", {**parts, **encoded.stats}, len(batch))
-        return total
+        return self.evaluation_step(batch, "test")
 
     @torch.no_grad()
     def generate(self, batch: ETTBatch, max_new_tokens: int = 16) -> list[str]:
         """Greedy continuation of each sample's prompt (image + prompt, the target removed), with the KV cache,
         stopping at EOS. Prompts are left-padded so they end at the same position."""
-        image_embeds = self.projector(self.tokenizer.encode(batch.images).embeddings)
+        image_embeds = self.projector(self.encode_images(batch.images).embeddings)
         lm = self.language_model
         length = int(batch.target_starts.max())
         input_ids = torch.full((len(batch), length), lm.tokenizer.pad_token_id, device=self.device)
@@ -199,11 +200,6 @@ class ETTModule(L.LightningModule):
         predictions = self.generate(batch)
         return [{"key": k, "prediction": p, "references": r} for k, p, r in zip(batch.keys, predictions, batch.answers)]
 
-    def log_parts(self, split: str, parts: dict[str, Tensor], batch_size: int) -> None:
-        training = split == "train"
-        values = {f"{split}/{name}": value.detach() for name, value in parts.items()}
-        self.log_dict(values, on_step=training, on_epoch=not training, sync_dist=not training, batch_size=batch_size)
-
     def configure_optimizers(self) -> dict:
         """AdamW with one learning rate per trainable component (no decay on biases and norms), warmup + cosine."""
         groups = []
@@ -214,6 +210,13 @@ class ETTModule(L.LightningModule):
             raise ValueError(f"stage {self.stage!r} with trainable={sorted(self.trainable)} leaves nothing to train")
         total_steps = int(self.trainer.estimated_stepping_batches)
         return adamw_with_schedule(groups, self.betas, self.warmup_steps, total_steps, self.min_lr_ratio, self.device)
+
+
+def log_split(module: L.LightningModule, split: str, parts: dict[str, Tensor], batch_size: int) -> None:
+    """Logs ``parts`` as ``<split>/<name>``: per step while training, epoch means synced across ranks otherwise."""
+    training = split == "train"
+    values = {f"{split}/{name}": value.detach() for name, value in parts.items()}
+    module.log_dict(values, on_step=training, on_epoch=not training, sync_dist=not training, batch_size=batch_size)
 
 
 def resolve_trainable(stage: str, overrides: dict[str, bool] | None) -> frozenset[str]:

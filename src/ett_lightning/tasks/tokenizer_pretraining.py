@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import load_text_tokenizer
-from ett_lightning.module import adamw_with_schedule, parameter_groups
+from ett_lightning.module import adamw_with_schedule, log_split, parameter_groups
 from ett_lightning.tokenizer import VQTokenizer
 
 
@@ -48,10 +48,7 @@ class TokenizerPretraining(L.LightningModule):
     def step(self, batch: ETTBatch, split: str) -> Tensor:
         reconstructions, encoded = self.tokenizer(batch.images)
         vq, parts = self.loss.vq_loss(batch.images, reconstructions, encoded.quant_losses)
-        values = {f"{split}/{k}": v.detach() for k, v in {**parts, **encoded.stats}.items()}
-        training = split == "train"
-        self.log_dict(values, on_step=training, on_epoch=not training, sync_dist=not training,
-                      batch_size=len(batch))
+        log_split(self, split, {**parts, **encoded.stats}, len(batch))
         return vq
 
     def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
