@@ -48,7 +48,7 @@ def synthetic_shards(tmp_path_factory) -> Path:
 
 
 def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0):
-    """A collated batch through the real data-side sequence builder and collator."""
+    """A collated batch through the real data-side sequence builder and collator, normalised as on the device."""
     from ett_lightning.data.collate import Collator
     from ett_lightning.data.sequence import SequenceBuilder
     from ett_lightning.data.skips import SkipCounter
@@ -56,9 +56,9 @@ def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     builder = SequenceBuilder(module.text_tokenizer, module.num_image_tokens(IMAGE_SIZE))
     samples = [
-        {"image": torch.randint(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator),
+        {"image": torch.randint(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8, generator=generator).numpy(),
          "sequence": builder.build("caption", {}, f"the text {i} in red"), "answers": [f"{i}"], "task": "caption",
          "key": str(i)}
         for i in range(batch_size)
     ]
-    return Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples)
+    return Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples).normalized()

@@ -53,3 +53,41 @@ def test_demo_chain_runs_and_checkpoints_reload(tmp_path, synthetic_shards):
         f"--ckpt_path={sft_ckpt}", "--data.init_args.num_workers=0", cwd=tmp_path)
     run("predict", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_predict_batches=1", *small,
         f"--ckpt_path={sft_ckpt}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=2", cwd=tmp_path)
+
+
+def write_img2dataset_shards(directory: Path, shards: int = 2, per_shard: int = 6) -> str:
+    """Shards as img2dataset writes them: ``{shard:05d}{index:04d}`` keys with jpg, txt and json members, JPEGs
+    of mixed sizes and modes."""
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    directory.mkdir()
+    for shard in range(shards):
+        with tarfile.open(directory / f"{shard:05d}.tar", "w") as tar:
+            for index in range(per_shard):
+                key = f"{shard:05d}{index:04d}"
+                jpg = io.BytesIO()
+                Image.new("RGB" if index % 2 else "L", (40 + 8 * index, 36), (index * 40) % 256).save(jpg, "JPEG")
+                caption = f"a flat picture number {index}"
+                meta = {"url": f"https://example.com/{key}.jpg", "caption": caption, "key": key,
+                        "status": "success", "width": 40 + 8 * index, "height": 36}
+                for ext, data in (("jpg", jpg.getvalue()), ("txt", caption.encode()),
+                                  ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(directory / f"{{00000..{shards - 1:05d}}}.tar")
+
+
+@pytest.mark.slow
+def test_fit_streams_img2dataset_layout_shards(tmp_path):
+    shards = write_img2dataset_shards(tmp_path / "laion")
+    result = run("fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"), f"--data.train_shards={shards}",
+                 "--data.val_shards=null", "--trainer.max_steps=5", "--trainer.limit_val_batches=0",
+                 "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
+                 "--model.init_args.tokenizer.init_args.resolution=32", cwd=tmp_path)
+    checkpoint = torch.load(tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 5, result.stderr[-2000:]

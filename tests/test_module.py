@@ -116,11 +116,12 @@ def vqa_batch(module: ETTModule, questions: list[str]):
 
     builder = SequenceBuilder(module.text_tokenizer, module.num_image_tokens(32))
     generator = torch.Generator().manual_seed(3)
-    samples = [{"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator), "task": "vqa",
+    samples = [{"image": torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=generator).numpy(),
+                "task": "vqa",
                 "key": str(i),
                 "sequence": builder.build("vqa", {"question": q}, "yes"), "answers": ["yes"]}
                for i, q in enumerate(questions)]
-    return Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples)
+    return Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples).normalized()
 
 
 def test_batched_generation_with_left_padding_equals_manual_greedy_decoding():

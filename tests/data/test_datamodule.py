@@ -2,6 +2,7 @@ import io
 import json
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,9 +34,14 @@ def test_caption_shards_round_trip(synthetic_shards):
     batch = batches[0]
     with tarfile.open(synthetic_shards / "caption" / "val-000000.tar") as tar:
         captions = [tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt")]
+        first_png = next(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png"))
     assert target_texts(batch, dm.builder.tokenizer) == captions[:4]
-    assert batch.images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE) and batch.images.dtype == torch.float32
-    assert batch.images.min() >= -1 and batch.images.max() <= 1
+    assert batch.images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE) and batch.images.dtype == torch.uint8
+    pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(first_png)).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(batch.images[0], pixels)
+    on_device = dm.on_after_batch_transfer(batch, 0)
+    assert on_device.images.dtype == torch.float32 and on_device.images.shape == batch.images.shape
+    assert torch.equal(on_device.images[0], pixels.float() / 127.5 - 1)
     assert torch.all(batch.image_slots.sum(1) == NUM_TOKENS)
     assert torch.all(batch.labels[batch.image_slots] == IGNORE_INDEX)
     for row in range(4):
@@ -151,3 +157,11 @@ def test_byte_level_tokenizer_round_trips_any_text():
     tokenizer = byte_level_tokenizer()
     text = "Größe 42 — ok?"
     assert tokenizer.decode(tokenizer(text).input_ids) == text
+
+
+def test_pipe_urls_stream_the_same_samples_as_local_paths(synthetic_shards):
+    path = synthetic_shards / "caption" / "val-000000.tar"
+    local = next(iter(datamodule({"val_shards": str(path)}).val_dataloader()))
+    piped = next(iter(datamodule({"val_shards": f"pipe:cat {path}"}).val_dataloader()))
+    assert piped.keys == [key.replace(str(path), f"pipe:cat {path}") for key in local.keys]
+    assert torch.equal(piped.images, local.images) and torch.equal(piped.input_ids, local.input_ids)

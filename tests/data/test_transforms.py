@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,7 +22,7 @@ def test_transparent_pixels_become_background_not_black():
 def test_transform_resizes_crops_and_batches_scale_to_minus_one_one():
     image = Image.new("RGB", (80, 40), (255, 0, 0))
     pixels = ImageTransform(32)(image)
-    assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.uint8
-    out = to_model_range(pixels)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+    out = to_model_range(torch.from_numpy(pixels.copy()).permute(2, 0, 1))
     assert out.dtype == torch.float32
     assert torch.allclose(out[0], torch.ones(32, 32)) and torch.allclose(out[1], -torch.ones(32, 32))

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import Tensor
+
+from ett_lightning.data.transforms import to_model_range
 
 
 @dataclass
 class ETTBatch:
     """One collated batch; Lightning moves its tensors to the device.
 
-    ``images`` [B, 3, H, W] in [-1, 1]. ``input_ids``/``attention_mask``/``labels``/``image_slots`` [B, L], right
-    padded: ``image_slots`` marks where the codebook embeddings go, ``labels`` is -100 everywhere except the
-    target text (caption or answer) and its EOS. ``target_starts`` [B] is the first target position, so
-    generation can feed the prompt alone. ``answers`` keeps every reference answer for VQA evaluation, ``keys``
-    the samples' ``__key__``. ``skipped`` counts samples the producing worker dropped since its previous batch.
+    ``images`` [B, 3, H, W]: uint8 as collated (4x fewer bytes through worker queues and host-to-device copies),
+    float in [-1, 1] after :meth:`normalized`, which the datamodule applies on the device.
+    ``input_ids``/``attention_mask``/``labels``/``image_slots`` [B, L], right padded: ``image_slots`` marks where
+    the codebook embeddings go, ``labels`` is -100 everywhere except the target text (caption or answer) and its
+    EOS. ``target_starts`` [B] is the first target position, so generation can feed the prompt alone. ``answers``
+    keeps every reference answer for VQA evaluation, ``keys`` the samples' ``__key__``. ``skipped`` counts
+    samples the producing worker dropped since its previous batch.
     """
 
     images: Tensor
@@ -31,3 +35,9 @@ class ETTBatch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def normalized(self) -> ETTBatch:
+        """The batch with uint8 images scaled to the tokenizer's [-1, 1]; float images are returned as they are."""
+        if self.images.is_floating_point():
+            return self
+        return replace(self, images=to_model_range(self.images))

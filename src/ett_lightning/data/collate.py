@@ -11,12 +11,11 @@ import torch
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.data.sequence import IGNORE_INDEX
 from ett_lightning.data.skips import SkipCounter
-from ett_lightning.data.transforms import to_model_range
 
 
 class Collator:
-    """Stacks uint8 images and scales them to [-1, 1] in one batched op, right-pads token sequences, and stamps
-    the batch with the worker's recent skip count."""
+    """Stacks the [H, W, 3] uint8 images into a [B, 3, H, W] view (channels-last strides, no transposing copy),
+    right-pads token sequences, and stamps the batch with the worker's recent skip count."""
 
     def __init__(self, pad_id: int, skips: SkipCounter, num_image_tokens: int) -> None:
         self.pad_id = pad_id
@@ -36,7 +35,7 @@ class Collator:
             attention_mask[row, : len(q.input_ids)] = 1
             image_slots[row, q.slot_start : q.slot_start + self.num_image_tokens] = True
         return ETTBatch(
-            images=to_model_range(torch.stack([s["image"] for s in samples])),
+            images=torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2),
             input_ids=torch.from_numpy(input_ids),
             attention_mask=torch.from_numpy(attention_mask),
             labels=torch.from_numpy(labels),

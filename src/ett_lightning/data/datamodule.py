@@ -10,11 +10,13 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from webdataset.utils import pytorch_worker_info
 
+from ett_lightning.data.batch import ETTBatch
 from ett_lightning.data.collate import Collator
 from ett_lightning.data.samples import SampleDecoder
 from ett_lightning.data.sequence import SequenceBuilder
 from ett_lightning.data.shards import OrderedShardStream, ResampledShardStream, expand_shards
 from ett_lightning.data.skips import SkipCounter
+from ett_lightning.data.tar_stream import tar_to_samples
 from ett_lightning.data.transforms import ImageTransform
 
 
@@ -85,10 +87,10 @@ class ImageTextDataModule(L.LightningDataModule):
         collate = Collator(self.builder.tokenizer.pad_token_id, skips, self.builder.num_image_tokens)
         if train:
             source = [ResampledShardStream(self.train_urls, self.seed),
-                      wds.tarfile_to_samples(handler=skips.handler),
+                      tar_to_samples(handler=skips.handler),
                       wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2)]
         else:
-            source = [OrderedShardStream(self.val_urls), wds.tarfile_to_samples(handler=skips.handler)]
+            source = [OrderedShardStream(self.val_urls), tar_to_samples(handler=skips.handler)]
         return wds.DataPipeline(
             *source,
             wds.map(decoder),
@@ -103,6 +105,10 @@ class ImageTextDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def on_after_batch_transfer(self, batch: ETTBatch, dataloader_idx: int) -> ETTBatch:
+        """uint8 images become [-1, 1] floats here, on the device, rather than in the workers."""
+        return batch.normalized()
 
     def train_dataloader(self) -> DataLoader:
         if self.train_urls is None:
