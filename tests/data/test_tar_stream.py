@@ -75,3 +75,12 @@ def test_expander_marks_shard_ends_skips_meta_and_reports_a_broken_shard():
     assert len(errors) == 1 and "broken.tar" in errors[0].args
     with pytest.raises(TarStreamError):
         list(expand_tar_streams([{"url": "broken.tar", "stream": io.BytesIO(broken)}], handler=lambda exn: False))
+
+
+def test_signed_checksums_of_old_writers_are_accepted():
+    header = bytearray(tar_bytes({"\u00e9.txt": b"1"}, tarfile.GNU_FORMAT)[:512])
+    assert any(b > 127 for b in header)
+    signed = sum(b - 256 if b > 127 else b for b in header[:148] + b" " * 8 + header[156:])
+    header[148:156] = f"{signed:06o}\0 ".encode()
+    data = bytes(header) + b"1" + bytes(511) + bytes(1024)
+    assert list(iter_tar_members(io.BytesIO(data))) == [("\u00e9.txt", b"1")]

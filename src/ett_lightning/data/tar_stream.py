@@ -43,11 +43,14 @@ def parse_number(field: bytes) -> int:
 
 
 def check_checksum(header: bytes) -> None:
-    """The stored checksum must equal the header's byte sum with the checksum field read as spaces."""
+    """The stored checksum must equal the header's byte sum with the checksum field read as spaces (unsigned, or
+    signed as some old writers computed it)."""
     stored = parse_number(header[148:156])
     unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    if stored == unsigned:
+        return
     signed = unsigned - 256 * sum(1 for b in header[:148] + header[156:] if b > 127)
-    if stored not in (unsigned, signed):
+    if stored != signed:
         raise TarStreamError(f"tar header checksum mismatch (stored {stored}, computed {unsigned})")
 
 
