@@ -4,7 +4,7 @@ from ett_lightning.data import ETTBatch, ImageTextDataModule
 from ett_lightning.losses import ETTLoss, LPIPSLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.module import ETTModule
-from ett_lightning.tokenizer import IndexBackpropQuantizer, VectorQuantizer, VQTokenizer
+from ett_lightning.tokenizer import IndexBackpropQuantizer, PretrainedVQTokenizer, VectorQuantizer, VQTokenizer
 
 __all__ = [
     "ETTBatch",
@@ -15,6 +15,7 @@ __all__ = [
     "LPIPSLoss",
     "LanguageModel",
     "MLPProjector",
+    "PretrainedVQTokenizer",
     "VQTokenizer",
     "VectorQuantizer",
 ]

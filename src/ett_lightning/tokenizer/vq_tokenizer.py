@@ -34,7 +34,9 @@ class VQTokenizer(nn.Module):
     """VQGAN-family tokenizer with a pluggable quantizer.
 
     Submodule names (``encoder``, ``quant_conv``, ``quantize``, ``post_quant_conv``, ``decoder``) are the ones
-    taming-transformers, LlamaGen and SEED-Voken use, so their checkpoints load by name.
+    taming-transformers, LlamaGen and SEED-Voken use, so their checkpoints load by name
+    (:class:`~ett_lightning.tokenizer.PretrainedVQTokenizer` maps the layouts that differ). ``arch`` keeps the
+    constructor's architecture arguments, which export writes next to the weights.
     The downsampling factor is ``2 ** (len(ch_mult) - 1)``: 8 for four levels, 16 for five. ``weights`` loads
     a state dict in this layout (safetensors or torch pickle) strictly, reporting any mismatched keys.
     """
@@ -54,6 +56,7 @@ class VQTokenizer(nn.Module):
         super().__init__()
         arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, resolution=resolution,
                     attn_resolutions=tuple(attn_resolutions), z_channels=z_channels, dropout=dropout)
+        self.arch = arch
         self.encoder = Encoder(**arch)
         self.decoder = Decoder(**arch)
         self.quant_conv = nn.Conv2d(z_channels, quantizer.code_dim, kernel_size=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,6 +35,10 @@ class Quantizer(nn.Module):
         self.l2_norm = l2_norm
         self.embedding = nn.Embedding(codebook_size, code_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+
+    def hparams(self) -> dict[str, Any]:
+        """Constructor arguments, for rebuilding this quantizer from an export."""
+        return dict(codebook_size=self.codebook_size, code_dim=self.code_dim, beta=self.beta, l2_norm=self.l2_norm)
 
     def codebook(self) -> Tensor:
         """The codebook as the quantizer uses it (normalised when ``l2_norm``)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -31,6 +33,10 @@ class IndexBackpropQuantizer(Quantizer):
         super().__init__(codebook_size, code_dim, beta, l2_norm)
         self.entropy_weight = entropy_weight
         self.entropy_temperature = entropy_temperature
+
+    def hparams(self) -> dict[str, Any]:
+        return {**super().hparams(), "entropy_weight": self.entropy_weight,
+                "entropy_temperature": self.entropy_temperature}
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         flat = self.flatten_latents(z)

@@ -1,0 +1,91 @@
+"""Starting from a public VQ tokenizer: architecture from a preset or from the weights, strict loading."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ett_lightning.tokenizer.formats import check_format, detect_format, to_ett
+from ett_lightning.tokenizer.quantizers import IndexBackpropQuantizer, Quantizer, VectorQuantizer
+from ett_lightning.tokenizer.vq_tokenizer import VQTokenizer
+from ett_lightning.utils import load_state_dict_file, load_strict
+
+VQGAN_F16 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), resolution=256,
+                 z_channels=256)
+PRESETS: dict[str, dict[str, Any]] = {
+    "taming-vqgan-f16-1024": dict(format="taming", arch=VQGAN_F16, codebook=(1024, 256)),
+    "taming-vqgan-f16-16384": dict(format="taming", arch=VQGAN_F16, codebook=(16384, 256)),
+    "ibq-16384": dict(format="ibq", arch={**VQGAN_F16, "num_res_blocks": 4}, codebook=(16384, 256)),
+    "ibq-262144": dict(format="ibq", arch={**VQGAN_F16, "num_res_blocks": 4}, codebook=(262144, 256)),
+    "llamagen-vq16": dict(format="llamagen", arch=VQGAN_F16, codebook=(16384, 8)),
+    "llamagen-vq8": dict(format="llamagen", arch={**VQGAN_F16, "ch_mult": (1, 2, 2, 4), "attn_resolutions": (32,)},
+                         codebook=(16384, 8)),
+}
+
+
+def default_quantizer(fmt: str, codebook_size: int, code_dim: int) -> Quantizer:
+    """The quantizer each family was trained with: IBQ for SEED-Voken, l2-normalised VQ for LlamaGen."""
+    if fmt == "ibq":
+        return IndexBackpropQuantizer(codebook_size, code_dim)
+    return VectorQuantizer(codebook_size, code_dim, l2_norm=fmt == "llamagen")
+
+
+def infer_architecture(state: dict[str, Tensor], resolution: int) -> dict[str, Any]:
+    """Encoder/decoder hyper-parameters read off a state dict in our layout (attention levels are stored as
+    feature-map sizes, hence ``resolution``)."""
+    if "encoder.conv_in.weight" not in state:
+        raise ValueError("cannot infer the tokenizer architecture: no encoder.conv_in.weight in the weights")
+    ch = state["encoder.conv_in.weight"].shape[0]
+    levels = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))}
+    return dict(
+        ch=ch,
+        ch_mult=tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels),
+        num_res_blocks=len(blocks),
+        attn_resolutions=tuple(resolution // 2**i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state),
+        resolution=resolution,
+        z_channels=state["encoder.conv_out.weight"].shape[0],
+    )
+
+
+class PretrainedVQTokenizer(VQTokenizer):
+    """A :class:`VQTokenizer` built around public weights (taming VQGAN, SEED-Voken IBQ, LlamaGen VQ, or ours).
+
+    ``format="auto"`` guesses the layout from key names. The architecture comes from ``preset`` (a name in
+    :data:`PRESETS`) or is inferred from the weights; ``quantizer`` overrides the family's default (e.g. IBQ with
+    an entropy term for further tuning). Loading is strict after dropping training-only entries (``loss.*``,
+    EMA copies, usage buffers); any other mismatch is one error listing the keys. ``source_format`` is kept so
+    export can write the tuned weights back in the original layout.
+    """
+
+    def __init__(
+        self,
+        weights: str,
+        format: str = "auto",
+        preset: str | None = None,
+        resolution: int = 256,
+        use_ema: bool = True,
+        quantizer: Quantizer | None = None,
+    ) -> None:
+        raw = load_state_dict_file(weights)
+        fmt = format if format != "auto" else preset_spec(preset)["format"] if preset else detect_format(raw)
+        check_format(fmt)
+        state = to_ett(raw, fmt, use_ema)
+        if preset is not None:
+            spec = preset_spec(preset)
+            arch, (codebook_size, code_dim) = dict(spec["arch"]), spec["codebook"]
+        else:
+            arch = infer_architecture(state, resolution)
+            codebook_size, code_dim = state["quantize.embedding.weight"].shape
+        super().__init__(quantizer or default_quantizer(fmt, codebook_size, code_dim), **arch)
+        load_strict(self, state, f"{Path(weights).name} (format {fmt}{f', preset {preset}' if preset else ''})")
+        self.source_format = fmt
+
+
+def preset_spec(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown tokenizer preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
