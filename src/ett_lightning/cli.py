@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from ett_lightning.export import main as export_main
+
 
 def main(args: list[str] | None = None) -> None:
-    """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config)."""
+    """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config), and
+    ``ett export --ckpt run.ckpt --out DIR``."""
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["export"]:
+        export_main(argv[1:])
+        return
     LightningCLI(
         LightningModule,
         LightningDataModule,

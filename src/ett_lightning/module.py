@@ -6,7 +6,7 @@ import logging
 import math
 import warnings
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ett_lightning.data.batch import ETTBatch
+from ett_lightning.export import load_export
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.tokenizer import TokenizerOutput, VQTokenizer
@@ -90,6 +91,14 @@ class ETTModule(L.LightningModule):
             self.save_hyperparameters()
         for key in [k for k, v in self.hparams.items() if isinstance(v, nn.Module) or k == "init_from"]:
             del self.hparams[key]
+
+    @classmethod
+    def from_export(cls, directory: str, **kwargs: Any) -> ETTModule:
+        """The module of an ``ett export`` directory; ``kwargs`` (``stage``, ``loss``, learning rates, ...) set
+        the training configuration for further tuning, as in ``__init__``."""
+        components = load_export(directory)
+        exported_stage = components.pop("stage") or "ett"
+        return cls(**components, **{"stage": exported_stage, **kwargs})
 
     def load_components(self, path: str) -> None:
         """Loads the components a checkpoint holds (each one strictly); loss modules are skipped.

@@ -24,6 +24,8 @@ class MLPProjector(nn.Sequential):
         super().__init__(*layers)
         self.in_dim = in_dim
         self.out_dim = out_dim
+        self.depth = depth
+        self.hidden_dim = hidden_dim
 
     def forward(self, embeddings: Tensor) -> Tensor:
         if embeddings.shape[-1] != self.in_dim:

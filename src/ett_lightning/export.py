@@ -1,0 +1,104 @@
+"""Tuned checkpoints out: a directory any pipeline can load, and back into an :class:`ETTModule`.
+
+Layout of ``ett export --ckpt run.ckpt --out DIR``::
+
+    DIR/ett_export.json               how to rebuild: architectures, quantizer, stage, file names
+    DIR/tokenizer/model.safetensors   the tuned tokenizer in this package's layout
+    DIR/tokenizer/<format>.ckpt|.pt   the same weights in the layout it was loaded from (taming, ibq, llamagen)
+    DIR/projector/model.safetensors
+    DIR/language_model/               save_pretrained of the LLM and its text tokenizer (image markers included)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ett_lightning.models import LanguageModel, MLPProjector
+from ett_lightning.tokenizer import VQTokenizer, from_ett
+from ett_lightning.utils import load_strict
+
+EXPORT_FILE = "ett_export.json"
+FORMAT_VERSION = 1
+ORIGINAL_FILES = {"taming": ("taming.ckpt", "state_dict"), "ibq": ("ibq.ckpt", "state_dict"),
+                  "llamagen": ("llamagen.pt", "model")}
+
+
+def export_module(module: nn.Module, out: str | Path) -> Path:
+    """Writes ``module``'s tokenizer, projector and language model to ``out`` (see the module docstring)."""
+    out = Path(out)
+    tokenizer, projector, language_model = module.tokenizer, module.projector, module.language_model
+    (out / "tokenizer").mkdir(parents=True, exist_ok=True)
+    (out / "projector").mkdir(exist_ok=True)
+    tokenizer_state = contiguous(tokenizer.state_dict())
+    save_file(tokenizer_state, out / "tokenizer" / "model.safetensors")
+    source_format = getattr(tokenizer, "source_format", "ett")
+    if source_format in ORIGINAL_FILES:
+        name, key = ORIGINAL_FILES[source_format]
+        torch.save({key: from_ett(tokenizer_state, source_format)}, out / "tokenizer" / name)
+    save_file(contiguous(projector.state_dict()), out / "projector" / "model.safetensors")
+    language_model.model.save_pretrained(out / "language_model")
+    language_model.tokenizer.save_pretrained(out / "language_model")
+    quantizer = tokenizer.quantize
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "stage": getattr(module, "stage", None),
+        "tokenizer": {"arch": tokenizer.arch, "source_format": source_format,
+                      "quantizer": {"class_path": f"{type(quantizer).__module__}.{type(quantizer).__qualname__}",
+                                    "init_args": quantizer.hparams()}},
+        "projector": {"in_dim": projector.in_dim, "out_dim": projector.out_dim, "depth": projector.depth,
+                      "hidden_dim": projector.hidden_dim},
+        "language_model": {"attn_implementation": language_model.model.config._attn_implementation},
+    }
+    (out / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses shared or strided storage; exported tensors are plain copies."""
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def load_export(directory: str | Path) -> dict[str, Any]:
+    """The components of an export (``tokenizer``, ``projector``, ``language_model``) and its ``stage``."""
+    directory = Path(directory)
+    manifest_path = directory / EXPORT_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path} not found: not a directory written by `ett export`")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{manifest_path} has format_version {manifest.get('format_version')}, "
+                         f"this ett_lightning reads {FORMAT_VERSION}")
+    spec = manifest["tokenizer"]
+    tokenizer = VQTokenizer(build_class(spec["quantizer"]), **spec["arch"])
+    load_strict(tokenizer, load_file(directory / "tokenizer" / "model.safetensors"), f"{directory} [tokenizer]")
+    tokenizer.source_format = spec["source_format"]
+    projector = MLPProjector(**manifest["projector"])
+    load_strict(projector, load_file(directory / "projector" / "model.safetensors"), f"{directory} [projector]")
+    language_model = LanguageModel(pretrained=str(directory / "language_model"), **manifest["language_model"])
+    return {"tokenizer": tokenizer, "projector": projector, "language_model": language_model,
+            "stage": manifest["stage"]}
+
+
+def build_class(spec: dict[str, Any]) -> Any:
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)(**spec["init_args"])
+
+
+def main(args: list[str] | None = None) -> None:
+    """``ett export --ckpt run.ckpt --out DIR``: a checkpoint of a LightningCLI run -> an export directory."""
+    from ett_lightning.module import ETTModule
+
+    parser = argparse.ArgumentParser(prog="ett export", description=main.__doc__)
+    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `lightning fit`")
+    parser.add_argument("--out", required=True, help="export directory to write")
+    options = parser.parse_args(args)
+    module = ETTModule.load_from_checkpoint(options.ckpt, map_location="cpu")
+    print(f"exported {options.ckpt} to {export_module(module, options.out)}")
