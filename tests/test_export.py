@@ -73,8 +73,10 @@ def test_ett_export_command_from_a_cli_checkpoint(tmp_path, synthetic_shards, mo
               "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
               "--model.init_args.tokenizer.init_args.resolution=32"])
     checkpoint = tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt"
-    cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export")])
+    cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--tokenizer-format", "ibq"])
     trained = ETTModule.load_from_checkpoint(checkpoint)
     exported = ETTModule.from_export(str(tmp_path / "export"), loss=NO_LPIPS)
     assert all(torch.equal(v, exported.state_dict()[k]) for k, v in trained.state_dict().items()
                if not k.startswith("loss."))
+    ibq = PretrainedVQTokenizer(str(tmp_path / "export/tokenizer/ibq.ckpt"), resolution=32)
+    assert all(torch.equal(v, trained.tokenizer.state_dict()[k]) for k, v in ibq.state_dict().items())

@@ -31,15 +31,19 @@ ORIGINAL_FILES = {"taming": ("taming.ckpt", "state_dict"), "ibq": ("ibq.ckpt", "
                   "llamagen": ("llamagen.pt", "model")}
 
 
-def export_module(module: nn.Module, out: str | Path) -> Path:
-    """Writes ``module``'s tokenizer, projector and language model to ``out`` (see the module docstring)."""
+def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | None = None) -> Path:
+    """Writes ``module``'s tokenizer, projector and language model to ``out`` (see the module docstring).
+
+    The extra tokenizer file uses ``tokenizer_format``, else the layout the tokenizer was loaded from
+    (``PretrainedVQTokenizer``); later stages built from config and ``init_from`` need the argument.
+    """
     out = Path(out)
     tokenizer, projector, language_model = module.tokenizer, module.projector, module.language_model
     (out / "tokenizer").mkdir(parents=True, exist_ok=True)
     (out / "projector").mkdir(exist_ok=True)
     tokenizer_state = contiguous(tokenizer.state_dict())
     save_file(tokenizer_state, out / "tokenizer" / "model.safetensors")
-    source_format = getattr(tokenizer, "source_format", "ett")
+    source_format = tokenizer_format or getattr(tokenizer, "source_format", "ett")
     if source_format in ORIGINAL_FILES:
         name, key = ORIGINAL_FILES[source_format]
         torch.save({key: from_ett(tokenizer_state, source_format)}, out / "tokenizer" / name)
@@ -99,6 +103,8 @@ def main(args: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="ett export", description=main.__doc__)
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `lightning fit`")
     parser.add_argument("--out", required=True, help="export directory to write")
+    parser.add_argument("--tokenizer-format", choices=sorted(ORIGINAL_FILES),
+                        help="also write the tokenizer in this public layout (default: the layout it was loaded from)")
     options = parser.parse_args(args)
     module = ETTModule.load_from_checkpoint(options.ckpt, map_location="cpu")
-    print(f"exported {options.ckpt} to {export_module(module, options.out)}")
+    print(f"exported {options.ckpt} to {export_module(module, options.out, options.tokenizer_format)}")
