@@ -8,6 +8,16 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from ett_lightning.export import main as export_main
+from ett_lightning.resilience import check_config
+
+
+class CheckedLightningCLI(LightningCLI):
+    """LightningCLI that checks the resolved configuration (paths, stage, weights, dimensions, image size)
+    before instantiating anything, so a typo costs seconds, not an LLM load."""
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_config(config.as_dict())
 
 
 def main(args: list[str] | None = None) -> None:
@@ -17,7 +27,7 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["export"]:
         export_main(argv[1:])
         return
-    LightningCLI(
+    CheckedLightningCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

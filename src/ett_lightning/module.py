@@ -222,9 +222,13 @@ class ETTModule(L.LightningModule):
 
 
 def log_split(module: L.LightningModule, split: str, parts: dict[str, Tensor], batch_size: int) -> None:
-    """Logs ``parts`` as ``<split>/<name>``: per step while training, epoch means synced across ranks otherwise."""
+    """Logs ``parts`` as ``<split>/<name>``: per step while training, epoch means synced across ranks otherwise.
+
+    The training step's parts also stay on ``module.train_parts``, where NonFiniteGuard finds which went bad."""
     training = split == "train"
     values = {f"{split}/{name}": value.detach() for name, value in parts.items()}
+    if training:
+        module.train_parts = {name: value.detach() for name, value in parts.items()}
     module.log_dict(values, on_step=training, on_epoch=not training, sync_dist=not training, batch_size=batch_size)
 
 

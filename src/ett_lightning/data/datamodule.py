@@ -86,7 +86,7 @@ class ImageTextDataModule(L.LightningDataModule):
         decoder = SampleDecoder(ImageTransform(self.image_size, random_crop=train), self.builder, skips)
         collate = Collator(self.builder.tokenizer.pad_token_id, skips, self.builder.num_image_tokens)
         if train:
-            source = [ResampledShardStream(self.train_urls, self.seed),
+            source = [ResampledShardStream(self.train_urls, self.seed, self.trainer.global_step if self.trainer else 0),
                       tar_to_samples(handler=skips.handler),
                       wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2)]
         else:

@@ -62,19 +62,21 @@ def assigned_shards(urls: list[str], rank: int, world_size: int, worker: int, nu
 class ResampledShardStream(IterableDataset):
     """Endless shard stream for training: each (rank, worker) resamples its own disjoint subset.
 
-    The generator is seeded by (seed, rank, worker, pass), so runs are reproducible and no two slots draw the
-    same sequence. Epoch length is set downstream with ``with_epoch``; every rank sees the same step count.
+    The generator is seeded by (seed, start_step, rank, worker, pass), so runs are reproducible, no two slots
+    draw the same sequence, and a run resumed at step ``start_step`` does not replay the shards it already read.
+    Epoch length is set downstream with ``with_epoch``; every rank sees the same step count.
     """
 
-    def __init__(self, urls: list[str], seed: int = 0) -> None:
+    def __init__(self, urls: list[str], seed: int = 0, start_step: int = 0) -> None:
         self.urls = urls
         self.seed = seed
+        self.start_step = start_step
         self.passes = 0
 
     def __iter__(self) -> Iterator[dict[str, str]]:
         rank, world_size, worker, num_workers = pytorch_worker_info()
         mine = assigned_shards(self.urls, rank, world_size, worker, num_workers)
-        rng = random.Random(hash((self.seed, rank, worker, self.passes)))
+        rng = random.Random(hash((self.seed, self.start_step, rank, worker, self.passes)))
         self.passes += 1
         while True:
             yield {"url": rng.choice(mine)}

@@ -1,0 +1,95 @@
+"""Configuration checks before anything heavy is built: every problem found, each naming its key and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ett_lightning.data.shards import expand_shards
+
+STAGES = ("align", "ett", "posttrain")
+FILE_KEYS = ("weights", "backbone_weights", "fid_weights", "fid_feature_extractor", "init_from")
+LOCAL_PREFIXES = ("/", "./", "../", "~")
+SHARD_KEYS = ("train_shards", "val_shards")
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raises one ValueError listing every problem in a resolved LightningCLI config (``--print_config`` form)."""
+    problems = list(find_problems(config))
+    if problems:
+        raise ValueError("configuration problems (nothing was built):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def find_problems(config: dict[str, Any]) -> Iterator[str]:
+    model = init_args(config.get("model"))
+    if "stage" in model and model["stage"] not in STAGES:
+        yield f"model.init_args.stage: unknown stage {model['stage']!r}; use one of {', '.join(STAGES)}"
+    yield from negative_weights(init_args(model.get("loss")), "model.init_args.loss.init_args")
+    yield from missing_files(config, "")
+    yield from projector_mismatch(model)
+    yield from shard_problems(init_args(config.get("data")))
+    yield from image_size_problems(model, init_args(config.get("data")))
+
+
+def init_args(node: Any) -> dict[str, Any]:
+    """A component's arguments whether given as ``{class_path, init_args}`` or as a plain mapping."""
+    if not isinstance(node, dict):
+        return {}
+    return node.get("init_args") or {} if "class_path" in node else node
+
+
+def negative_weights(loss: dict[str, Any], where: str) -> Iterator[str]:
+    for key, value in loss.items():
+        if (key.endswith("_weight") or key == "alpha") and isinstance(value, int | float) and value < 0:
+            yield f"{where}.{key}: {value} is negative; loss weights must be >= 0 (0 switches the term off)"
+
+
+def missing_files(node: Any, where: str) -> Iterator[str]:
+    """Every weight-file key anywhere in the config, and LanguageModel local paths, must exist."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else key
+            if key in FILE_KEYS and isinstance(value, str):
+                yield from missing_path(path, value)
+            elif key in ("pretrained", "tokenizer") and isinstance(value, str) and value.startswith(LOCAL_PREFIXES):
+                yield from missing_path(path, value)
+            else:
+                yield from missing_files(value, path)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from missing_files(value, f"{where}[{index}]")
+
+
+def missing_path(key: str, value: str) -> Iterator[str]:
+    if value.startswith("<") and value.endswith(">"):
+        yield f"{key}: placeholder {value} was not replaced; set it to a local path (see the recipe's header)"
+    elif "://" not in value and not Path(value).expanduser().exists():
+        yield f"{key}: {value} does not exist; fix the path or copy the file to this machine"
+
+
+def projector_mismatch(model: dict[str, Any]) -> Iterator[str]:
+    projector = init_args(model.get("projector"))
+    quantizer = init_args(init_args(model.get("tokenizer")).get("quantizer"))
+    if "in_dim" in projector and "code_dim" in quantizer and projector["in_dim"] != quantizer["code_dim"]:
+        yield (f"model.init_args.projector.init_args.in_dim: {projector['in_dim']} differs from the tokenizer's "
+               f"quantizer code_dim {quantizer['code_dim']}; set in_dim to {quantizer['code_dim']}")
+
+
+def shard_problems(data: dict[str, Any]) -> Iterator[str]:
+    for key in SHARD_KEYS:
+        if data.get(key):
+            try:
+                expand_shards(data[key])
+            except FileNotFoundError as err:
+                yield f"data.init_args.{key}: {err}"
+
+
+def image_size_problems(model: dict[str, Any], data: dict[str, Any]) -> Iterator[str]:
+    ch_mult = init_args(model.get("tokenizer")).get("ch_mult")
+    size = data.get("image_size")
+    if ch_mult and isinstance(size, int):
+        factor = 2 ** (len(ch_mult) - 1)
+        if size % factor:
+            yield (f"data.init_args.image_size: {size} is not divisible by the tokenizer's downsampling factor "
+                   f"{factor} (ch_mult {list(ch_mult)}); use a multiple of {factor}, e.g. {size // factor * factor}")

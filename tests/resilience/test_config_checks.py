@@ -1,0 +1,66 @@
+import copy
+from pathlib import Path
+
+import pytest
+
+from ett_lightning.cli import main as cli_main
+from ett_lightning.resilience import check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = {
+    "model": {"class_path": "ett_lightning.ETTModule", "init_args": {
+        "stage": "ett",
+        "tokenizer": {"class_path": "ett_lightning.VQTokenizer", "init_args": {
+            "ch_mult": [1, 2, 2, 4], "quantizer": {"class_path": "ett_lightning.IndexBackpropQuantizer",
+                                                   "init_args": {"codebook_size": 256, "code_dim": 32}}}},
+        "projector": {"class_path": "ett_lightning.MLPProjector", "init_args": {"in_dim": 32, "out_dim": 128}},
+        "language_model": {"class_path": "ett_lightning.LanguageModel",
+                           "init_args": {"pretrained": "Qwen/Qwen2.5-1.5B"}},
+        "loss": {"class_path": "ett_lightning.ETTLoss", "init_args": {"alpha": 0.25, "perceptual_weight": 0.0}},
+    }},
+    "data": {"class_path": "ett_lightning.ImageTextDataModule", "init_args": {"image_size": 64}},
+    "trainer": {"callbacks": [{"class_path": "ett_lightning.callbacks.ReconstructionMetrics",
+                               "init_args": {"fid_weights": None}}]},
+}
+
+
+def with_change(path: str, value):
+    config = copy.deepcopy(GOOD)
+    node = config
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    node[last] = value
+    return config
+
+
+def test_a_good_config_passes():
+    check_config(GOOD)
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("model.init_args.stage", "sft", r"model.init_args.stage: unknown stage 'sft'; use one of align, ett, posttrain"),
+    ("model.init_args.loss.init_args.alpha", -1.0, r"loss.init_args.alpha: -1.0 is negative"),
+    ("model.init_args.projector.init_args.in_dim", 8, r"projector.init_args.in_dim: 8 differs .* set in_dim to 32"),
+    ("model.init_args.language_model.init_args.pretrained", "/models/absent", r"pretrained: /models/absent does not"),
+    ("model.init_args.tokenizer.init_args.weights", "<TOKENIZER_WEIGHTS>", r"tokenizer.init_args.weights: placeholder"),
+    ("trainer.callbacks.0.init_args.fid_weights", "/nope/inception.pth", r"callbacks\[0\].init_args.fid_weights"),
+    ("data.init_args.image_size", 60, r"image_size: 60 is not divisible by .* factor 8 .* e.g. 56"),
+    ("data.init_args.train_shards", "/data/none-{0..3}.tar", r"data.init_args.train_shards: shard pattern"),
+])
+def test_each_problem_names_its_key_and_the_fix(path, value, message):
+    with pytest.raises(ValueError, match=message):
+        check_config(with_change(path, value))
+
+
+def test_all_problems_are_reported_at_once():
+    config = with_change("model.init_args.stage", "sft")
+    config["data"]["init_args"]["image_size"] = 60
+    with pytest.raises(ValueError, match=r"(?s)unknown stage.*not divisible"):
+        check_config(config)
+
+
+def test_the_cli_checks_before_building_anything(tmp_path):
+    with pytest.raises(ValueError, match="init_from: /absent/last.ckpt does not exist"):
+        cli_main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"),
+                  "--model.init_args.init_from=/absent/last.ckpt"])
