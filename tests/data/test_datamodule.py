@@ -165,3 +165,15 @@ def test_pipe_urls_stream_the_same_samples_as_local_paths(synthetic_shards):
     piped = next(iter(datamodule({"val_shards": f"pipe:cat {path}"}).val_dataloader()))
     assert piped.keys == [key.replace(str(path), f"pipe:cat {path}") for key in local.keys]
     assert torch.equal(piped.images, local.images) and torch.equal(piped.input_ids, local.input_ids)
+
+
+def test_resumed_training_streams_reseed_by_global_step():
+    urls = [f"shard-{i}.tar" for i in range(16)]
+
+    def first_draws(start_step):
+        stream = iter(ResampledShardStream(urls, seed=0, start_step=start_step))
+        return [next(stream)["url"] for _ in range(20)]
+
+    assert first_draws(0) == first_draws(0)
+    assert first_draws(500) == first_draws(500)
+    assert first_draws(500) != first_draws(0)
