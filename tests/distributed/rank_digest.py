@@ -1,0 +1,17 @@
+"""A callback for the DDP tests: each rank writes its parameters after training, so the test can compare ranks."""
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback
+
+
+class SaveRankParameters(Callback):
+    def __init__(self, directory: str) -> None:
+        self.directory = Path(directory)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        state = {name: p.detach().cpu().clone() for name, p in pl_module.named_parameters()}
+        torch.save({"params": state, "step": trainer.global_step, "world_size": trainer.world_size},
+                   self.directory / f"rank{trainer.global_rank}.pt")
