@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
+from ett_lightning.module import writes_step_logs
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,8 @@ class NonFiniteGuard(Callback):
             self.consecutive = 0
         else:
             self.skip(trainer, pl_module, optimizer)
-        pl_module.log("train/nonfinite_steps", float(self.total), on_step=True, batch_size=1)
+        if writes_step_logs(pl_module):
+            pl_module.log("train/nonfinite_steps", float(self.total), on_step=True, batch_size=1)
 
     def skip(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
