@@ -87,7 +87,6 @@ def plain_step(module, batch, optimizer, scheduler, precision: str, clip: float 
 def plain_loop(module, batches, precision: str, clip: float | None, device: torch.device) -> list[float]:
     """Seconds per iteration of a hand-written loop (what a user would write without Lightning)."""
     module.to(device).train()
-    module.freeze_components()
     optimizer, scheduler = optimizer_for(module, len(batches))
     stamps = []
     for batch in batches:

@@ -67,7 +67,7 @@ def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | No
 
 def contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """safetensors refuses shared or strided storage; exported tensors are plain copies."""
-    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+    return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
 
 
 def load_export(directory: str | Path) -> dict[str, Any]:

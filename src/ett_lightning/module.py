@@ -229,11 +229,12 @@ def log_split(module: L.LightningModule, split: str, parts: dict[str, Tensor], b
     Training steps whose metrics the loggers will not write are not logged at all (see :func:`writes_step_logs`).
     """
     training = split == "train"
+    detached = {name: value.detach() for name, value in parts.items()}
     if training:
-        module.train_parts = {name: value.detach() for name, value in parts.items()}
+        module.train_parts = detached
         if not writes_step_logs(module):
             return
-    values = {f"{split}/{name}": value.detach() for name, value in parts.items()}
+    values = {f"{split}/{name}": value for name, value in detached.items()}
     module.log_dict(values, on_step=training, on_epoch=not training, sync_dist=not training, batch_size=batch_size)
 
 

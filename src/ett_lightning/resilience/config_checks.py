@@ -36,7 +36,7 @@ def init_args(node: Any) -> dict[str, Any]:
     """A component's arguments whether given as ``{class_path, init_args}`` or as a plain mapping."""
     if not isinstance(node, dict):
         return {}
-    return node.get("init_args") or {} if "class_path" in node else node
+    return (node.get("init_args") or {}) if "class_path" in node else node
 
 
 def negative_weights(loss: dict[str, Any], where: str) -> Iterator[str]:
