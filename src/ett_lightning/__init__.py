@@ -4,7 +4,14 @@ from ett_lightning.data import ETTBatch, ImageTextDataModule
 from ett_lightning.losses import ETTLoss, LPIPSLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.module import ETTModule
-from ett_lightning.tokenizer import IndexBackpropQuantizer, PretrainedVQTokenizer, VectorQuantizer, VQTokenizer
+from ett_lightning.tokenizer import (
+    IndexBackpropQuantizer,
+    PretrainedVQTokenizer,
+    VectorQuantizer,
+    VisionTokenizer,
+    ViTVQTokenizer,
+    VQTokenizer,
+)
 
 __all__ = [
     "ETTBatch",
@@ -18,4 +25,6 @@ __all__ = [
     "PretrainedVQTokenizer",
     "VQTokenizer",
     "VectorQuantizer",
+    "ViTVQTokenizer",
+    "VisionTokenizer",
 ]

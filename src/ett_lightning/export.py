@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ett_lightning.models import LanguageModel, MLPProjector
-from ett_lightning.tokenizer import VQTokenizer, from_ett
+from ett_lightning.tokenizer import from_ett
 from ett_lightning.utils import load_strict
 
 EXPORT_FILE = "ett_export.json"
@@ -54,8 +54,9 @@ def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | No
     manifest = {
         "format_version": FORMAT_VERSION,
         "stage": getattr(module, "stage", None),
-        "tokenizer": {"arch": tokenizer.arch, "source_format": source_format,
-                      "quantizer": {"class_path": f"{type(quantizer).__module__}.{type(quantizer).__qualname__}",
+        "tokenizer": {"class_path": class_path(tokenizer.rebuild_class()), "arch": tokenizer.arch,
+                      "source_format": source_format,
+                      "quantizer": {"class_path": class_path(type(quantizer)),
                                     "init_args": quantizer.hparams()}},
         "projector": {"in_dim": projector.in_dim, "out_dim": projector.out_dim, "depth": projector.depth,
                       "hidden_dim": projector.hidden_dim},
@@ -81,7 +82,8 @@ def load_export(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"{manifest_path} has format_version {manifest.get('format_version')}, "
                          f"this ett_lightning reads {FORMAT_VERSION}")
     spec = manifest["tokenizer"]
-    tokenizer = VQTokenizer(build_class(spec["quantizer"]), **spec["arch"])
+    tokenizer_class = import_class(spec.get("class_path", "ett_lightning.tokenizer.VQTokenizer"))
+    tokenizer = tokenizer_class(build_class(spec["quantizer"]), **spec["arch"])
     load_strict(tokenizer, load_file(directory / "tokenizer" / "model.safetensors"), f"{directory} [tokenizer]")
     tokenizer.source_format = spec["source_format"]
     projector = MLPProjector(**manifest["projector"])
@@ -91,9 +93,17 @@ def load_export(directory: str | Path) -> dict[str, Any]:
             "stage": manifest["stage"]}
 
 
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_class(path: str) -> type:
+    module_name, _, class_name = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def build_class(spec: dict[str, Any]) -> Any:
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)(**spec["init_args"])
+    return import_class(spec["class_path"])(**spec["init_args"])
 
 
 def main(args: list[str] | None = None) -> None:

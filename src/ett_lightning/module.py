@@ -17,7 +17,7 @@ from ett_lightning.data.batch import ETTBatch
 from ett_lightning.export import load_export
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
-from ett_lightning.tokenizer import TokenizerOutput, VQTokenizer
+from ett_lightning.tokenizer import TokenizerOutput, VisionTokenizer
 from ett_lightning.utils import load_state_dict_file, load_strict
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class ETTModule(L.LightningModule):
 
     def __init__(
         self,
-        tokenizer: VQTokenizer,
+        tokenizer: VisionTokenizer,
         projector: MLPProjector,
         language_model: LanguageModel,
         loss: ETTLoss | None = None,
@@ -263,7 +263,7 @@ def resolve_trainable(stage: str, overrides: dict[str, bool] | None) -> frozense
     return frozenset(trainable)
 
 
-def check_dimensions(tokenizer: VQTokenizer, projector: MLPProjector, language_model: LanguageModel) -> None:
+def check_dimensions(tokenizer: VisionTokenizer, projector: MLPProjector, language_model: LanguageModel) -> None:
     """Fails at construction, not at the first step, when the components do not fit together."""
     if projector.in_dim != tokenizer.code_dim:
         raise ValueError(

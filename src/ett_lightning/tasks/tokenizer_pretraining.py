@@ -12,11 +12,11 @@ from ett_lightning.data.batch import ETTBatch
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import load_text_tokenizer
 from ett_lightning.module import adamw_with_schedule, log_split, parameter_groups
-from ett_lightning.tokenizer import VQTokenizer
+from ett_lightning.tokenizer import VisionTokenizer
 
 
 class TokenizerPretraining(L.LightningModule):
-    """Trains a :class:`VQTokenizer` on the VQ part of :class:`ETTLoss` (reconstruction + LPIPS + quantizer terms).
+    """Trains a :class:`VisionTokenizer` on the VQ part of :class:`ETTLoss` (reconstruction + LPIPS + quantizer terms).
 
     No LLM is involved; captions in the batch are ignored. Its checkpoint keeps the weights under ``tokenizer.``,
     so ``ETTModule(init_from=...)`` starts stage 1 from it.
@@ -24,7 +24,7 @@ class TokenizerPretraining(L.LightningModule):
 
     def __init__(
         self,
-        tokenizer: VQTokenizer,
+        tokenizer: VisionTokenizer,
         loss: ETTLoss | None = None,
         learning_rate: float = 1e-4,
         betas: tuple[float, float] = (0.5, 0.9),

@@ -84,6 +84,11 @@ class PretrainedVQTokenizer(VQTokenizer):
         load_strict(self, state, f"{Path(weights).name} (format {fmt}{f', preset {preset}' if preset else ''})")
         self.source_format = fmt
 
+    @classmethod
+    def rebuild_class(cls) -> type[VQTokenizer]:
+        """Once loaded it is a plain :class:`VQTokenizer` of ``arch``: exports rebuild it without the file."""
+        return VQTokenizer
+
 
 def preset_spec(name: str) -> dict[str, Any]:
     if name not in PRESETS:
