@@ -6,10 +6,8 @@ BIN := $(VENV)/bin
 # GPU users: make install TORCH_SPEC="torch==2.5.1 torchvision==0.20.1 --index-url https://download.pytorch.org/whl/cu124"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= data/synthetic
-DEMO_STEPS ?= 150
-TOKENIZER_STEPS ?= 300
+SEEDS ?= 1
 DEMO_ARGS ?=
-DEMO_OUT := outputs/demo
 
 .PHONY: install test test-fast demo shards lint bench clean
 
@@ -29,18 +27,10 @@ test-fast: install
 	$(BIN)/pytest -m "not slow"
 
 shards: install
-	$(BIN)/ett-make-shards $(DEMO_DATA) --num-train 2000 --num-val 200 --image-size 64
+	$(BIN)/ett-make-shards $(DEMO_DATA) --num-train 2000 --num-val 500 --image-size 64
 
 demo: install shards
-	$(BIN)/lightning fit --config recipes/demo/tokenizer.yaml --trainer.max_steps=$(TOKENIZER_STEPS) $(DEMO_ARGS)
-	$(BIN)/lightning fit --config recipes/demo/ett_align.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS) \
-		--model.init_args.init_from=$(DEMO_OUT)/tokenizer/checkpoints/last.ckpt
-	$(BIN)/lightning fit --config recipes/demo/ett_sft.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS) \
-		--model.init_args.init_from=$(DEMO_OUT)/ett_align/checkpoints/last.ckpt
-	$(BIN)/lightning fit --config recipes/demo/ett_posttrain.yaml --trainer.max_steps=$(DEMO_STEPS) $(DEMO_ARGS) \
-		--model.init_args.init_from=$(DEMO_OUT)/ett_sft/checkpoints/last.ckpt
-	$(BIN)/lightning validate --config recipes/demo/ett_posttrain.yaml \
-		--ckpt_path=$(DEMO_OUT)/ett_posttrain/checkpoints/last.ckpt
+	$(BIN)/ett demo --data $(DEMO_DATA) --num-seeds $(SEEDS) $(DEMO_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

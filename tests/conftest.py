@@ -28,7 +28,7 @@ def tiny_module(stage: str = "ett", **kwargs) -> ETTModule:
         tokenizer=tiny_tokenizer(),
         projector=MLPProjector(8, 32),
         language_model=LanguageModel(config=TINY_LLM),
-        loss=ETTLoss(perceptual_weight=0.0),
+        loss=kwargs.pop("loss", None) or ETTLoss(perceptual_weight=0.0),
         stage=stage,
         warmup_steps=1,
         **kwargs,

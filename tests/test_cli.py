@@ -33,7 +33,7 @@ def test_real_recipes_print_their_resolved_config(recipe):
 def test_demo_chain_runs_and_checkpoints_reload(tmp_path, synthetic_shards):
     shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
     shutil.copytree(synthetic_shards, tmp_path / "data" / "synthetic")
-    small = ["--model.init_args.tokenizer.init_args.resolution=32", "--data.init_args.image_size=32"]
+    small = ["--model.init_args.tokenizer.init_args.image_size=32", "--data.init_args.image_size=32"]
     run("fit", "--config", "recipes/demo/tokenizer.yaml", *FAST, *small, cwd=tmp_path)
     tokenizer_ckpt = tmp_path / "outputs/demo/tokenizer/checkpoints/last.ckpt"
     run("fit", "--config", "recipes/demo/ett_align.yaml", *FAST, *small,
@@ -88,6 +88,6 @@ def test_fit_streams_img2dataset_layout_shards(tmp_path):
     result = run("fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"), f"--data.train_shards={shards}",
                  "--data.val_shards=null", "--trainer.max_steps=5", "--trainer.limit_val_batches=0",
                  "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
-                 "--model.init_args.tokenizer.init_args.resolution=32", cwd=tmp_path)
+                 "--model.init_args.tokenizer.init_args.image_size=32", cwd=tmp_path)
     checkpoint = torch.load(tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 5, result.stderr[-2000:]

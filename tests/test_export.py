@@ -71,7 +71,7 @@ def test_ett_export_command_from_a_cli_checkpoint(tmp_path, synthetic_shards, mo
               f"--data.train_shards={synthetic_shards}/caption/train-*.tar", "--data.val_shards=null",
               "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2",
               "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
-              "--model.init_args.tokenizer.init_args.resolution=32"])
+              "--model.init_args.tokenizer.init_args.image_size=32"])
     checkpoint = tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt"
     cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--tokenizer-format", "ibq"])
     trained = ETTModule.load_from_checkpoint(checkpoint)

@@ -7,6 +7,7 @@ import sys
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from ett_lightning.experiments.demo import main as demo_main
 from ett_lightning.export import main as export_main
 from ett_lightning.resilience import check_config
 
@@ -22,10 +23,11 @@ class CheckedLightningCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config), and
-    ``ett export --ckpt run.ckpt --out DIR``."""
+    ``ett export --ckpt run.ckpt --out DIR`` and ``ett demo``."""
     argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["export"]:
-        export_main(argv[1:])
+    commands = {"export": export_main, "demo": demo_main}
+    if argv[:1] and argv[0] in commands:
+        commands[argv[0]](argv[1:])
         return
     CheckedLightningCLI(
         LightningModule,

@@ -28,6 +28,7 @@ STAGE_TRAINABLE: dict[str, frozenset[str]] = {
     "ett": frozenset(COMPONENTS),
     "posttrain": frozenset({"projector", "language_model"}),
 }
+DISCRIMINATOR = "discriminator"
 DEFAULT_LEARNING_RATES = {"tokenizer": 1e-5, "projector": 1e-3, "language_model": 2e-5}
 
 
@@ -103,20 +104,9 @@ class ETTModule(L.LightningModule):
     def load_components(self, path: str) -> None:
         """Loads the components a checkpoint holds (each one strictly); loss modules are skipped.
 
-        A tokenizer-only checkpoint (``TokenizerPretraining``) loads just the tokenizer; a checkpoint holding none
-        of the three components is an error.
+        A tokenizer-only checkpoint (``TokenizerPretraining``) loads just the tokenizer.
         """
-        state = load_state_dict_file(path)
-        loaded = []
-        for name in COMPONENTS:
-            prefix = f"{name}."
-            part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            if part:
-                load_strict(getattr(self, name), part, f"{path} [{name}]")
-                loaded.append(name)
-        if not loaded:
-            raise ValueError(f"{path} holds weights for none of {list(COMPONENTS)}: not an ett_lightning checkpoint?")
-        log.info("init_from %s loaded %s", path, ", ".join(loaded))
+        load_component_weights(self, path, COMPONENTS)
 
     @property
     def text_tokenizer(self):
@@ -130,8 +120,11 @@ class ETTModule(L.LightningModule):
         return component in self.trainable
 
     def freeze_components(self) -> None:
+        """Components per stage; the discriminator trains only beside the tokenizer."""
         for name in COMPONENTS:
             getattr(self, name).requires_grad_(self.is_trainable(name))
+        if self.loss.adversarial is not None and not self.is_trainable("tokenizer"):
+            self.loss.adversarial.requires_grad_(False)
 
     def train(self, mode: bool = True) -> ETTModule:
         """Keeps frozen components in eval mode (no dropout, no norm statistics updates) while training."""
@@ -161,7 +154,8 @@ class ETTModule(L.LightningModule):
             total, parts = self.loss(caption)
             return total, parts, encoded
         reconstructions = self.tokenizer.decode(encoded.embeddings)
-        total, parts = self.loss(caption, batch.images, reconstructions, encoded.quant_losses)
+        total, parts = self.loss(caption, batch.images, reconstructions, encoded.quant_losses,
+                                 self.tokenizer.last_layer, self.global_step)
         return total, parts, encoded
 
     def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
@@ -218,8 +212,30 @@ class ETTModule(L.LightningModule):
                 groups += parameter_groups(name, getattr(self, name), self.learning_rates[name], self.weight_decay)
         if not groups:
             raise ValueError(f"stage {self.stage!r} with trainable={sorted(self.trainable)} leaves nothing to train")
+        if self.is_trainable("tokenizer"):
+            groups += discriminator_groups(self.loss)
         total_steps = int(self.trainer.estimated_stepping_batches)
         return adamw_with_schedule(groups, self.betas, self.warmup_steps, total_steps, self.min_lr_ratio, self.device)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_by_player(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def load_component_weights(module: nn.Module, path: str, names: tuple[str, ...]) -> list[str]:
+    """Loads ``module.<name>`` strictly from the ``<name>.*`` entries of a checkpoint for each of ``names`` the
+    checkpoint holds; returns the names loaded. A checkpoint holding none of them is an error."""
+    state = load_state_dict_file(path)
+    loaded = []
+    for name in names:
+        prefix = f"{name}."
+        part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if part:
+            load_strict(getattr(module, name), part, f"{path} [{name}]")
+            loaded.append(name)
+    if not loaded:
+        raise ValueError(f"{path} holds weights for none of {list(names)}: not an ett_lightning checkpoint?")
+    log.info("init_from %s loaded %s", path, ", ".join(loaded))
+    return loaded
 
 
 def log_split(module: L.LightningModule, split: str, parts: dict[str, Tensor], batch_size: int) -> None:
@@ -286,6 +302,30 @@ def parameter_groups(name: str, module: nn.Module, lr: float, weight_decay: floa
         {"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay},
         {"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
     ]
+
+
+def discriminator_groups(loss: ETTLoss) -> list[dict]:
+    """The discriminator's AdamW group (its own learning rate and betas, no weight decay), if there is one."""
+    adversarial = loss.adversarial
+    if adversarial is None:
+        return []
+    params = [p for p in adversarial.parameters() if p.requires_grad]
+    return [{"name": DISCRIMINATOR, "params": params, "lr": adversarial.learning_rate, "betas": adversarial.betas,
+             "weight_decay": 0.0}]
+
+
+def clip_by_player(module: L.LightningModule, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None,
+                   gradient_clip_algorithm: str | None) -> None:
+    """The trainer's gradient clipping, by norm separately for the discriminator and for everything else, so
+    the discriminator's gradients never shrink the tokenizer's step (nor the reverse)."""
+    groups = optimizer.param_groups
+    players = [[p for g in groups if (g.get("name") == DISCRIMINATOR) == is_d for p in g["params"]]
+               for is_d in (False, True)]
+    if not gradient_clip_val or not players[1] or gradient_clip_algorithm == "value":
+        module.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        return
+    for params in players:
+        torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
 
 def adamw_with_schedule(

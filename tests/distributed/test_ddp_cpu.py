@@ -1,4 +1,5 @@
-"""Two gloo processes per stage, from the demo recipes: every rank ends with the same parameters."""
+"""Two gloo processes per stage, from the demo recipes (and with the adversarial loss on): every rank ends with
+the same parameters, without find_unused_parameters."""
 
 import os
 import subprocess
@@ -11,7 +12,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 LIGHTNING = str(Path(sys.executable).with_name("lightning"))
-RECIPES = {"tokenizer": "tokenizer", "align": "ett_align", "ett": "ett_sft", "posttrain": "ett_posttrain"}
+RECIPES = {"tokenizer": "tokenizer", "align": "ett_align", "ett": "ett_sft", "posttrain": "ett_posttrain",
+           "tokenizer_gan": "tokenizer", "ett_gan": "ett_sft"}
+GAN = ["--model.init_args.loss.init_args.adversarial_weight=0.1"]
 
 
 @pytest.mark.slow
@@ -31,7 +34,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path, synthetic_shards, stage
          "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=false", "--trainer.logger=false",
          f"--data.train_shards={synthetic_shards}/{task}/train-*.tar", "--data.val_shards=null",
          "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
-         "--model.init_args.tokenizer.init_args.resolution=32"],
+         "--model.init_args.tokenizer.init_args.image_size=32", *(GAN if stage.endswith("_gan") else [])],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
     )

@@ -64,3 +64,11 @@ def test_the_cli_checks_before_building_anything(tmp_path):
     with pytest.raises(ValueError, match="init_from: /absent/last.ckpt does not exist"):
         cli_main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"),
                   "--model.init_args.init_from=/absent/last.ckpt"])
+
+
+def test_a_vit_tokenizer_must_match_the_data_image_size():
+    config = with_change("model.init_args.tokenizer.init_args", {"image_size": 64, "patch_size": 8})
+    check_config(config)
+    config["data"]["init_args"]["image_size"] = 32
+    with pytest.raises(ValueError, match=r"image_size: 32 but the ViT tokenizer is built for 64px images"):
+        check_config(config)

@@ -31,7 +31,7 @@ def fit_args(shards: Path, max_steps: int) -> list[str]:
             f"--data.train_shards={shards}/caption/train-*.tar", "--data.val_shards=null",
             f"--trainer.max_steps={max_steps}", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2",
             "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
-            "--model.init_args.tokenizer.init_args.resolution=32"]
+            "--model.init_args.tokenizer.init_args.image_size=32"]
 
 
 def step_of(path: Path) -> int:

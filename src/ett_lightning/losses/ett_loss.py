@@ -7,6 +7,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ett_lightning.losses.adversarial import AdversarialLoss
 from ett_lightning.losses.perceptual import LPIPSLoss
 
 
@@ -16,6 +17,11 @@ class ETTLoss(nn.Module):
     Returns ``(total, parts)``; ``parts`` holds every unweighted term plus the weighted ``vq`` and ``total``,
     which the module logs as ``train/<part>``. Without reconstructions (tokenizer frozen) only the caption
     term exists. ``perceptual`` defaults to VGG LPIPS when ``perceptual_weight`` > 0.
+
+    ``adversarial_weight`` > 0 adds a GAN term (a PatchGAN unless ``adversarial`` configures another): the
+    generator's ``d_weight * g_adv`` joins the VQ loss, and the discriminator's own term ``d_term`` is added to
+    the total unscaled (see :class:`AdversarialLoss` for how one backward trains both). The discriminator
+    exists only then; it sees images, never the caption loss.
     """
 
     def __init__(
@@ -27,10 +33,13 @@ class ETTLoss(nn.Module):
         perceptual_weight: float = 1.0,
         quantizer_weight: float = 1.0,
         perceptual: nn.Module | None = None,
+        adversarial_weight: float = 0.0,
+        adversarial: AdversarialLoss | None = None,
     ) -> None:
         super().__init__()
         weights = dict(caption_weight=caption_weight, alpha=alpha, reconstruction_weight=reconstruction_weight,
-                       perceptual_weight=perceptual_weight, quantizer_weight=quantizer_weight)
+                       perceptual_weight=perceptual_weight, quantizer_weight=quantizer_weight,
+                       adversarial_weight=adversarial_weight)
         for name, value in weights.items():
             if value < 0:
                 raise ValueError(f"loss weight {name} must be >= 0, got {value}")
@@ -43,6 +52,12 @@ class ETTLoss(nn.Module):
         self.perceptual_weight = perceptual_weight
         self.quantizer_weight = quantizer_weight
         self.perceptual = (perceptual or LPIPSLoss()) if perceptual_weight > 0 else None
+        if adversarial is not None and adversarial_weight == 0:
+            raise ValueError("loss.adversarial is configured but adversarial_weight is 0: set adversarial_weight > 0 "
+                             "(e.g. 0.1) to train with a discriminator, or remove adversarial")
+        self.adversarial = (adversarial or AdversarialLoss()) if adversarial_weight > 0 else None
+        if self.adversarial is not None:
+            self.adversarial.weight = adversarial_weight
 
     def forward(
         self,
@@ -50,20 +65,28 @@ class ETTLoss(nn.Module):
         images: Tensor | None = None,
         reconstructions: Tensor | None = None,
         quant_losses: dict[str, Tensor] | None = None,
+        last_layer: Tensor | None = None,
+        step: int = 0,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         parts = {"caption": caption}
         total = self.caption_weight * caption
         if reconstructions is not None:
-            vq, vq_parts = self.vq_loss(images, reconstructions, quant_losses or {})
+            vq, vq_parts = self.vq_loss(images, reconstructions, quant_losses or {}, last_layer, step)
             parts.update(vq_parts)
-            total = total + self.alpha * vq
+            total = total + self.alpha * vq + vq_parts.get("d_term", 0.0)
         parts["total"] = total
         return total, parts
 
     def vq_loss(
-        self, images: Tensor, reconstructions: Tensor, quant_losses: dict[str, Tensor]
+        self, images: Tensor, reconstructions: Tensor, quant_losses: dict[str, Tensor],
+        last_layer: Tensor | None = None, step: int = 0,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The tokenizer's own objective (what it was pre-trained with) and its parts."""
+        """The tokenizer's own objective (what it was pre-trained with) and its parts.
+
+        With the adversarial term, ``last_layer`` (the decoder's last weight, for the adaptive weight) and the
+        global ``step`` are needed; ``parts["d_term"]`` is then the discriminator's objective, for the caller
+        to add to its total.
+        """
         distance = F.l1_loss if self.reconstruction_loss == "l1" else F.mse_loss
         rec = distance(reconstructions.float(), images.float())
         parts = {"reconstruction": rec, **quant_losses}
@@ -74,5 +97,12 @@ class ETTLoss(nn.Module):
         if quant_losses:
             parts["quantizer"] = sum(quant_losses.values())
             vq = vq + self.quantizer_weight * parts["quantizer"]
+        if self.adversarial is not None:
+            if last_layer is None:
+                raise ValueError("the adversarial loss needs the decoder's last layer: pass last_layer")
+            nll = vq - self.quantizer_weight * parts.get("quantizer", 0.0)
+            g_term, d_term, adversarial_parts = self.adversarial(images, reconstructions, nll, last_layer, step)
+            parts.update(adversarial_parts, d_term=d_term)
+            vq = vq + g_term
         parts["vq"] = vq
         return vq, parts

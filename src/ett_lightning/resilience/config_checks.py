@@ -86,8 +86,12 @@ def shard_problems(data: dict[str, Any]) -> Iterator[str]:
 
 
 def image_size_problems(model: dict[str, Any], data: dict[str, Any]) -> Iterator[str]:
-    ch_mult = init_args(model.get("tokenizer")).get("ch_mult")
+    tokenizer = init_args(model.get("tokenizer"))
+    ch_mult, vit_size = tokenizer.get("ch_mult"), tokenizer.get("image_size")
     size = data.get("image_size")
+    if isinstance(vit_size, int) and isinstance(size, int) and size != vit_size:
+        yield (f"data.init_args.image_size: {size} but the ViT tokenizer is built for {vit_size}px images; set both "
+               "to the same size")
     if ch_mult and isinstance(size, int):
         factor = 2 ** (len(ch_mult) - 1)
         if size % factor:

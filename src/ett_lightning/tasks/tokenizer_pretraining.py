@@ -11,15 +11,25 @@ from transformers import PreTrainedTokenizerBase
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import load_text_tokenizer
-from ett_lightning.module import adamw_with_schedule, log_split, parameter_groups
+from ett_lightning.module import (
+    adamw_with_schedule,
+    clip_by_player,
+    discriminator_groups,
+    load_component_weights,
+    log_split,
+    parameter_groups,
+)
 from ett_lightning.tokenizer import VisionTokenizer
 
 
 class TokenizerPretraining(L.LightningModule):
-    """Trains a :class:`VisionTokenizer` on the VQ part of :class:`ETTLoss` (reconstruction + LPIPS + quantizer terms).
+    """Trains a :class:`VisionTokenizer` on the VQ part of :class:`ETTLoss` (reconstruction, LPIPS, quantizer and,
+    with ``adversarial_weight`` > 0, GAN terms).
 
     No LLM is involved; captions in the batch are ignored. Its checkpoint keeps the weights under ``tokenizer.``,
-    so ``ETTModule(init_from=...)`` starts stage 1 from it.
+    so ``ETTModule(init_from=...)`` starts stage 1 from it. ``init_from`` loads the tokenizer of any
+    ett_lightning checkpoint (this task's or an ``ETTModule`` stage's), e.g. to validate a tuned tokenizer's
+    reconstruction with ``lightning validate``.
     """
 
     def __init__(
@@ -31,11 +41,14 @@ class TokenizerPretraining(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.1,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer", "loss"])
+        self.save_hyperparameters(ignore=["tokenizer", "loss", "init_from"])
         self.tokenizer = tokenizer
         self.loss = loss if loss is not None else ETTLoss()
+        if init_from is not None:
+            load_component_weights(self, init_from, ("tokenizer",))
 
     @cached_property
     def text_tokenizer(self) -> PreTrainedTokenizerBase:
@@ -47,9 +60,10 @@ class TokenizerPretraining(L.LightningModule):
 
     def step(self, batch: ETTBatch, split: str) -> Tensor:
         reconstructions, encoded = self.tokenizer(batch.images)
-        vq, parts = self.loss.vq_loss(batch.images, reconstructions, encoded.quant_losses)
+        vq, parts = self.loss.vq_loss(batch.images, reconstructions, encoded.quant_losses,
+                                      self.tokenizer.last_layer, self.global_step)
         log_split(self, split, {**parts, **encoded.stats}, len(batch))
-        return vq
+        return vq + parts.get("d_term", 0.0)
 
     def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
         return self.step(batch, "train")
@@ -59,6 +73,10 @@ class TokenizerPretraining(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         groups = parameter_groups("tokenizer", self.tokenizer, self.hparams.learning_rate, self.hparams.weight_decay)
+        groups += discriminator_groups(self.loss)
         total = int(self.trainer.estimated_stepping_batches)
         return adamw_with_schedule(groups, self.hparams.betas, self.hparams.warmup_steps, total,
                                    self.hparams.min_lr_ratio, self.device)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_by_player(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

@@ -58,6 +58,11 @@ class VisionTokenizer(nn.Module):
         load_strict(self, load_state_dict_file(path), path)
 
     @property
+    def last_layer(self) -> Tensor:
+        """The decoder's last weight: where the adversarial loss balances its gradient against reconstruction's."""
+        return self.decoder.last_layer
+
+    @property
     def code_dim(self) -> int:
         return self.quantize.code_dim
 

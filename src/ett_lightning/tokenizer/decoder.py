@@ -44,6 +44,10 @@ class Decoder(nn.Module):
         self.norm_out = group_norm(width)
         self.conv_out = nn.Conv2d(width, out_ch, kernel_size=3, padding=1)
 
+    @property
+    def last_layer(self) -> Tensor:
+        return self.conv_out.weight
+
     def forward(self, z: Tensor) -> Tensor:
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):

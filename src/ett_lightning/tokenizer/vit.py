@@ -61,6 +61,10 @@ class ViTDecoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.proj_out = nn.Linear(width, 3 * patch_size * patch_size)
 
+    @property
+    def last_layer(self) -> Tensor:
+        return self.proj_out.weight
+
     def forward(self, z: Tensor) -> Tensor:
         _, _, h, w = z.shape
         tokens = self.proj_in(z.flatten(2).transpose(1, 2)) + self.pos_embed

@@ -1,0 +1,147 @@
+"""``ett demo``: the paper's claim in miniature, on CPU, as a chain of ordinary ``lightning`` runs.
+
+1. tokenizer pre-training on reconstruction alone (``recipes/demo/tokenizer.yaml``);
+2. stage 1, projector alignment (``ett_align.yaml``), from the tokenizer;
+3. per seed, two arms from that same stage-1 checkpoint, same data and steps:
+   ``frozen`` (stage 2 with the tokenizer frozen) and ``ett`` (stage 2 end to end), each followed by
+   stage 3 post-training on VQA with the tokenizer frozen (``ett_sft.yaml``, ``ett_posttrain.yaml``);
+4. evaluation: VQA accuracy of both arms on every held-out VQA sample, and the tokenizer's reconstruction
+   (PSNR, codebook usage; rFID with ``--fid-weights``) before and after ETT.
+
+Writes ``<out>/results.json``, ``results.md`` and ``results.png``. Each run's config, log and checkpoints are
+in its own directory under ``<out>``; the ``$ lightning ...`` lines printed are the commands to rerun one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ett_lightning.data.synthetic import make_shards
+from ett_lightning.experiments.report import write_figure, write_markdown
+from ett_lightning.experiments.runs import LightningRun
+
+ARMS = ("frozen", "ett")
+RECONSTRUCTION_CALLBACK = "ett_lightning.callbacks.ReconstructionMetrics"
+
+
+@dataclass
+class DemoPlan:
+    """Where things are and how long each stage trains; ``seeds`` are the arms' seeds (stages 2 and 3)."""
+
+    out: Path = Path("outputs/demo")
+    data: Path = Path("data/synthetic")
+    recipes: Path = Path("recipes/demo")
+    seeds: list[int] = field(default_factory=lambda: [0])
+    tokenizer_steps: int = 600
+    align_steps: int = 300
+    tune_steps: int = 300
+    posttrain_steps: int = 300
+    fid_weights: str | None = None
+
+    def run(self, recipe: str, out: str, command: str = "fit", **overrides: Any) -> LightningRun:
+        kind = "caption" if recipe != "ett_posttrain" else "vqa"
+        data = {"data.init_args.train_shards": str(self.data / kind / "train-*.tar"),
+                "data.init_args.val_shards": str(self.data / kind / "val-*.tar")}
+        return LightningRun(str(self.recipes / f"{recipe}.yaml"), self.out / out, command, {**data, **overrides})
+
+    def fit(self, recipe: str, out: str, steps: int, seed: int, init_from: Path | None, **overrides: Any):
+        return self.run(recipe, out, "fit", **{"trainer.max_steps": steps, "seed_everything": seed,
+                                               "model.init_args.init_from": str(init_from) if init_from else None,
+                                               **overrides})
+
+    def evaluate(self, recipe: str, out: str, checkpoint: Path) -> LightningRun:
+        """``lightning validate`` of ``checkpoint``'s weights on the whole validation split."""
+        overrides = {"model.init_args.init_from": str(checkpoint), "trainer.limit_val_batches": 1.0}
+        run = self.run(recipe, out, "validate", **overrides)
+        if recipe == "tokenizer" and self.fid_weights:
+            run.callback_args[RECONSTRUCTION_CALLBACK] = {"fid": True, "fid_weights": self.fid_weights}
+        return run
+
+
+def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
+    """Runs every stage of the plan and returns (and writes) the results."""
+    start = time.monotonic()
+    if not (plan.data / "vqa").is_dir():
+        make_shards(plan.data, num_train=2000, num_val=500, image_size=64)
+    tokenizer = plan.fit("tokenizer", "tokenizer", plan.tokenizer_steps, plan.seeds[0], None).run(reuse)
+    align = plan.fit("ett_align", "align", plan.align_steps, plan.seeds[0], tokenizer.last_checkpoint).run(reuse)
+    before = plan.evaluate("tokenizer", "tokenizer_eval", tokenizer.last_checkpoint).run(reuse)
+    arms: dict[str, dict[str, list[LightningRun]]] = {arm: {"tune": [], "posttrain": [], "vqa": []} for arm in ARMS}
+    after = []
+    for seed in plan.seeds:
+        for arm in ARMS:
+            root = f"seed{seed}/{arm}"
+            tune = plan.fit("ett_sft", f"{root}/tune", plan.tune_steps, seed, align.last_checkpoint,
+                            **{"model.init_args.trainable": {"tokenizer": arm == "ett"}}).run(reuse)
+            post = plan.fit("ett_posttrain", f"{root}/posttrain", plan.posttrain_steps, seed,
+                            tune.last_checkpoint).run(reuse)
+            vqa = plan.evaluate("ett_posttrain", f"{root}/vqa_eval", post.last_checkpoint).run(reuse)
+            for name, run in (("tune", tune), ("posttrain", post), ("vqa", vqa)):
+                arms[arm][name].append(run)
+            if arm == "ett":
+                after.append(plan.evaluate("tokenizer", f"{root}/tokenizer_eval", tune.last_checkpoint).run(reuse))
+    results = summarize(plan, before, after, arms, time.monotonic() - start)
+    (plan.out / "results.json").write_text(json.dumps(results, indent=2))
+    write_markdown(results, plan.out / "results.md")
+    write_figure(arms, before, after[0], plan.out / "results.png")
+    return results
+
+
+def summarize(plan: DemoPlan, before: LightningRun, after: list[LightningRun],
+              arms: dict[str, dict[str, list[LightningRun]]], seconds: float) -> dict[str, Any]:
+    """results.json: per-arm VQA accuracy (mean and per seed), tokenizer quality before/after, the setup."""
+    results: dict[str, Any] = {}
+    for arm in ARMS:
+        accuracies = [run.metrics()["val/vqa_acc"] for run in arms[arm]["vqa"]]
+        results[arm] = {"vqa_acc": statistics.fmean(accuracies), "vqa_acc_per_seed": accuracies}
+    results["ett_minus_frozen_points"] = 100 * (results["ett"]["vqa_acc"] - results["frozen"]["vqa_acc"])
+    tuned = [run.metrics() for run in after]
+    reference = before.metrics()
+    results["tokenizer"] = {
+        "psnr_before": reference["val/psnr"],
+        "psnr_after": statistics.fmean(m["val/psnr"] for m in tuned),
+        "psnr_after_per_seed": [m["val/psnr"] for m in tuned],
+        "codebook_usage_before": reference["val/epoch_codebook_usage"],
+        "codebook_usage_after": statistics.fmean(m["val/epoch_codebook_usage"] for m in tuned),
+        "rfid_before": reference.get("val/rfid", "unavailable: pass --fid-weights (Inception weights file)"),
+        "rfid_after": statistics.fmean(m["val/rfid"] for m in tuned) if "val/rfid" in reference else None,
+    }
+    results["psnr_drop_db"] = results["tokenizer"]["psnr_before"] - results["tokenizer"]["psnr_after"]
+    results["seeds"] = plan.seeds
+    results["plan"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()}
+    results["wall_seconds"] = round(seconds, 1)
+    results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = DemoPlan()
+    parser = argparse.ArgumentParser(prog="ett demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=defaults.out)
+    parser.add_argument("--data", type=Path, default=defaults.data, help="synthetic shards (made if missing)")
+    parser.add_argument("--recipes", type=Path, default=defaults.recipes)
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds, help="the arms' seeds")
+    seeds.add_argument("--num-seeds", type=int, help="seeds 0 .. N-1 (`make demo SEEDS=3`)")
+    for name in ("tokenizer_steps", "align_steps", "tune_steps", "posttrain_steps"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--fid-weights", help="Inception weights file: adds rFID before/after")
+    parser.add_argument("--reuse", action="store_true", help="skip runs whose checkpoint or metrics exist")
+    args = vars(parser.parse_args(argv))
+    reuse = args.pop("reuse")
+    num_seeds = args.pop("num_seeds")
+    if num_seeds is not None:
+        args["seeds"] = list(range(num_seeds))
+    results = run_demo(DemoPlan(**args), reuse)
+    print((Path(args["out"]) / "results.md").read_text())
+    print(f"results: {args['out']}/results.json, results.md, results.png ({results['wall_seconds']:.0f} s)")

@@ -1,0 +1,64 @@
+"""The demo's results as a markdown table and one figure (loss curves of both arms, reconstructions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+from PIL import Image  # noqa: E402
+
+from ett_lightning.experiments.runs import LightningRun  # noqa: E402
+
+ARM_COLOURS = {"frozen": "tab:blue", "ett": "tab:orange"}
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    """A table a person reads first: VQA accuracy of both arms, the tokenizer before and after ETT."""
+    tok = results["tokenizer"]
+    seeds = ", ".join(str(s) for s in results["seeds"])
+    per_seed = {arm: ", ".join(f"{100 * a:.1f}" for a in results[arm]["vqa_acc_per_seed"]) for arm in ("frozen", "ett")}
+    unavailable = isinstance(tok["rfid_before"], str)
+    rfid = f"{tok['rfid_before']} | " if unavailable else f"{tok['rfid_before']:.2f} | {tok['rfid_after']:.2f}"
+    lines = [
+        f"| arm | VQA accuracy (%) mean over seeds {seeds} | per seed |",
+        "|---|---|---|",
+        f"| frozen tokenizer | {100 * results['frozen']['vqa_acc']:.1f} | {per_seed['frozen']} |",
+        f"| ETT (end-to-end) | {100 * results['ett']['vqa_acc']:.1f} | {per_seed['ett']} |",
+        "",
+        f"ETT - frozen: **{results['ett_minus_frozen_points']:+.1f} points**.",
+        "",
+        "| tokenizer | before ETT | after ETT |",
+        "|---|---|---|",
+        f"| PSNR (dB) | {tok['psnr_before']:.2f} | {tok['psnr_after']:.2f} |",
+        f"| codebook usage (val) | {tok['codebook_usage_before']:.3f} | {tok['codebook_usage_after']:.3f} |",
+        f"| rFID | {rfid} |",
+        "",
+        f"PSNR drop: {results['psnr_drop_db']:.2f} dB. Wall time {results['wall_seconds']:.0f} s on "
+        f"{results['machine']['processor']} ({results['machine']['torch_threads']} torch threads).",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_figure(arms: dict[str, dict[str, list[LightningRun]]], before: LightningRun, after: LightningRun,
+                 path: Path) -> None:
+    """Caption loss of both arms in stage 2 and 3 (first seed), and input|reconstruction pairs before and after."""
+    figure = plt.figure(figsize=(12, 8), layout="constrained")
+    top, bottom = figure.subfigures(2, 1, height_ratios=[1, 1.1])
+    for axis, stage, title in zip(top.subplots(1, 2), ("tune", "posttrain"),
+                                  ("stage 2: caption loss", "stage 3: VQA answer loss")):
+        for arm, runs in arms.items():
+            steps, values = runs[stage][0].curve("train/caption")
+            axis.plot(steps, values, label=arm, color=ARM_COLOURS[arm])
+        axis.set(title=title, xlabel="step", ylabel="loss")
+        axis.legend()
+    for axis, run, title in zip(bottom.subplots(1, 2), (before, after),
+                                ("before ETT (input | reconstruction)", "after ETT (input | reconstruction)")):
+        axis.imshow(Image.open(sorted((run.out / "reconstructions").glob("*.png"))[-1]))
+        axis.set_title(title)
+        axis.axis("off")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,104 @@
+"""One ``lightning fit|validate`` run of a recipe, with its outputs in a directory of its own.
+
+The recipe is copied with a handful of overrides (output directory, seed, steps, checkpoint to start from) to
+``<out>/config.yaml`` and run as ``lightning <command> --config <out>/config.yaml``, so every step of an
+experiment can be read and rerun by hand. Logs go to ``<out>/metrics.csv``; MetricsJSON writes
+``<out>/metrics.json``; checkpoints land in ``<out>/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+log = logging.getLogger(__name__)
+CHECKPOINT_CALLBACK = "lightning.pytorch.callbacks.ModelCheckpoint"
+
+
+@dataclass
+class LightningRun:
+    """``overrides`` maps dotted config keys (``model.init_args.init_from``) to values; ``callback_args`` maps
+    a callback's class_path to init_args to update in the recipe's callback of that class."""
+
+    recipe: str
+    out: Path
+    command: Literal["fit", "validate"] = "fit"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    callback_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out / "checkpoints" / "last.ckpt"
+
+    @property
+    def done(self) -> bool:
+        return (self.last_checkpoint if self.command == "fit" else self.out / "metrics.json").is_file()
+
+    def config(self) -> dict[str, Any]:
+        """The recipe with this run's output paths, a CSV logger and the overrides applied."""
+        config = yaml.safe_load(Path(self.recipe).read_text())
+        trainer = config.setdefault("trainer", {})
+        trainer["default_root_dir"] = str(self.out)
+        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                             "init_args": {"save_dir": str(self.out), "name": "", "version": ""}}
+        for callback in trainer.get("callbacks", []):
+            if not isinstance(callback, dict):
+                continue
+            updates = self.callback_args.get(callback["class_path"], {})
+            if callback["class_path"] == CHECKPOINT_CALLBACK:
+                updates = {**updates, "dirpath": str(self.out / "checkpoints")}
+            callback.setdefault("init_args", {}).update(updates)
+        for key, value in self.overrides.items():
+            set_dotted(config, key, value)
+        return config
+
+    def run(self, reuse: bool = False) -> LightningRun:
+        """Writes the config and runs it (skipped when ``reuse`` and its output exists); raises on failure."""
+        if reuse and self.done:
+            log.info("reusing %s", self.out)
+            return self
+        self.out.mkdir(parents=True, exist_ok=True)
+        config_path = self.out / "config.yaml"
+        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        print(f"$ lightning {self.command} --config {config_path}", flush=True)
+        with open(self.out / "run.log", "w") as log_file:
+            result = subprocess.run([sys.executable, "-m", "ett_lightning.cli", self.command, "--config",
+                                     str(config_path)], stdout=log_file, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            tail = "".join((self.out / "run.log").read_text().splitlines(keepends=True)[-30:])
+            raise RuntimeError(f"lightning {self.command} --config {config_path} failed "
+                               f"(exit {result.returncode}); last lines of {self.out / 'run.log'}:\n{tail}")
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        """The latest value of every metric logged at validation (``metrics.json``)."""
+        return json.loads((self.out / "metrics.json").read_text())
+
+    def curve(self, name: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of a metric logged per step, from ``metrics.csv`` (empty before the first log)."""
+        steps, values = [], []
+        if not (self.out / "metrics.csv").is_file():
+            return steps, values
+        with open(self.out / "metrics.csv") as file:
+            for row in csv.DictReader(file):
+                if row.get(name):
+                    steps.append(int(row["step"]))
+                    values.append(float(row[name]))
+        return steps, values
+
+
+def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(c, "a.b.c", v)`` sets ``c["a"]["b"]["c"] = v``, creating the dicts on the way."""
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value

@@ -1,0 +1,32 @@
+"""`ett demo` end to end at a few steps per stage: every run happens, results.json/md/png are written."""
+
+import json
+
+import pytest
+import yaml
+
+from ett_lightning.data.synthetic import make_shards
+from ett_lightning.experiments.demo import main
+
+
+@pytest.mark.slow
+def test_demo_chains_every_stage_and_writes_results(tmp_path):
+    data = make_shards(tmp_path / "data", num_train=32, num_val=32, image_size=64, samples_per_shard=16, seed=2)
+    out = tmp_path / "out"
+    main(["--out", str(out), "--data", str(data), "--seeds", "3", "--tokenizer-steps", "2", "--align-steps", "2",
+          "--tune-steps", "2", "--posttrain-steps", "2"])
+    results = json.loads((out / "results.json").read_text())
+    for arm in ("frozen", "ett"):
+        assert 0.0 <= results[arm]["vqa_acc"] <= 1.0 and len(results[arm]["vqa_acc_per_seed"]) == 1
+    assert results["tokenizer"]["psnr_before"] > 0 and results["tokenizer"]["psnr_after"] > 0
+    assert results["tokenizer"]["rfid_before"].startswith("unavailable")
+    assert results["seeds"] == [3] and results["wall_seconds"] > 0
+    assert "ETT - frozen" in (out / "results.md").read_text()
+    assert (out / "results.png").stat().st_size > 10_000
+    frozen = yaml.safe_load((out / "seed3/frozen/tune/config.yaml").read_text())
+    ett = yaml.safe_load((out / "seed3/ett/tune/config.yaml").read_text())
+    assert frozen["model"]["init_args"]["trainable"] == {"tokenizer": False}
+    assert ett["model"]["init_args"]["trainable"] == {"tokenizer": True}
+    assert frozen["model"]["init_args"]["init_from"] == ett["model"]["init_args"]["init_from"] == str(
+        out / "align" / "checkpoints" / "last.ckpt")
+    assert frozen["seed_everything"] == ett["seed_everything"] == 3

@@ -1,0 +1,49 @@
+"""LightningRun writes the recipe with its own output paths and overrides, and reads back what the run logged."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ett_lightning.experiments.runs import LightningRun, set_dotted
+
+RECIPE = Path("recipes/demo/tokenizer.yaml")
+
+
+def test_config_points_every_output_at_the_run_directory(tmp_path):
+    run = LightningRun(str(RECIPE), tmp_path / "run", "validate",
+                       overrides={"trainer.max_steps": 7, "model.init_args.init_from": "a.ckpt"},
+                       callback_args={"ett_lightning.callbacks.ReconstructionMetrics": {"fid": True}})
+    config = run.config()
+    recipe = yaml.safe_load(RECIPE.read_text())
+    assert config["trainer"]["default_root_dir"] == str(tmp_path / "run")
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(tmp_path / "run")
+    assert config["trainer"]["max_steps"] == 7 and config["model"]["init_args"]["init_from"] == "a.ckpt"
+    callbacks = {c["class_path"]: c.get("init_args", {}) for c in config["trainer"]["callbacks"] if isinstance(c, dict)}
+    assert callbacks["lightning.pytorch.callbacks.ModelCheckpoint"]["dirpath"] == str(tmp_path / "run" / "checkpoints")
+    assert callbacks["ett_lightning.callbacks.ReconstructionMetrics"] == {"fid": True}
+    assert config["model"]["init_args"]["tokenizer"] == recipe["model"]["init_args"]["tokenizer"]
+    assert not run.done
+
+
+def test_set_dotted_creates_missing_levels():
+    config = {"a": {"x": 1}}
+    set_dotted(config, "a.b.c", 2)
+    assert config == {"a": {"x": 1, "b": {"c": 2}}}
+
+
+def test_curve_and_metrics_read_the_files_lightning_writes(tmp_path):
+    run = LightningRun(str(RECIPE), tmp_path)
+    assert run.curve("train/caption") == ([], [])
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/caption,val/psnr\n0,9,2.5,\n0,19,2.0,\n0,19,,17.0\n")
+    assert run.curve("train/caption") == ([9, 19], [2.5, 2.0])
+    (tmp_path / "metrics.json").write_text('{"val/psnr": 17.0}')
+    assert run.metrics() == {"val/psnr": 17.0}
+
+
+def test_a_failing_run_raises_with_the_end_of_its_log(tmp_path):
+    run = LightningRun(str(RECIPE), tmp_path / "bad", overrides={"model.init_args.learning_rate": -1.0,
+                                                                  "model.init_args.no_such_argument": 1})
+    with pytest.raises(RuntimeError, match="failed \\(exit"):
+        run.run()
+    assert (tmp_path / "bad" / "run.log").read_text()
