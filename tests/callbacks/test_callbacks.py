@@ -10,7 +10,7 @@ from torch import nn
 from ett_lightning.callbacks import MetricsJSON, ReconstructionGrid, ReconstructionMetrics, VQAEvaluation
 from ett_lightning.callbacks.reconstruction import build_fid
 from ett_lightning.data import ImageTextDataModule
-from tests.conftest import IMAGE_SIZE, tiny_module
+from tests.conftest import IMAGE_SIZE, make_batch, tiny_module
 
 
 class TinyFeatures(nn.Module):
@@ -76,3 +76,39 @@ def test_validation_writes_metrics_json_pictures_and_vqa_accuracy(tmp_path, synt
     assert 0 < metrics["val/epoch_codebook_usage"] <= 1 and metrics["val/epoch_codebook_perplexity"] >= 1
     pictures = list((run / "reconstructions").glob("step_*.png"))
     assert len(pictures) == 1
+
+
+class ScriptedAnswers(L.LightningModule):
+    """Answers fixed in advance; records what is logged."""
+
+    def __init__(self, answers: list[str]) -> None:
+        super().__init__()
+        self.answers, self.logged = answers, {}
+
+    def generate(self, batch, max_new_tokens):
+        return self.answers
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = float(value)
+
+
+def test_vqa_accuracy_is_also_reported_per_answer_type():
+    module = ScriptedAnswers(["yes", "cat", "red", "no", "a caption"])
+    batch = make_batch(tiny_module(), batch_size=5)
+    batch.tasks = ["vqa"] * 4 + ["caption"]
+    batch.answers = [["yes"], ["dog"], ["red"], ["no"], ["a caption"]]
+    batch.answer_types = ["yes/no", "word", "colour", "yes/no", ""]
+    callback = VQAEvaluation(answer_types=["yes/no", "word"])
+    callback.setup(None, module, "validate")
+    callback.on_validation_batch_end(None, module, None, batch, 0)
+    callback.on_validation_epoch_end(None, module)
+    assert module.logged == {"val/vqa_acc": 0.75, "val/vqa_acc_yes_no": 1.0, "val/vqa_acc_word": 0.0}
+
+
+def test_synthetic_vqa_samples_carry_their_answer_type(synthetic_shards):
+    data = ImageTextDataModule(val_shards=str(synthetic_shards / "vqa" / "val-*.tar"), batch_size=8,
+                               num_workers=0, image_size=IMAGE_SIZE, pin_memory=False)
+    data.attach(tiny_module().text_tokenizer, tiny_module().num_image_tokens(IMAGE_SIZE))
+    batch = next(iter(data.val_dataloader()))
+    assert len(batch.answer_types) == len(batch) and set(batch.answer_types) <= {"word", "colour", "yes/no"}
+    assert all((t == "yes/no") == (a[0] in ("yes", "no")) for t, a in zip(batch.answer_types, batch.answers))

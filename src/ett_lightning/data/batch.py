@@ -18,7 +18,8 @@ class ETTBatch:
     ``input_ids``/``attention_mask``/``labels``/``image_slots`` [B, L], right padded: ``image_slots`` marks where
     the codebook embeddings go, ``labels`` is -100 everywhere except the target text (caption or answer) and its
     EOS. ``target_starts`` [B] is the first target position, so generation can feed the prompt alone. ``answers``
-    keeps every reference answer for VQA evaluation, ``keys`` the samples' ``__key__``. ``skipped`` counts
+    keeps every reference answer for VQA evaluation and ``answer_types`` their type ("" when the data has none),
+    ``keys`` the samples' ``__key__``. ``skipped`` counts
     samples the producing worker dropped since its previous batch.
     """
 
@@ -30,6 +31,7 @@ class ETTBatch:
     target_starts: Tensor
     answers: list[list[str]] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    answer_types: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     skipped: int = 0
 

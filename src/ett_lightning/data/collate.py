@@ -43,6 +43,7 @@ class Collator:
             target_starts=torch.tensor([q.target_start for q in sequences]),
             answers=[s["answers"] for s in samples],
             tasks=[s["task"] for s in samples],
+            answer_types=[s.get("answer_type", "") for s in samples],
             keys=[s["key"] for s in samples],
             skipped=self.skips.take(),
         )

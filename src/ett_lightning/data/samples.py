@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -29,11 +29,20 @@ def read_image(sample: dict[str, Any]) -> Image.Image:
     return image
 
 
-def read_text_fields(sample: dict[str, Any]) -> tuple[str, dict[str, str], str, list[str]]:
-    """(task, template fields, training target, reference answers) from ``json`` and/or ``txt``.
+class TextFields(NamedTuple):
+    task: str
+    fields: dict[str, str]
+    target: str
+    answers: list[str]
+    answer_type: str = ""
+
+
+def read_text_fields(sample: dict[str, Any]) -> TextFields:
+    """(task, template fields, training target, reference answers, answer type) from ``json`` and/or ``txt``.
 
     VQA when the json has a ``question``: the target is the most common of ``answers`` (first on ties) or
-    ``answer``; all answers are kept. Otherwise a caption task on ``txt`` (or the json's ``caption``).
+    ``answer``; all answers are kept, and ``answer_type`` (VQAv2's field, e.g. ``yes/no``) if present.
+    Otherwise a caption task on ``txt`` (or the json's ``caption``).
     """
     meta = parse_json(sample.get("json"))
     if "question" in meta:
@@ -42,14 +51,15 @@ def read_text_fields(sample: dict[str, Any]) -> tuple[str, dict[str, str], str, 
         if not answers:
             raise SkipSample("vqa sample without answer")
         target = Counter(answers).most_common(1)[0][0]
-        return "vqa", {"question": str(meta["question"]).strip()}, target, answers
+        question = {"question": str(meta["question"]).strip()}
+        return TextFields("vqa", question, target, answers, str(meta.get("answer_type", "")))
     caption = sample["txt"].decode("utf-8", errors="replace") if "txt" in sample else meta.get("caption")
     if caption is None:
         raise SkipSample("no caption (no txt member and no json caption/question)")
     caption = str(caption).strip()
     if not caption:
         raise SkipSample("empty caption")
-    return "caption", {}, caption, [caption]
+    return TextFields("caption", {}, caption, [caption])
 
 
 def parse_json(raw: bytes | None) -> dict[str, Any]:
@@ -65,7 +75,7 @@ def parse_json(raw: bytes | None) -> dict[str, Any]:
 
 
 class SampleDecoder:
-    """Raw sample -> dict(image, sequence, answers, task, key); skips are counted and yield None (dropped)."""
+    """Raw sample -> dict(image, sequence, answers, answer_type, task, key); skips are counted and yield None."""
 
     def __init__(self, transform: ImageTransform, builder: SequenceBuilder, skips: SkipCounter) -> None:
         self.transform = transform
@@ -75,10 +85,11 @@ class SampleDecoder:
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any] | None:
         key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         try:
-            task, fields, target, answers = read_text_fields(sample)
+            text = read_text_fields(sample)
             image = self.transform(read_image(sample))
         except SkipSample as reason:
             self.skips.skip(str(reason), key)
             return None
-        sequence = self.builder.build(task, fields, target)
-        return {"image": image, "sequence": sequence, "answers": answers, "task": task, "key": key}
+        sequence = self.builder.build(text.task, text.fields, text.target)
+        return {"image": image, "sequence": sequence, "answers": text.answers, "answer_type": text.answer_type,
+                "task": text.task, "key": key}

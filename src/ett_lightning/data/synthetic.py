@@ -104,14 +104,15 @@ def caption(scene: Scene) -> str:
     return f"the text {scene.word} in {scene.colour} on a {scene.background} background{shapes}"
 
 
-def question(scene: Scene, rng: random.Random) -> tuple[str, str]:
+def question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
+    """(question, answer, answer type): half ask for the word, a quarter for its colour, a quarter yes/no."""
     kind = rng.choice(("word", "word", "colour", "shape"))
     if kind == "word":
-        return "What is written in the image?", scene.word
+        return "What is written in the image?", scene.word, "word"
     if kind == "colour":
-        return "What colour is the text?", scene.colour
+        return "What colour is the text?", scene.colour, "colour"
     shape = rng.choice(SHAPES)
-    return f"Is there a {shape}?", "yes" if shape in scene.shapes else "no"
+    return f"Is there a {shape}?", "yes" if shape in scene.shapes else "no", "yes/no"
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -138,8 +139,9 @@ def write_split(out: Path, split: str, count: int, offset: int, seed: int, image
                 meta = {"word": scene.word, "colour": scene.colour, "background": scene.background,
                         "shapes": scene.shapes, "font_size": scene.font_size}
                 cap.write({"__key__": key, "png": png, "txt": caption(scene), "json": json.dumps(meta)})
-                q, a = question(scene, rng)
-                vqa.write({"__key__": key, "png": png, "json": json.dumps({"question": q, "answers": [a]})})
+                q, a, kind = question(scene, rng)
+                vqa.write({"__key__": key, "png": png,
+                           "json": json.dumps({"question": q, "answers": [a], "answer_type": kind})})
 
 
 def make_shards(out: str | Path, num_train: int = 2000, num_val: int = 200, image_size: int = 64, seed: int = 0,
