@@ -168,3 +168,14 @@ def test_predict_step_returns_generated_text_with_keys_and_references():
     rows = module.predict_step(batch, 0)
     assert [r["key"] for r in rows] == ["0", "1"] and all(r["references"] == ["yes"] for r in rows)
     assert [r["prediction"] for r in rows] == module.generate(batch)
+
+
+def test_torch_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
+    module = tiny_module("ett", torch_compile={"backend": "eager"})
+    keys = set(module.state_dict())
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, DataLoader([make_batch(module)], batch_size=None, collate_fn=lambda b: b))
+    for part in (module.language_model.model, module.tokenizer.encoder, module.tokenizer.decoder):
+        assert part._compiled_call_impl is not None
+    assert set(module.state_dict()) == keys and trainer.global_step == 1

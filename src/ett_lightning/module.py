@@ -42,7 +42,9 @@ class ETTModule(L.LightningModule):
     ``init_from`` starts from the component weights of an earlier stage's checkpoint (a fresh optimizer and
     schedule, unlike ``ckpt_path``, which resumes a run). ``trainable`` overrides the stage per component
     (e.g. ``{"language_model": false}``). Frozen components are in eval mode, have ``requires_grad=False`` and
-    get no optimizer state. Subclasses override the small hooks
+    get no optimizer state. ``torch_compile`` (True, or ``torch.compile`` options such as
+    ``{"mode": "max-autotune"}``) compiles the LLM and the tokenizer's encoder and decoder in place when the
+    trainer sets the model up, so checkpoint keys do not change. Subclasses override the small hooks
     :meth:`encode_images`, :meth:`caption_loss` and :meth:`compute_losses`, not the whole step.
     """
 
@@ -60,6 +62,7 @@ class ETTModule(L.LightningModule):
         warmup_steps: int = 1000,
         min_lr_ratio: float = 0.1,
         init_from: str | None = None,
+        torch_compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         self._save_config()
@@ -76,6 +79,7 @@ class ETTModule(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.skipped_samples = 0
+        self.torch_compile = torch_compile
         if init_from is not None:
             self.load_components(init_from)
         self.freeze_components()
@@ -107,6 +111,14 @@ class ETTModule(L.LightningModule):
         A tokenizer-only checkpoint (``TokenizerPretraining``) loads just the tokenizer.
         """
         load_component_weights(self, path, COMPONENTS)
+
+    def configure_model(self) -> None:
+        """Compiles the heavy parts with ``torch_compile``'s options (``nn.Module.compile``: in place)."""
+        if self.torch_compile is False:
+            return
+        options = {} if self.torch_compile is True else dict(self.torch_compile)
+        for part in (self.language_model.model, self.tokenizer.encoder, self.tokenizer.decoder):
+            part.compile(**options)
 
     @property
     def text_tokenizer(self):

@@ -32,7 +32,7 @@ def test_decoder_folds_each_token_into_its_own_patch():
     z = torch.zeros(1, 32, 4, 4)
     z[0, :, 1, 2] = 1.0
     with torch.no_grad():
-        tokenizer.decoder.blocks = torch.nn.Identity()
+        tokenizer.decoder.blocks = torch.nn.Sequential()
         tokenizer.decoder.pos_embed.zero_()
         tokenizer.decoder.proj_in.bias.zero_()
         tokenizer.decoder.proj_out.bias.zero_()

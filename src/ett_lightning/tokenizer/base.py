@@ -34,12 +34,14 @@ class VisionTokenizer(nn.Module):
 
     Subclasses choose the encoder and decoder (conv :class:`VQTokenizer`, ViT :class:`ViTVQTokenizer`) and
     record the constructor's architecture arguments in ``arch``: export rebuilds the tokenizer as
-    ``<subclass>(quantizer, **arch)``.
+    ``<subclass>(quantizer, **arch)``. ``gradient_checkpointing`` recomputes each encoder / decoder block's
+    activations in the backward pass instead of storing them (less memory, about a third more compute).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer, z_channels: int,
-                 downsample_factor: int, arch: dict[str, Any]) -> None:
+                 downsample_factor: int, arch: dict[str, Any], gradient_checkpointing: bool = False) -> None:
         super().__init__()
+        encoder.gradient_checkpointing = decoder.gradient_checkpointing = gradient_checkpointing
         self.arch = arch
         self.encoder = encoder
         self.decoder = decoder

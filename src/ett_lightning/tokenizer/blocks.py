@@ -6,8 +6,10 @@ Module and attribute names follow the taming-transformers layout (``norm1``, ``c
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
@@ -90,13 +92,23 @@ class MidBlock(nn.Module):
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
-def run_level(level: nn.Module, h: Tensor) -> Tensor:
-    """Runs one resolution level: its residual blocks, each followed by attention where the level has it."""
+def run_level(level: nn.Module, h: Tensor, checkpointing: bool = False) -> Tensor:
+    """Runs one resolution level: its residual blocks, each followed by attention where the level has it.
+
+    With ``checkpointing`` each block's activations are recomputed in the backward pass instead of stored.
+    """
     for i, block in enumerate(level.block):
-        h = block(h)
+        h = call(block, h, checkpointing)
         if len(level.attn) > 0:
-            h = level.attn[i](h)
+            h = call(level.attn[i], h, checkpointing)
     return h
+
+
+def call(block: nn.Module, h: Tensor, checkpointing: bool) -> Tensor:
+    """``block(h)``, through activation checkpointing when asked and gradients are being recorded."""
+    if checkpointing and torch.is_grad_enabled():
+        return checkpoint(block, h, use_reentrant=False)
+    return block(h)
 
 
 def make_level(in_channels: int, out_channels: int, num_blocks: int, with_attn: bool, dropout: float) -> nn.Module:
@@ -126,5 +138,6 @@ __all__ = [
     "group_norm",
     "make_level",
     "nonlinear_out",
+    "call",
     "run_level",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ett_lightning.tokenizer.blocks import MidBlock, Upsample, group_norm, make_level, nonlinear_out, run_level
+from ett_lightning.tokenizer.blocks import MidBlock, Upsample, call, group_norm, make_level, nonlinear_out, run_level
 
 
 class Decoder(nn.Module):
@@ -43,15 +43,16 @@ class Decoder(nn.Module):
         self.up = nn.ModuleList(levels)
         self.norm_out = group_norm(width)
         self.conv_out = nn.Conv2d(width, out_ch, kernel_size=3, padding=1)
+        self.gradient_checkpointing = False
 
     @property
     def last_layer(self) -> Tensor:
         return self.conv_out.weight
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.mid(self.conv_in(z))
+        h = call(self.mid, self.conv_in(z), self.gradient_checkpointing)
         for level in reversed(self.up):
-            h = run_level(level, h)
+            h = run_level(level, h, self.gradient_checkpointing)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return nonlinear_out(self.norm_out, self.conv_out, h)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ett_lightning.tokenizer.blocks import Downsample, MidBlock, group_norm, make_level, nonlinear_out, run_level
+from ett_lightning.tokenizer.blocks import Downsample, MidBlock, call, group_norm, make_level, nonlinear_out, run_level
 
 
 class Encoder(nn.Module):
@@ -41,11 +41,12 @@ class Encoder(nn.Module):
         self.mid = MidBlock(width, dropout)
         self.norm_out = group_norm(width)
         self.conv_out = nn.Conv2d(width, z_channels, kernel_size=3, padding=1)
+        self.gradient_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            h = run_level(level, h)
+            h = run_level(level, h, self.gradient_checkpointing)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
-        return nonlinear_out(self.norm_out, self.conv_out, self.mid(h))
+        return nonlinear_out(self.norm_out, self.conv_out, call(self.mid, h, self.gradient_checkpointing))

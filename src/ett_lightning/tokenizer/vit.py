@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from ett_lightning.tokenizer.base import VisionTokenizer
+from ett_lightning.tokenizer.blocks import call
 from ett_lightning.tokenizer.quantizers import Quantizer
 
 
@@ -41,6 +42,14 @@ class ViTEncoder(nn.Module):
         )
         self.grid = image_size // patch_size
 
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.vit.grad_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        self.vit.set_grad_checkpointing(enabled)
+
     def forward(self, images: Tensor) -> Tensor:
         tokens = self.vit.forward_features(images)[:, self.vit.num_prefix_tokens:]
         return tokens.transpose(1, 2).reshape(len(images), -1, self.grid, self.grid)
@@ -60,6 +69,7 @@ class ViTDecoder(nn.Module):
         self.blocks = nn.Sequential(*[Block(width, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         self.proj_out = nn.Linear(width, 3 * patch_size * patch_size)
+        self.gradient_checkpointing = False
 
     @property
     def last_layer(self) -> Tensor:
@@ -68,7 +78,9 @@ class ViTDecoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         _, _, h, w = z.shape
         tokens = self.proj_in(z.flatten(2).transpose(1, 2)) + self.pos_embed
-        patches = self.proj_out(self.norm(self.blocks(tokens)))
+        for block in self.blocks:
+            tokens = call(block, tokens, self.gradient_checkpointing)
+        patches = self.proj_out(self.norm(tokens))
         p = self.patch_size
         return F.fold(patches.transpose(1, 2), output_size=(h * p, w * p), kernel_size=p, stride=p)
 
@@ -92,6 +104,7 @@ class ViTVQTokenizer(VisionTokenizer):
         decoder_depth: int | None = None,
         encoder_weights: str | None = None,
         weights: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
@@ -99,7 +112,7 @@ class ViTVQTokenizer(VisionTokenizer):
                     depth=depth, num_heads=num_heads, decoder_depth=decoder_depth or depth)
         encoder = ViTEncoder(encoder_model, image_size, patch_size, width, depth, num_heads, encoder_weights)
         decoder = ViTDecoder(width, image_size, patch_size, width, arch["decoder_depth"], num_heads)
-        super().__init__(encoder, decoder, quantizer, width, patch_size, arch)
+        super().__init__(encoder, decoder, quantizer, width, patch_size, arch, gradient_checkpointing)
         if weights is not None:
             self.load_weights(weights)
 
