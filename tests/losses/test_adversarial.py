@@ -48,7 +48,7 @@ def test_each_player_gets_gradient_only_from_its_own_term():
 
 @pytest.mark.parametrize("kind", ["hinge", "non_saturating"])
 def test_losses_equal_their_formulas(kind):
-    adversarial = small_adversarial(loss=kind, adaptive_weight=False, weight=0.3)
+    adversarial = small_adversarial(loss=kind, adaptive_weight=False, weight=0.3, discriminator_weight=2.0)
     images, fakes = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     real, fake = adversarial.discriminator(images), adversarial.discriminator(fakes)
     g_term, d_term, parts = adversarial(images, fakes, torch.zeros(()), torch.zeros(1), step=0)
@@ -58,7 +58,7 @@ def test_losses_equal_their_formulas(kind):
     else:
         expected_d = 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
         expected_g = F.softplus(-fake).mean()
-    assert torch.allclose(d_term, expected_d) and torch.allclose(g_term, 0.3 * expected_g)
+    assert torch.allclose(d_term, 2.0 * expected_d) and torch.allclose(g_term, 0.3 * expected_g)
 
 
 def test_before_the_start_step_the_discriminator_neither_trains_nor_contributes():
@@ -81,7 +81,8 @@ def test_before_the_start_step_the_discriminator_neither_trains_nor_contributes(
     assert parts["d_term"] == 0
 
 
-def test_after_the_start_step_both_players_train_with_separate_clipping():
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_after_the_start_step_both_players_train_with_separate_clipping(precision):
     torch.manual_seed(0)
     loss = ETTLoss(perceptual_weight=0.0, adversarial_weight=0.5, adversarial=small_adversarial(lecam_weight=0.1))
     module = TokenizerPretraining(tiny_tokenizer(), loss=loss, learning_rate=1e-3)
@@ -89,7 +90,7 @@ def test_after_the_start_step_both_players_train_with_separate_clipping():
     before_g = [p.clone() for p in module.tokenizer.parameters()]
     batches = [make_batch(tiny_module(), seed=s) for s in range(2)]
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, gradient_clip_val=1e-3)
+                        enable_model_summary=False, gradient_clip_val=1e-3, precision=precision)
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
     assert trainer.global_step == 2
     assert any(not torch.equal(a, b) for a, b in zip(before_d, loss.adversarial.discriminator.parameters()))

@@ -24,7 +24,8 @@ GanLoss = Literal["hinge", "non_saturating"]
 
 
 class AdversarialLoss(nn.Module):
-    """Returns ``(generator_term, discriminator_term, parts)``: ``d_weight * g_adv`` and ``d_loss`` from step
+    """Returns ``(generator_term, discriminator_term, parts)``: ``d_weight * g_adv`` and
+    ``discriminator_weight * d_loss`` from step
     ``start_step`` on; before it, no generator term and ``0 * d_loss`` (the discriminator neither trains nor
     contributes). ``weight`` is set by :class:`ETTLoss` from its ``adversarial_weight``.
 
@@ -47,12 +48,13 @@ class AdversarialLoss(nn.Module):
         lecam_decay: float = 0.999,
         learning_rate: float = 1e-4,
         betas: tuple[float, float] = (0.5, 0.9),
+        discriminator_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if loss not in ("hinge", "non_saturating"):
             raise ValueError(f"adversarial loss must be 'hinge' or 'non_saturating', got {loss!r}")
-        if weight < 0 or lecam_weight < 0 or start_step < 0:
-            raise ValueError("adversarial weight, lecam_weight and start_step must be >= 0")
+        if min(weight, lecam_weight, start_step, discriminator_weight) < 0:
+            raise ValueError("adversarial weight, discriminator_weight, lecam_weight and start_step must be >= 0")
         self.discriminator = discriminator if discriminator is not None else PatchGANDiscriminator()
         self.weight = weight
         self.loss = loss
@@ -63,6 +65,7 @@ class AdversarialLoss(nn.Module):
         self.lecam_decay = lecam_decay
         self.learning_rate = learning_rate
         self.betas = tuple(betas)
+        self.discriminator_weight = discriminator_weight
         self.register_buffer("ema_real", torch.zeros(()))
         self.register_buffer("ema_fake", torch.zeros(()))
 
@@ -74,7 +77,8 @@ class AdversarialLoss(nn.Module):
             return zero, 0.0 * d_loss, {**parts, "g_adv": zero, "d_weight": zero}
         g_adv = self.generator_loss(reconstructions)
         d_weight = self.generator_weight(nll, g_adv, last_layer)
-        return d_weight * g_adv, d_loss, {**parts, "g_adv": g_adv, "d_weight": d_weight}
+        d_term = self.discriminator_weight * d_loss
+        return d_weight * g_adv, d_term, {**parts, "g_adv": g_adv, "d_weight": d_weight}
 
     def generator_loss(self, reconstructions: Tensor) -> Tensor:
         """The generator's term, through the discriminator with its weights detached (no gradient reaches them)."""
@@ -91,7 +95,7 @@ class AdversarialLoss(nn.Module):
             d_loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
         else:
             d_loss = 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
-        parts = {"logits_real": real.detach().mean(), "logits_fake": fake.detach().mean()}
+        parts = {"logits_real": real.detach().float().mean(), "logits_fake": fake.detach().float().mean()}
         if self.lecam_weight > 0:
             parts["lecam"] = lecam_regularizer(real, fake, self.ema_real, self.ema_fake)
             d_loss = d_loss + self.lecam_weight * parts["lecam"]
