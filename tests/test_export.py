@@ -8,7 +8,7 @@ import torch
 
 from ett_lightning import ETTLoss, ETTModule, PretrainedVQTokenizer
 from ett_lightning.cli import main as cli_main
-from ett_lightning.export import EXPORT_FILE, export_module
+from ett_lightning.export import EXPORT_FILE, ORIGINAL_FILES, export_module
 from ett_lightning.tokenizer import VectorQuantizer, from_ett
 from tests.conftest import IMAGE_SIZE, make_batch, tiny_module, tiny_tokenizer
 
@@ -52,7 +52,7 @@ def test_tuned_tokenizer_is_also_written_in_the_layout_it_came_from(tmp_path, fm
     module = tiny_module()
     module.tokenizer = PretrainedVQTokenizer(str(tmp_path / "public.ckpt"), format=fmt, resolution=IMAGE_SIZE)
     export_module(module, tmp_path / "export")
-    original = tmp_path / "export" / "tokenizer" / ("llamagen.pt" if fmt == "llamagen" else "taming.ckpt")
+    original = tmp_path / "export" / "tokenizer" / ORIGINAL_FILES[fmt][0]
     again = PretrainedVQTokenizer(str(original), format=fmt, resolution=IMAGE_SIZE)
     images = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1
     with torch.no_grad():
@@ -73,10 +73,10 @@ def test_ett_export_command_from_a_cli_checkpoint(tmp_path, synthetic_shards, mo
               "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
               "--model.init_args.tokenizer.init_args.image_size=32"])
     checkpoint = tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt"
-    cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--tokenizer-format", "ibq"])
+    cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export")])
     trained = ETTModule.load_from_checkpoint(checkpoint)
     exported = ETTModule.from_export(str(tmp_path / "export"), loss=NO_LPIPS)
     assert all(torch.equal(v, exported.state_dict()[k]) for k, v in trained.state_dict().items()
                if not k.startswith("loss."))
-    ibq = PretrainedVQTokenizer(str(tmp_path / "export/tokenizer/ibq.ckpt"), resolution=32)
-    assert all(torch.equal(v, trained.tokenizer.state_dict()[k]) for k, v in ibq.state_dict().items())
+    with pytest.raises(ValueError, match="'ibq' is a conv VQGAN layout; a ViTVQTokenizer has none"):
+        cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "again"), "--tokenizer-format", "ibq"])

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ett_lightning.models import LanguageModel, MLPProjector
-from ett_lightning.tokenizer import from_ett
+from ett_lightning.tokenizer import VQTokenizer, from_ett
 from ett_lightning.utils import load_strict
 
 EXPORT_FILE = "ett_export.json"
@@ -44,6 +44,9 @@ def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | No
     tokenizer_state = contiguous(tokenizer.state_dict())
     save_file(tokenizer_state, out / "tokenizer" / "model.safetensors")
     source_format = tokenizer_format or getattr(tokenizer, "source_format", "ett")
+    if source_format in ORIGINAL_FILES and not isinstance(tokenizer, VQTokenizer):
+        raise ValueError(f"tokenizer format {source_format!r} is a conv VQGAN layout; a {type(tokenizer).__name__} "
+                         "has none: export without --tokenizer-format")
     if source_format in ORIGINAL_FILES:
         name, key = ORIGINAL_FILES[source_format]
         torch.save({key: from_ett(tokenizer_state, source_format)}, out / "tokenizer" / name)
