@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ett_lightning.data.collate import Collator
 from ett_lightning.data.sequence import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
-from ett_lightning.module import COMPONENTS, adamw_with_schedule, parameter_groups
+from ett_lightning.module import adamw_with_schedule, parameter_groups
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -59,7 +59,7 @@ def make_batches(module, count: int, batch_size: int, image_size: int, device: t
 
 def optimizer_for(module, total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     groups = []
-    for name in COMPONENTS:
+    for name in module.components():
         if module.is_trainable(name):
             groups += parameter_groups(name, getattr(module, name), module.learning_rates[name], module.weight_decay)
     config = adamw_with_schedule(groups, module.betas, module.warmup_steps, total_steps, module.min_lr_ratio,

@@ -45,8 +45,15 @@ class ETTModule(L.LightningModule):
     get no optimizer state. ``torch_compile`` (True, or ``torch.compile`` options such as
     ``{"mode": "max-autotune"}``) compiles the LLM and the tokenizer's encoder and decoder in place when the
     trainer sets the model up, so checkpoint keys do not change. Subclasses override the small hooks
-    :meth:`encode_images`, :meth:`caption_loss` and :meth:`compute_losses`, not the whole step.
+    :meth:`encode_images`, :meth:`caption_loss` and :meth:`compute_losses`, not the whole step. A task that adds
+    a trained part (e.g. an output head) names it in ``component_names``, ``stage_trainable`` and
+    ``default_learning_rates``, and sets it after ``super().__init__`` (see :class:`TextToImage`).
     """
+
+    component_names: tuple[str, ...] = COMPONENTS
+    stage_trainable: dict[str, frozenset[str]] = STAGE_TRAINABLE
+    default_learning_rates: dict[str, float] = DEFAULT_LEARNING_RATES
+    sequence_layout: str = "image_first"
 
     def __init__(
         self,
@@ -71,9 +78,9 @@ class ETTModule(L.LightningModule):
         self.language_model = language_model
         check_dimensions(tokenizer, projector, language_model)
         self.stage = stage
-        self.trainable = resolve_trainable(stage, trainable)
+        self.trainable = resolve_trainable(stage, trainable, self.stage_trainable, self.component_names)
         self.loss = loss if loss is not None else ETTLoss()
-        self.learning_rates = {**DEFAULT_LEARNING_RATES, **(learning_rates or {})}
+        self.learning_rates = {**self.default_learning_rates, **(learning_rates or {})}
         self.weight_decay = weight_decay
         self.betas = tuple(betas)
         self.warmup_steps = warmup_steps
@@ -110,7 +117,7 @@ class ETTModule(L.LightningModule):
 
         A tokenizer-only checkpoint (``TokenizerPretraining``) loads just the tokenizer.
         """
-        load_component_weights(self, path, COMPONENTS)
+        load_component_weights(self, path, self.components())
 
     def configure_model(self) -> None:
         """Compiles the heavy parts with ``torch_compile``'s options (``nn.Module.compile``: in place)."""
@@ -131,9 +138,13 @@ class ETTModule(L.LightningModule):
     def is_trainable(self, component: str) -> bool:
         return component in self.trainable
 
+    def components(self) -> tuple[str, ...]:
+        """The names in ``component_names`` this instance has (a task's optional part may be None)."""
+        return tuple(name for name in self.component_names if getattr(self, name, None) is not None)
+
     def freeze_components(self) -> None:
         """Components per stage; the discriminator trains only beside the tokenizer."""
-        for name in COMPONENTS:
+        for name in self.components():
             getattr(self, name).requires_grad_(self.is_trainable(name))
         if self.loss.adversarial is not None and not self.is_trainable("tokenizer"):
             self.loss.adversarial.requires_grad_(False)
@@ -141,7 +152,7 @@ class ETTModule(L.LightningModule):
     def train(self, mode: bool = True) -> ETTModule:
         """Keeps frozen components in eval mode (no dropout, no norm statistics updates) while training."""
         super().train(mode)
-        for name in COMPONENTS:
+        for name in self.components():
             if not self.is_trainable(name):
                 getattr(self, name).eval()
         return self
@@ -219,7 +230,7 @@ class ETTModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         """AdamW with one learning rate per trainable component (no decay on biases and norms), warmup + cosine."""
         groups = []
-        for name in COMPONENTS:
+        for name in self.components():
             if self.is_trainable(name):
                 groups += parameter_groups(name, getattr(self, name), self.learning_rates[name], self.weight_decay)
         if not groups:
@@ -279,14 +290,19 @@ def writes_step_logs(module: L.LightningModule) -> bool:
     return connector.should_update_logs
 
 
-def resolve_trainable(stage: str, overrides: dict[str, bool] | None) -> frozenset[str]:
-    """The stage's trainable components with per-component ``overrides`` applied."""
-    if stage not in STAGE_TRAINABLE:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(STAGE_TRAINABLE)}")
-    trainable = set(STAGE_TRAINABLE[stage])
+def resolve_trainable(
+    stage: str,
+    overrides: dict[str, bool] | None,
+    table: dict[str, frozenset[str]] = STAGE_TRAINABLE,
+    components: tuple[str, ...] = COMPONENTS,
+) -> frozenset[str]:
+    """The stage's trainable components (from ``table``) with per-component ``overrides`` applied."""
+    if stage not in table:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(table)}")
+    trainable = set(table[stage])
     for name, flag in (overrides or {}).items():
-        if name not in COMPONENTS:
-            raise ValueError(f"trainable has unknown component {name!r}; expected keys from {list(COMPONENTS)}")
+        if name not in components:
+            raise ValueError(f"trainable has unknown component {name!r}; expected keys from {list(components)}")
         (trainable.add if flag else trainable.discard)(name)
     return frozenset(trainable)
 

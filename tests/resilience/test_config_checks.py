@@ -47,6 +47,8 @@ def test_a_good_config_passes():
     ("trainer.callbacks.0.init_args.fid_weights", "/nope/inception.pth", r"callbacks\[0\].init_args.fid_weights"),
     ("data.init_args.image_size", 60, r"image_size: 60 is not divisible by .* factor 8 .* e.g. 56"),
     ("data.init_args.train_shards", "/data/none-{0..3}.tar", r"data.init_args.train_shards: shard pattern"),
+    ("data.init_args.predict_prompts", "/absent/prompts.txt", r"data.init_args.predict_prompts: /absent/prompts.txt"),
+    ("model.init_args.image_size", 128, r"image_size: 64 but model.init_args.image_size \(the generated images\)"),
 ])
 def test_each_problem_names_its_key_and_the_fix(path, value, message):
     with pytest.raises(ValueError, match=message):

@@ -1,8 +1,12 @@
-"""Lightning callbacks that drive evaluation: reconstruction metrics, VQA accuracy, pictures, metrics.json."""
+"""Lightning callbacks that drive evaluation: reconstruction and generation metrics, VQA accuracy, pictures,
+metrics.json."""
 
+from ett_lightning.callbacks.generated_images import GeneratedImageWriter
+from ett_lightning.callbacks.generation_eval import GenerationMetrics
 from ett_lightning.callbacks.image_grid import ReconstructionGrid
 from ett_lightning.callbacks.metrics_json import MetricsJSON
 from ett_lightning.callbacks.reconstruction import ReconstructionMetrics
 from ett_lightning.callbacks.vqa_eval import VQAEvaluation
 
-__all__ = ["MetricsJSON", "ReconstructionGrid", "ReconstructionMetrics", "VQAEvaluation"]
+__all__ = ["GeneratedImageWriter", "GenerationMetrics", "MetricsJSON", "ReconstructionGrid", "ReconstructionMetrics",
+           "VQAEvaluation"]

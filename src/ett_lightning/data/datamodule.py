@@ -12,8 +12,9 @@ from webdataset.utils import pytorch_worker_info
 
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.data.collate import Collator
+from ett_lightning.data.prompts import PromptBatch, PromptCollator, read_prompts
 from ett_lightning.data.samples import SampleDecoder
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.sequence import Layout, SequenceBuilder
 from ett_lightning.data.shards import OrderedShardStream, ResampledShardStream, expand_shards
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.data.tar_stream import tar_to_samples
@@ -27,8 +28,10 @@ class ImageTextDataModule(L.LightningDataModule):
     samples in a buffer, and stops after ``samples_per_epoch / world_size`` samples, so every rank runs the
     same number of steps. Validation is one ordered pass, each rank reading a disjoint part.
 
-    The text tokenizer and number of image tokens come from the model being trained (``text_tokenizer`` and
-    ``num_image_tokens(image_size)`` on the LightningModule) unless :meth:`attach` gave them.
+    The text tokenizer, the number of image tokens and the sequence layout come from the model being trained
+    (``text_tokenizer``, ``num_image_tokens(image_size)`` and ``sequence_layout`` on the LightningModule) unless
+    :meth:`attach` gave them. ``predict_prompts`` (a list, or a text file with one prompt per line) makes
+    ``lightning predict`` generate images from those prompts instead of reading the validation shards.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class ImageTextDataModule(L.LightningDataModule):
         max_text_tokens: int = 128,
         templates: dict[str, str] | None = None,
         pin_memory: bool = True,
+        predict_prompts: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -58,11 +62,14 @@ class ImageTextDataModule(L.LightningDataModule):
         self.max_text_tokens = max_text_tokens
         self.templates = templates
         self.pin_memory = pin_memory
+        self.predict_prompts = predict_prompts
         self.builder: SequenceBuilder | None = None
 
-    def attach(self, text_tokenizer: PreTrainedTokenizerBase, num_image_tokens: int) -> None:
+    def attach(self, text_tokenizer: PreTrainedTokenizerBase, num_image_tokens: int,
+               layout: Layout = "image_first") -> None:
         """Sets what tokenization needs; called from :meth:`setup` with the trainer's model when not called."""
-        self.builder = SequenceBuilder(text_tokenizer, num_image_tokens, self.templates, self.max_text_tokens)
+        self.builder = SequenceBuilder(text_tokenizer, num_image_tokens, self.templates, self.max_text_tokens,
+                                       layout)
 
     def setup(self, stage: str) -> None:
         if self.builder is None:
@@ -70,7 +77,8 @@ class ImageTextDataModule(L.LightningDataModule):
             if model is None or not hasattr(model, "text_tokenizer"):
                 raise RuntimeError("ImageTextDataModule needs attach(text_tokenizer, num_image_tokens) or a model "
                                    "with `text_tokenizer` and `num_image_tokens(image_size)`")
-            self.attach(model.text_tokenizer, model.num_image_tokens(self.image_size))
+            self.attach(model.text_tokenizer, model.num_image_tokens(self.image_size),
+                        getattr(model, "sequence_layout", "image_first"))
 
     def world_size(self) -> int:
         """The trainer's world size; outside a trainer, the environment's (RANK/WORLD_SIZE or torch.distributed)."""
@@ -106,9 +114,9 @@ class ImageTextDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def on_after_batch_transfer(self, batch: ETTBatch, dataloader_idx: int) -> ETTBatch:
+    def on_after_batch_transfer(self, batch: ETTBatch | PromptBatch, dataloader_idx: int) -> ETTBatch | PromptBatch:
         """uint8 images become [-1, 1] floats here, on the device, rather than in the workers."""
-        return batch.normalized()
+        return batch.normalized() if isinstance(batch, ETTBatch) else batch
 
     def train_dataloader(self) -> DataLoader:
         if self.train_urls is None:
@@ -125,5 +133,11 @@ class ImageTextDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader | list:
-        """Predicts over the validation shards, in order."""
-        return self.val_dataloader()
+        """Predicts over ``predict_prompts`` when given (image generation), else over the validation shards."""
+        if self.predict_prompts is None:
+            return self.val_dataloader()
+        if self.builder.layout != "text_first":
+            raise ValueError("data.predict_prompts are prompts for image generation, but the model reads images "
+                             "first (sequence_layout image_first); remove predict_prompts to predict over val_shards")
+        prompts = list(enumerate(read_prompts(self.predict_prompts)))
+        return DataLoader(prompts, batch_size=self.batch_size, collate_fn=PromptCollator(self.builder))

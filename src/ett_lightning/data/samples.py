@@ -87,9 +87,9 @@ class SampleDecoder:
         try:
             text = read_text_fields(sample)
             image = self.transform(read_image(sample))
+            sequence = self.builder.build(text.task, text.fields, text.target)
         except SkipSample as reason:
             self.skips.skip(str(reason), key)
             return None
-        sequence = self.builder.build(text.task, text.fields, text.target)
         return {"image": image, "sequence": sequence, "answers": text.answers, "answer_type": text.answer_type,
                 "task": text.task, "key": key}

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from ett_lightning.data.skips import SkipSample
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
 
 IGNORE_INDEX = -100
 DEFAULT_TEMPLATES = {
     "caption": "Describe the image.",
     "vqa": "Question: {question} Answer:",
+    "text_to_image": "{caption}",
 }
+Layout = Literal["image_first", "text_first"]
 
 
 @dataclass
@@ -26,11 +30,16 @@ class Sequence:
 
 
 class SequenceBuilder:
-    """Layout: ``[bos] <image_begin> slot x N <image_end> prompt target <eos>``.
+    """Two layouts, chosen by the model being trained (its ``sequence_layout``):
 
-    Labels are -100 on bos, markers, image slots and prompt, so the loss covers only the target and its EOS.
-    Image slots hold the pad id; the LLM wrapper overwrites their embeddings. ``max_text_tokens`` bounds prompt
-    + target (the target is truncated first, and keeps its EOS).
+    - ``image_first`` (understanding): ``[bos] <image_begin> slot x N <image_end> prompt target <eos>``. Labels
+      are -100 on bos, markers, image slots and prompt, so the loss covers only the target and its EOS.
+      ``max_text_tokens`` bounds prompt + target (the target is truncated first, and keeps its EOS).
+    - ``text_first`` (generation): ``[bos] caption <image_begin> slot x N <image_end> <eos>``, the caption put
+      through the ``text_to_image`` template. Every label is -100: the targets are the image's codebook
+      indices, which the model computes on the device. Only caption samples have this layout.
+
+    Image slots hold the pad id; the model overwrites their embeddings.
     """
 
     def __init__(
@@ -39,7 +48,11 @@ class SequenceBuilder:
         num_image_tokens: int,
         templates: dict[str, str] | None = None,
         max_text_tokens: int = 128,
+        layout: Layout = "image_first",
     ) -> None:
+        if layout not in ("image_first", "text_first"):
+            raise ValueError(f"sequence layout must be 'image_first' or 'text_first', got {layout!r}")
+        self.layout = layout
         self.tokenizer = tokenizer
         self.num_image_tokens = num_image_tokens
         self.templates = {**DEFAULT_TEMPLATES, **(templates or {})}
@@ -55,6 +68,8 @@ class SequenceBuilder:
         return self.templates[task].format(**fields)
 
     def build(self, task: str, fields: dict[str, str], target: str) -> Sequence:
+        if self.layout == "text_first":
+            return self.build_text_first(task, target)
         prompt_ids = self.prompt_ids(self.prompt(task, fields))
         target_ids = self.encode(" " + target.strip())
         budget = max(1, self.max_text_tokens - 1 - len(prompt_ids))
@@ -63,6 +78,19 @@ class SequenceBuilder:
         context = prefix + prompt_ids
         labels = [IGNORE_INDEX] * len(context) + target_ids
         return Sequence(context + target_ids, labels, len(self.bos) + 1, len(context))
+
+    def build_text_first(self, task: str, caption: str) -> Sequence:
+        if task != "caption":
+            raise SkipSample(f"a {task} sample has no caption to generate from (text_first layout)")
+        prefix = self.generation_prefix(caption)
+        input_ids = prefix + [self.tokenizer.pad_token_id] * self.num_image_tokens + [self.end_id,
+                                                                                     self.tokenizer.eos_token_id]
+        return Sequence(input_ids, [IGNORE_INDEX] * len(input_ids), len(prefix), len(prefix))
+
+    def generation_prefix(self, caption: str) -> list[int]:
+        """``[bos] caption <image_begin>``: what image generation continues from."""
+        caption_ids = self.prompt_ids(self.prompt("text_to_image", {"caption": caption.strip()}))
+        return self.bos + caption_ids[: self.max_text_tokens] + [self.begin_id]
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of a prompt, memoised: caption prompts repeat for every sample."""

@@ -9,7 +9,7 @@ from typing import Any
 from ett_lightning.data.shards import expand_shards
 
 STAGES = ("align", "ett", "posttrain")
-FILE_KEYS = ("weights", "backbone_weights", "fid_weights", "fid_feature_extractor", "init_from")
+FILE_KEYS = ("weights", "backbone_weights", "fid_weights", "fid_feature_extractor", "init_from", "predict_prompts")
 LOCAL_PREFIXES = ("/", "./", "../", "~")
 SHARD_KEYS = ("train_shards", "val_shards")
 
@@ -92,6 +92,10 @@ def image_size_problems(model: dict[str, Any], data: dict[str, Any]) -> Iterator
     if isinstance(vit_size, int) and isinstance(size, int) and size != vit_size:
         yield (f"data.init_args.image_size: {size} but the ViT tokenizer is built for {vit_size}px images; set both "
                "to the same size")
+    generated = model.get("image_size")
+    if isinstance(generated, int) and isinstance(size, int) and size != generated:
+        yield (f"data.init_args.image_size: {size} but model.init_args.image_size (the generated images) is "
+               f"{generated}; set both to the same size")
     if ch_mult and isinstance(size, int):
         factor = 2 ** (len(ch_mult) - 1)
         if size % factor:

@@ -1,0 +1,55 @@
+"""Generated images on disk: PNG files from ``lightning predict`` with a text-to-image module."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torchvision.utils import make_grid, save_image
+
+from ett_lightning.callbacks.metrics_json import run_dir
+from ett_lightning.callbacks.reconstruction import to_unit
+
+
+def file_stem(key: str, prompt: str, length: int = 48) -> str:
+    """A file-name-safe ``<key>_<start of the prompt>``."""
+    safe = re.sub(r"[^A-Za-z0-9]+", "-", f"{key}_{prompt}").strip("-")
+    return safe[:length] or "image"
+
+
+class GeneratedImageWriter(BasePredictionWriter):
+    """Writes every predicted image as ``<output_dir>/<key>_<prompt>.png``, one grid per batch
+    (``grid_<rank>_<batch>.png``) and a line per image to ``prompts.jsonl`` (file, prompt, key).
+
+    ``output_dir`` defaults to ``<run dir>/predictions``. Expects predictions as :class:`TextToImage` returns
+    them: ``{"images": [B, 3, H, W] in [-1, 1], "prompts": [...], "keys": [...]}``.
+    """
+
+    def __init__(self, output_dir: str | None = None, grid: bool = True) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.grid = grid
+
+    def directory(self, trainer: L.Trainer) -> Path:
+        path = Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict[str, Any],
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        out = self.directory(trainer)
+        images = to_unit(prediction["images"])
+        lines = []
+        for image, prompt, key in zip(images, prediction["prompts"], prediction["keys"]):
+            path = out / f"{file_stem(key, prompt)}.png"
+            save_image(image, path)
+            lines.append(json.dumps({"file": path.name, "prompt": prompt, "key": key}))
+        with open(out / "prompts.jsonl", "a", encoding="utf-8") as index:
+            index.write("".join(line + "\n" for line in lines))
+        if self.grid:
+            grid = make_grid(images, nrow=min(8, len(images)), padding=1, pad_value=1.0)
+            save_image(grid, out / f"grid_{trainer.global_rank}_{batch_idx:04d}.png")

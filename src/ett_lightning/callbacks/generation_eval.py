@@ -1,0 +1,71 @@
+"""Quality of text-to-image generation on validation captions: FID against the real images, and sample grids."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torchvision.utils import make_grid, save_image
+
+from ett_lightning.callbacks.metrics_json import run_dir
+from ett_lightning.callbacks.reconstruction import build_fid, to_unit
+from ett_lightning.data.batch import ETTBatch
+
+
+class GenerationMetrics(L.Callback):
+    """At each validation, generates an image from the caption of every sample in the first ``max_batches``
+    batches (sampling is slow: N sequential LLM steps) with the module's sampling settings, seeded per batch.
+
+    Logs ``val/gfid``, the FID between those generated images and the real validation images (the same Inception
+    machinery and weights as rFID, see :func:`build_fid`), and saves the first ``num_images`` generations of
+    the first batch as ``<run dir>/samples/step_NNNNNNN.png`` with their captions in a ``.txt`` beside it (and as
+    image ``val/samples`` with a TensorBoard logger). The module must provide ``generate_images(batch, seed)``,
+    as :class:`TextToImage` does. Skipped during the sanity check.
+    """
+
+    def __init__(self, fid: bool = True, fid_weights: str | None = None, fid_feature_extractor: nn.Module | None = None,
+                 max_batches: int = 4, num_images: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        self.use_fid = fid
+        self.fid_weights = fid_weights
+        self.fid_feature_extractor = fid_feature_extractor
+        self.max_batches = max_batches
+        self.num_images = num_images
+        self.seed = seed
+        self.fid = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not hasattr(pl_module, "generate_images"):
+            raise TypeError(f"GenerationMetrics needs a module with generate_images(batch, seed), such as "
+                            f"TextToImage; {type(pl_module).__name__} has none")
+        if self.use_fid:
+            self.fid = build_fid(self.fid_weights, self.fid_feature_extractor).to(pl_module.device)
+
+    @torch.no_grad()
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch: ETTBatch, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking or batch_idx >= self.max_batches:
+            return
+        generated, captions = pl_module.generate_images(batch, seed=self.seed + batch_idx)
+        generated = to_unit(generated)
+        if self.fid is not None:
+            self.fid.update(to_unit(batch.images), real=True)
+            self.fid.update(generated, real=False)
+        if batch_idx == 0 and trainer.is_global_zero:
+            self.save_samples(trainer, generated[: self.num_images], captions[: self.num_images])
+
+    def save_samples(self, trainer: L.Trainer, images: torch.Tensor, captions: list[str]) -> None:
+        grid = make_grid(images.cpu(), nrow=min(8, len(images)), padding=1, pad_value=1.0)
+        path = run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path)
+        path.with_suffix(".txt").write_text("".join(f"{i}: {c}\n" for i, c in enumerate(captions)), encoding="utf-8")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/samples", grid, trainer.global_step)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.fid is not None and self.fid.update_count:
+            pl_module.log("val/gfid", self.fid.compute().float())
+            self.fid.reset()
