@@ -23,10 +23,11 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["ett_align", "ett_sft", "ett_posttrain"])
-def test_real_recipes_print_their_resolved_config(recipe):
+@pytest.mark.parametrize(("recipe", "module"), [("ett_align", "ETTModule"), ("ett_sft", "ETTModule"),
+                                               ("ett_posttrain", "ETTModule"), ("ett_t2i", "tasks.TextToImage")])
+def test_real_recipes_print_their_resolved_config(recipe, module):
     out = run("fit", "--config", f"recipes/{recipe}.yaml", "--print_config", cwd=ROOT).stdout
-    assert "class_path: ett_lightning.ETTModule" in out and "codebook_size: 131072" in out
+    assert f"class_path: ett_lightning.{module}" in out and "codebook_size: 131072" in out
 
 
 @pytest.mark.slow
@@ -54,6 +55,15 @@ def test_demo_chain_runs_and_checkpoints_reload(tmp_path, synthetic_shards):
         f"--ckpt_path={sft_ckpt}", "--data.init_args.num_workers=0", cwd=tmp_path)
     run("predict", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_predict_batches=1", *small,
         f"--ckpt_path={sft_ckpt}", "--data.init_args.num_workers=0", "--data.init_args.batch_size=2", cwd=tmp_path)
+
+    t2i = [*small, "--model.init_args.image_size=32", "--data.init_args.num_workers=0"]
+    run("fit", "--config", "recipes/demo/t2i.yaml", *FAST, *t2i, f"--model.init_args.init_from={sft_ckpt}",
+        cwd=tmp_path)
+    run("predict", "--config", "recipes/demo/t2i.yaml", *t2i, "--ckpt_path=outputs/demo/t2i/checkpoints/last.ckpt",
+        cwd=tmp_path)
+    written = sorted((tmp_path / "outputs/demo/t2i/predictions").glob("*.png"))
+    prompts = (ROOT / "recipes/demo/prompts.txt").read_text().splitlines()
+    assert len([p for p in written if not p.name.startswith("grid_")]) == len(prompts)
 
 
 def write_img2dataset_shards(directory: Path, shards: int = 2, per_shard: int = 6) -> str:
