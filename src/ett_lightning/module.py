@@ -11,6 +11,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from ett_lightning.data.batch import ETTBatch
@@ -345,7 +346,15 @@ def discriminator_groups(loss: ETTLoss) -> list[dict]:
 def clip_by_player(module: L.LightningModule, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None,
                    gradient_clip_algorithm: str | None) -> None:
     """The trainer's gradient clipping, by norm separately for the discriminator and for everything else, so
-    the discriminator's gradients never shrink the tokenizer's step (nor the reverse)."""
+    the discriminator's gradients never shrink the tokenizer's step (nor the reverse).
+
+    Under FSDP each rank holds a shard of every gradient, so the norm must come from FSDP's own
+    ``clip_grad_norm_`` on the root module; it clips all parameters together.
+    """
+    root = module.trainer.model
+    if gradient_clip_val and gradient_clip_algorithm != "value" and isinstance(root, FullyShardedDataParallel):
+        root.clip_grad_norm_(gradient_clip_val)
+        return
     groups = optimizer.param_groups
     players = [[p for g in groups if (g.get("name") == DISCRIMINATOR) == is_d for p in g["params"]]
                for is_d in (False, True)]

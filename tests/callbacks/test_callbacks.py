@@ -112,3 +112,23 @@ def test_synthetic_vqa_samples_carry_their_answer_type(synthetic_shards):
     batch = next(iter(data.val_dataloader()))
     assert len(batch.answer_types) == len(batch) and set(batch.answer_types) <= {"word", "colour", "yes/no"}
     assert all((t == "yes/no") == (a[0] in ("yes", "no")) for t, a in zip(batch.answer_types, batch.answers))
+
+
+class LooksAtImages(ScriptedAnswers):
+    """Answers correctly only when the image is not blank."""
+
+    def generate(self, batch, max_new_tokens):
+        seeing = batch.images.flatten(1).abs().amax(dim=1) > 0
+        return [a if s else "no idea" for a, s in zip(self.answers, seeing.tolist())]
+
+
+def test_blind_accuracy_answers_with_grey_images():
+    module = LooksAtImages(["yes", "dog", "red", "no"])
+    batch = make_batch(tiny_module(), batch_size=4)
+    batch.tasks, batch.answers = ["vqa"] * 4, [["yes"], ["dog"], ["red"], ["no"]]
+    callback = VQAEvaluation(blind=True)
+    callback.setup(None, module, "validate")
+    callback.on_validation_batch_end(None, module, None, batch, 0)
+    callback.on_validation_epoch_end(None, module)
+    assert module.logged == {"val/vqa_acc": 1.0, "val/vqa_acc_blind": 0.0}
+    assert batch.images.abs().amax() > 0, "the batch itself is left as it was"

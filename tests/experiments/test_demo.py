@@ -7,6 +7,15 @@ import yaml
 
 from ett_lightning.data.synthetic import make_shards
 from ett_lightning.experiments.demo import main
+from ett_lightning.experiments.report import blind_lines
+
+
+def test_the_report_flags_arms_that_do_not_beat_their_grey_image_answers():
+    blind = {"frozen": {"vqa_acc": 0.230, "vqa_acc_blind": 0.229}, "ett": {"vqa_acc": 0.235, "vqa_acc_blind": 0.23}}
+    assert "not using the image" in "".join(blind_lines(blind))
+    seeing = {**blind, "ett": {"vqa_acc": 0.40, "vqa_acc_blind": 0.23}}
+    assert "frozen 22.9, ETT 23.0" in blind_lines(seeing)[0] and "not using" not in "".join(blind_lines(seeing))
+    assert blind_lines({"frozen": {"vqa_acc": 0.2}, "ett": {"vqa_acc": 0.2}}) == []
 
 
 @pytest.mark.slow
@@ -18,10 +27,11 @@ def test_demo_chains_every_stage_and_writes_results(tmp_path):
     results = json.loads((out / "results.json").read_text())
     for arm in ("frozen", "ett"):
         assert 0.0 <= results[arm]["vqa_acc"] <= 1.0 and len(results[arm]["vqa_acc_per_seed"]) == 1
+        assert 0.0 <= results[arm]["vqa_acc_blind"] <= 1.0
     assert results["tokenizer"]["psnr_before"] > 0 and results["tokenizer"]["psnr_after"] > 0
     assert results["tokenizer"]["rfid_before"].startswith("unavailable")
     assert results["seeds"] == [3] and results["wall_seconds"] > 0
-    assert "ETT - frozen" in (out / "results.md").read_text()
+    assert "ETT - frozen" in (out / "results.md").read_text() and "grey images" in (out / "results.md").read_text()
     assert (out / "results.png").stat().st_size > 10_000
     frozen = yaml.safe_load((out / "seed3/frozen/tune/config.yaml").read_text())
     ett = yaml.safe_load((out / "seed3/ett/tune/config.yaml").read_text())

@@ -101,8 +101,11 @@ def summarize(plan: DemoPlan, before: LightningRun, after: list[LightningRun],
     """results.json: per-arm VQA accuracy (mean and per seed), tokenizer quality before/after, the setup."""
     results: dict[str, Any] = {}
     for arm in ARMS:
-        accuracies = [run.metrics()["val/vqa_acc"] for run in arms[arm]["vqa"]]
+        metrics = [run.metrics() for run in arms[arm]["vqa"]]
+        accuracies = [m["val/vqa_acc"] for m in metrics]
         results[arm] = {"vqa_acc": statistics.fmean(accuracies), "vqa_acc_per_seed": accuracies}
+        if all("val/vqa_acc_blind" in m for m in metrics):
+            results[arm]["vqa_acc_blind"] = statistics.fmean(m["val/vqa_acc_blind"] for m in metrics)
     results["ett_minus_frozen_points"] = 100 * (results["ett"]["vqa_acc"] - results["frozen"]["vqa_acc"])
     tuned = [run.metrics() for run in after]
     reference = before.metrics()

@@ -31,6 +31,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         f"ETT - frozen: **{results['ett_minus_frozen_points']:+.1f} points**.",
         "",
+        *blind_lines(results),
         "| tokenizer | before ETT | after ETT |",
         "|---|---|---|",
         f"| PSNR (dB) | {tok['psnr_before']:.2f} | {tok['psnr_after']:.2f} |",
@@ -41,6 +42,19 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{results['machine']['processor']} ({results['machine']['torch_threads']} torch threads).",
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def blind_lines(results: dict[str, Any]) -> list[str]:
+    """Each arm's accuracy with grey images (its answer priors), and a warning when no arm beats its own."""
+    if not all("vqa_acc_blind" in results[arm] for arm in ("frozen", "ett")):
+        return []
+    blind = {arm: 100 * results[arm]["vqa_acc_blind"] for arm in ("frozen", "ett")}
+    lines = [f"With grey images instead of the real ones (answer priors only): frozen {blind['frozen']:.1f}, "
+             f"ETT {blind['ett']:.1f}.", ""]
+    if all(100 * results[arm]["vqa_acc"] <= blind[arm] + 1.0 for arm in blind):
+        lines += ["**Neither arm scores more than 1 point above its grey-image answers: the models are not using "
+                  "the image, so this comparison says nothing about the tokenizer.**", ""]
+    return lines
 
 
 def write_figure(arms: dict[str, dict[str, list[LightningRun]]], before: LightningRun, after: LightningRun,

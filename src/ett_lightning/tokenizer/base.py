@@ -59,6 +59,10 @@ class VisionTokenizer(nn.Module):
         """Loads a state dict in this package's layout (safetensors or torch pickle) strictly."""
         load_strict(self, load_state_dict_file(path), path)
 
+    def block_classes(self) -> set[type[nn.Module]]:
+        """The repeated blocks of encoder and decoder: the units FSDP shards (``ETTFSDPStrategy``)."""
+        return set()
+
     @property
     def last_layer(self) -> Tensor:
         """The decoder's last weight: where the adversarial loss balances its gradient against reconstruction's."""

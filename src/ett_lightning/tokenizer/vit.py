@@ -116,6 +116,9 @@ class ViTVQTokenizer(VisionTokenizer):
         if weights is not None:
             self.load_weights(weights)
 
+    def block_classes(self) -> set[type[nn.Module]]:
+        return {Block}
+
     def num_tokens(self, image_size: int) -> int:
         """The ViT has learned positions for one resolution: images must be ``arch['image_size']`` square."""
         if image_size != self.arch["image_size"]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import nn
+
 from ett_lightning.tokenizer.base import VisionTokenizer
+from ett_lightning.tokenizer.blocks import AttnBlock, ResnetBlock
 from ett_lightning.tokenizer.decoder import Decoder
 from ett_lightning.tokenizer.encoder import Encoder
 from ett_lightning.tokenizer.quantizers import Quantizer
@@ -39,3 +42,6 @@ class VQTokenizer(VisionTokenizer):
                          gradient_checkpointing)
         if weights is not None:
             self.load_weights(weights)
+
+    def block_classes(self) -> set[type[nn.Module]]:
+        return {ResnetBlock, AttnBlock}
