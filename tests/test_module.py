@@ -176,6 +176,8 @@ def test_torch_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(module, DataLoader([make_batch(module)], batch_size=None, collate_fn=lambda b: b))
-    for part in (module.language_model.model, module.tokenizer.encoder, module.tokenizer.decoder):
+    assert module.compiled_parts() == (module.language_model.model, module.tokenizer.encoder,
+                                       module.tokenizer.decoder)
+    for part in module.compiled_parts():
         assert part._compiled_call_impl is not None
     assert set(module.state_dict()) == keys and trainer.global_step == 1

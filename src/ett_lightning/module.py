@@ -125,8 +125,12 @@ class ETTModule(L.LightningModule):
         if self.torch_compile is False:
             return
         options = {} if self.torch_compile is True else dict(self.torch_compile)
-        for part in (self.language_model.model, self.tokenizer.encoder, self.tokenizer.decoder):
+        for part in self.compiled_parts():
             part.compile(**options)
+
+    def compiled_parts(self) -> tuple[nn.Module, ...]:
+        """What ``torch_compile`` compiles: the modules this task's step calls, not their parents."""
+        return self.language_model.model, self.tokenizer.encoder, self.tokenizer.decoder
 
     @property
     def text_tokenizer(self):

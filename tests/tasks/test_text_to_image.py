@@ -156,6 +156,17 @@ def test_kv_cache_generation_equals_full_recomputation():
     assert torch.equal(cached, torch.stack(tokens, 1))
 
 
+def test_compile_targets_the_llm_body_the_task_calls():
+    module = t2i(torch_compile={"backend": "eager"})
+    module.configure_model()
+    assert module.compiled_parts()[0] is module.language_model.model.base_model
+    assert module.language_model.model.base_model._compiled_call_impl is not None
+    batch = t2i_batch(module)
+    encoded = module.encode_images(batch.images)
+    assert torch.isfinite(module.generation_loss(batch, module.image_inputs(encoded.indices, encoded.embeddings),
+                                                 encoded.indices))
+
+
 def test_extended_vocabulary_reads_and_writes_image_rows():
     module = t2i(image_vocabulary="extended")
     k = module.tokenizer.codebook_size

@@ -91,6 +91,10 @@ class TextToImage(ETTModule):
             raise ValueError(f"model.image_size={self.image_size} but data.image_size={data_size}: the model "
                              "generates the token grid it is trained on; set both to the same size")
 
+    def compiled_parts(self) -> tuple[nn.Module, ...]:
+        """The LLM body (this task never calls the vocabulary head) and the tokenizer's encoder and decoder."""
+        return self.language_model.model.base_model, self.tokenizer.encoder, self.tokenizer.decoder
+
     def image_inputs(self, indices: Tensor, codes: Tensor | None = None) -> Tensor:
         """LLM input embeddings [B, N, C] of image tokens; ``codes`` (the encoder's straight-through codebook
         embeddings) carry the gradient back to a trainable tokenizer in ``head`` mode."""
