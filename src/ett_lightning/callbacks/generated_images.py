@@ -9,8 +9,9 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
+from ett_lightning.callbacks.image_grid import image_grid
 from ett_lightning.callbacks.metrics_json import run_dir
 from ett_lightning.callbacks.reconstruction import to_unit
 
@@ -51,5 +52,4 @@ class GeneratedImageWriter(BasePredictionWriter):
         with open(out / "prompts.jsonl", "a", encoding="utf-8") as index:
             index.write("".join(line + "\n" for line in lines))
         if self.grid:
-            grid = make_grid(images, nrow=min(8, len(images)), padding=1, pad_value=1.0)
-            save_image(grid, out / f"grid_{trainer.global_rank}_{batch_idx:04d}.png")
+            save_image(image_grid(images), out / f"grid_{trainer.global_rank}_{batch_idx:04d}.png")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
-from torchvision.utils import make_grid, save_image
 
-from ett_lightning.callbacks.metrics_json import run_dir
+from ett_lightning.callbacks.image_grid import save_step_grid
 from ett_lightning.callbacks.reconstruction import build_fid, to_unit
 from ett_lightning.data.batch import ETTBatch
 
@@ -56,14 +54,8 @@ class GenerationMetrics(L.Callback):
             self.save_samples(trainer, generated[: self.num_images], captions[: self.num_images])
 
     def save_samples(self, trainer: L.Trainer, images: torch.Tensor, captions: list[str]) -> None:
-        grid = make_grid(images.cpu(), nrow=min(8, len(images)), padding=1, pad_value=1.0)
-        path = run_dir(trainer) / "samples" / f"step_{trainer.global_step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
+        path = save_step_grid(trainer, images, "samples", "val/samples")
         path.with_suffix(".txt").write_text("".join(f"{i}: {c}\n" for i, c in enumerate(captions)), encoding="utf-8")
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/samples", grid, trainer.global_step)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self.fid is not None and self.fid.update_count:

@@ -1,11 +1,14 @@
-"""Input | reconstruction pictures from validation, to the logger and as PNG files a person can open."""
+"""Image grids from validation (input | reconstruction pairs, generated samples), to the logger and as PNG files."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from ett_lightning.callbacks.metrics_json import run_dir
@@ -31,10 +34,22 @@ class ReconstructionGrid(L.Callback):
         images = batch.images[: self.num_images]
         reconstructions, _ = pl_module.tokenizer(images)
         pairs = torch.stack([to_unit(images), to_unit(reconstructions)], dim=1).flatten(0, 1)
-        grid = make_grid(pairs.cpu(), nrow=min(8, 2 * len(images)), padding=1, pad_value=1.0)
-        path = run_dir(trainer) / "reconstructions" / f"step_{trainer.global_step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/reconstructions", grid, trainer.global_step)
+        save_step_grid(trainer, pairs, "reconstructions", "val/reconstructions")
+
+
+def image_grid(images: Tensor) -> Tensor:
+    """Images in [0, 1] -> one grid image, 8 per row, separated by white lines."""
+    return make_grid(images.cpu(), nrow=min(8, len(images)), padding=1, pad_value=1.0)
+
+
+def save_step_grid(trainer: L.Trainer, images: Tensor, folder: str, tag: str) -> Path:
+    """Saves the grid of ``images`` as ``<run dir>/<folder>/step_NNNNNNN.png`` and, with a TensorBoard logger, as
+    image ``tag``; returns the file's path."""
+    grid = image_grid(images)
+    path = run_dir(trainer) / folder / f"step_{trainer.global_step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, grid, trainer.global_step)
+    return path
