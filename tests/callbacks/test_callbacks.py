@@ -125,10 +125,13 @@ class LooksAtImages(ScriptedAnswers):
 def test_blind_accuracy_answers_with_grey_images():
     module = LooksAtImages(["yes", "dog", "red", "no"])
     batch = make_batch(tiny_module(), batch_size=4)
-    batch.tasks, batch.answers = ["vqa"] * 4, [["yes"], ["dog"], ["red"], ["no"]]
-    callback = VQAEvaluation(blind=True)
+    batch.tasks, batch.answers = ["vqa"] * 4, [["yes"], ["dog"], ["no idea"], ["no"]]
+    batch.answer_types = ["yes/no", "word", "colour", "yes/no"]
+    callback = VQAEvaluation(blind=True, answer_types=["yes/no", "colour"])
     callback.setup(None, module, "validate")
     callback.on_validation_batch_end(None, module, None, batch, 0)
     callback.on_validation_epoch_end(None, module)
-    assert module.logged == {"val/vqa_acc": 1.0, "val/vqa_acc_blind": 0.0}
+    assert module.logged == {"val/vqa_acc": 0.75, "val/vqa_acc_yes_no": 1.0, "val/vqa_acc_colour": 0.0,
+                             "val/vqa_acc_blind": 0.25, "val/vqa_acc_blind_yes_no": 0.0,
+                             "val/vqa_acc_blind_colour": 1.0}
     assert batch.images.abs().amax() > 0, "the batch itself is left as it was"

@@ -7,7 +7,7 @@ import yaml
 
 from ett_lightning.data.synthetic import make_shards
 from ett_lightning.experiments.demo import main
-from ett_lightning.experiments.report import blind_lines
+from ett_lightning.experiments.report import answer_type_lines, blind_lines
 
 
 def test_the_report_flags_arms_that_do_not_beat_their_grey_image_answers():
@@ -16,6 +16,14 @@ def test_the_report_flags_arms_that_do_not_beat_their_grey_image_answers():
     seeing = {**blind, "ett": {"vqa_acc": 0.40, "vqa_acc_blind": 0.23}}
     assert "frozen 22.9, ETT 23.0" in blind_lines(seeing)[0] and "not using" not in "".join(blind_lines(seeing))
     assert blind_lines({"frozen": {"vqa_acc": 0.2}, "ett": {"vqa_acc": 0.2}}) == []
+
+
+def test_the_report_tables_each_answer_type_beside_its_grey_image_accuracy():
+    arm = {"vqa_acc": 0.5, "vqa_acc_per_seed": [0.5], "vqa_acc_blind": 0.2, "vqa_acc_colour": 0.7,
+           "vqa_acc_blind_colour": 0.15, "vqa_acc_word": 0.1}
+    lines = answer_type_lines({"frozen": arm, "ett": {**arm, "vqa_acc_colour": 0.8}})
+    assert lines[2:4] == ["| colour | 70.0 | 15.0 | 80.0 | 15.0 |", "| word | 10.0 | - | 10.0 | - |"]
+    assert answer_type_lines({"frozen": {"vqa_acc": 0.5, "vqa_acc_per_seed": [0.5]}, "ett": {}}) == []
 
 
 @pytest.mark.slow
@@ -28,6 +36,7 @@ def test_demo_chains_every_stage_and_writes_results(tmp_path):
     for arm in ("frozen", "ett"):
         assert 0.0 <= results[arm]["vqa_acc"] <= 1.0 and len(results[arm]["vqa_acc_per_seed"]) == 1
         assert 0.0 <= results[arm]["vqa_acc_blind"] <= 1.0
+        assert {"vqa_acc_word", "vqa_acc_colour", "vqa_acc_yes_no", "vqa_acc_blind_colour"} <= set(results[arm])
     assert results["tokenizer"]["psnr_before"] > 0 and results["tokenizer"]["psnr_after"] > 0
     assert results["tokenizer"]["rfid_before"].startswith("unavailable")
     assert results["seeds"] == [3] and results["wall_seconds"] > 0

@@ -21,8 +21,8 @@ class VQAEvaluation(L.Callback):
     metrics sync across ranks.
 
     ``blind`` also answers every question with the image replaced by a uniform grey one and logs
-    ``val/vqa_acc_blind``: what the answer priors alone score. A ``val/vqa_acc`` no higher than it means the
-    model is not using the image.
+    ``val/vqa_acc_blind`` (and ``val/vqa_acc_blind_<type>``): what the answer priors alone score. A
+    ``val/vqa_acc`` no higher than it means the model is not using the image.
     """
 
     def __init__(self, max_new_tokens: int = 16, max_batches: int | None = None,
@@ -30,15 +30,14 @@ class VQAEvaluation(L.Callback):
         super().__init__()
         self.max_new_tokens = max_new_tokens
         self.max_batches = max_batches
-        self.accuracy = VQAAccuracy()
-        self.by_type = nn.ModuleDict({kind.replace("/", "_"): VQAAccuracy() for kind in answer_types or []})
-        self.blind_accuracy = VQAAccuracy() if blind else None
+        self.kinds = [kind.replace("/", "_") for kind in answer_types or []]
+        prefixes = ["vqa_acc", "vqa_acc_blind"] if blind else ["vqa_acc"]
+        names = [f"{prefix}{suffix}" for prefix in prefixes for suffix in ["", *(f"_{k}" for k in self.kinds)]]
+        self.metrics = nn.ModuleDict({name: VQAAccuracy() for name in names})
+        self.blind = blind
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.accuracy.to(pl_module.device)
-        self.by_type.to(pl_module.device)
-        if self.blind_accuracy is not None:
-            self.blind_accuracy.to(pl_module.device)
+        self.metrics.to(pl_module.device)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch: ETTBatch, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -47,24 +46,22 @@ class VQAEvaluation(L.Callback):
         rows = [i for i, task in enumerate(batch.tasks) if task == "vqa"]
         if not rows:
             return
-        answers = pl_module.generate(batch, self.max_new_tokens)
-        self.accuracy.update([answers[i] for i in rows], [batch.answers[i] for i in rows])
+        self.score("vqa_acc", pl_module.generate(batch, self.max_new_tokens), batch, rows)
+        if self.blind:
+            grey = replace(batch, images=torch.zeros_like(batch.images))
+            self.score("vqa_acc_blind", pl_module.generate(grey, self.max_new_tokens), batch, rows)
+
+    def score(self, prefix: str, answers: list[str], batch: ETTBatch, rows: list[int]) -> None:
+        """Updates ``prefix`` with every VQA row and ``prefix_<type>`` with the rows of that answer type."""
+        self.metrics[prefix].update([answers[i] for i in rows], [batch.answers[i] for i in rows])
         for i in rows:
             kind = batch.answer_types[i].replace("/", "_") if batch.answer_types else ""
-            if kind in self.by_type:
-                self.by_type[kind].update([answers[i]], [batch.answers[i]])
-        if self.blind_accuracy is not None:
-            grey = replace(batch, images=torch.zeros_like(batch.images))
-            blind_answers = pl_module.generate(grey, self.max_new_tokens)
-            self.blind_accuracy.update([blind_answers[i] for i in rows], [batch.answers[i] for i in rows])
+            if kind in self.kinds:
+                self.metrics[f"{prefix}_{kind}"].update([answers[i]], [batch.answers[i]])
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self.accuracy.update_count:
-            pl_module.log("val/vqa_acc", self.accuracy.compute())
-        for kind, metric in self.by_type.items():
-            pl_module.log(f"val/vqa_acc_{kind}", metric.compute())
+        if self.metrics["vqa_acc"].update_count:
+            for name, metric in self.metrics.items():
+                pl_module.log(f"val/{name}", metric.compute())
+        for metric in self.metrics.values():
             metric.reset()
-        self.accuracy.reset()
-        if self.blind_accuracy is not None and self.blind_accuracy.update_count:
-            pl_module.log("val/vqa_acc_blind", self.blind_accuracy.compute())
-            self.blind_accuracy.reset()

@@ -32,6 +32,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"ETT - frozen: **{results['ett_minus_frozen_points']:+.1f} points**.",
         "",
         *blind_lines(results),
+        *answer_type_lines(results),
         "| tokenizer | before ETT | after ETT |",
         "|---|---|---|",
         f"| PSNR (dB) | {tok['psnr_before']:.2f} | {tok['psnr_after']:.2f} |",
@@ -55,6 +56,22 @@ def blind_lines(results: dict[str, Any]) -> list[str]:
         lines += ["**Neither arm scores more than 1 point above its grey-image answers: the models are not using "
                   "the image, so this comparison says nothing about the tokenizer.**", ""]
     return lines
+
+
+def answer_type_lines(results: dict[str, Any]) -> list[str]:
+    """Accuracy per answer type for both arms, beside the same arm's grey-image accuracy where it was logged."""
+    suffixes = (name.removeprefix("vqa_acc_") for name in results["frozen"] if name.startswith("vqa_acc_"))
+    kinds = sorted(kind for kind in suffixes if kind != "per_seed" and not kind.startswith("blind"))
+    if not kinds:
+        return []
+
+    def cell(arm: str, name: str) -> str:
+        return f"{100 * results[arm][name]:.1f}" if name in results[arm] else "-"
+
+    lines = ["| answer type | frozen | frozen, grey images | ETT | ETT, grey images |", "|---|---|---|---|---|"]
+    lines += [f"| {kind} | {cell('frozen', f'vqa_acc_{kind}')} | {cell('frozen', f'vqa_acc_blind_{kind}')} | "
+              f"{cell('ett', f'vqa_acc_{kind}')} | {cell('ett', f'vqa_acc_blind_{kind}')} |" for kind in kinds]
+    return [*lines, ""]
 
 
 def write_figure(arms: dict[str, dict[str, list[LightningRun]]], before: LightningRun, after: LightningRun,
