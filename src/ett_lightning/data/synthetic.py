@@ -2,9 +2,9 @@
 
 The task the paper says a frozen tokenizer is weak at, in miniature: the questions ask about the text (which
 character, in which colour), whose thin strokes a reconstruction-only tokenizer with a small codebook blurs into
-the textured background and shapes. The glyph is large enough (3/8 to 5/8 of the image) that a 2-layer LLM
-trained from scratch learns to read image tokens within CPU minutes; with small multi-letter words it did not
-(docs/results.md). ``ett-make-shards OUT`` writes ``OUT/caption/{train,val}-NNNNNN.tar``
+the textured background and shapes. The glyph is large (3/8 to 5/8 of the image): in the demo, a 2-layer LLM
+trained from scratch learns its colour within CPU minutes; with small three-letter words no model read the
+image at all (docs/results.md). ``ett-make-shards OUT`` writes ``OUT/caption/{train,val}-NNNNNN.tar``
 (png + txt + json) and ``OUT/vqa/{train,val}-NNNNNN.tar`` (png + json question/answers). Deterministic by seed.
 """
 
