@@ -31,6 +31,25 @@ def test_ett_caption_loss_alone_reaches_encoder_and_codebook():
     assert all(p.grad is None for p in tokenizer.decoder.parameters())
 
 
+def test_caption_loss_without_a_mask_equals_the_masked_loss_on_right_padded_batches():
+    from ett_lightning.data.collate import Collator
+    from ett_lightning.data.sequence import SequenceBuilder
+    from ett_lightning.data.skips import SkipCounter
+
+    module = tiny_module("ett").eval()
+    builder = SequenceBuilder(module.text_tokenizer, module.num_image_tokens(32))
+    image = torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()
+    samples = [{"image": image, "sequence": builder.build("caption", {}, text), "answers": [], "task": "caption",
+                "key": str(i)}
+               for i, text in enumerate(["a", "a much longer caption than the first one"])]
+    batch = Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples).normalized()
+    assert (batch.attention_mask == 0).any(), "the batch must hold padding for this test to mean anything"
+    image_embeds = module.projector(module.encode_images(batch.images).embeddings)
+    masked = module.language_model(batch.input_ids, batch.attention_mask, image_embeds, batch.image_slots,
+                                   labels=batch.labels).loss
+    torch.testing.assert_close(module.caption_loss(batch, image_embeds), masked, rtol=1e-6, atol=1e-6)
+
+
 def test_align_trains_projector_only_and_tokenizer_stays_bit_identical(tmp_path):
     module = tiny_module("align")
     before = {name: snapshot(getattr(module, name)) for name in ("tokenizer", "projector", "language_model")}

@@ -31,6 +31,7 @@ STAGE_TRAINABLE: dict[str, frozenset[str]] = {
 }
 DISCRIMINATOR = "discriminator"
 DEFAULT_LEARNING_RATES = {"tokenizer": 1e-5, "projector": 1e-3, "language_model": 2e-5}
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
 class ETTModule(L.LightningModule):
@@ -168,10 +169,12 @@ class ETTModule(L.LightningModule):
             return self.tokenizer.encode(images)
 
     def caption_loss(self, batch: ETTBatch, image_embeds: Tensor) -> Tensor:
-        """Next-token loss on the target text, with the projected image tokens spliced in."""
-        output = self.language_model(
-            batch.input_ids, batch.attention_mask, image_embeds, batch.image_slots, labels=batch.labels
-        )
+        """Next-token loss on the target text, with the projected image tokens spliced in.
+
+        No attention mask: batches are right padded and pads carry no labels, so the loss equals the masked one
+        while the LLM uses causal attention kernels (and Hugging Face does not read the mask back to the host).
+        """
+        output = self.language_model(batch.input_ids, None, image_embeds, batch.image_slots, labels=batch.labels)
         return output.loss
 
     def compute_losses(self, batch: ETTBatch) -> tuple[Tensor, dict[str, Tensor], TokenizerOutput]:
@@ -372,8 +375,13 @@ def clip_by_player(module: L.LightningModule, optimizer: torch.optim.Optimizer, 
 def adamw_with_schedule(
     groups: list[dict], betas: tuple[float, float], warmup: int, total: int, floor: float, device: torch.device
 ) -> dict:
-    """AdamW (fused on CUDA) with a per-step warmup + cosine schedule, in Lightning's optimizer-config form."""
-    optimizer = torch.optim.AdamW(groups, betas=tuple(betas), fused=device.type == "cuda")
+    """AdamW with a per-step warmup + cosine schedule, in Lightning's optimizer-config form.
+
+    Fused on CUDA and CPU: one kernel per step, and it accepts GradScaler's ``found_inf`` flag, which lets
+    :class:`NonFiniteGuard` skip a bad step without reading anything back to the host.
+    """
+    fused = True if device.type in FUSED_ADAMW_DEVICES else None
+    optimizer = torch.optim.AdamW(groups, betas=tuple(betas), fused=fused)
     schedule = partial(warmup_cosine, warmup=warmup, total=total, floor=floor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
 

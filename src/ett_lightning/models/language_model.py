@@ -55,25 +55,33 @@ class LanguageModel(nn.Module):
         """Writes ``image_embeds`` [B, N, C] into ``text_embeds`` [B, L, C] where ``image_slots`` [B, L] is True.
 
         Each row must have exactly N slots; image tokens fill them in order. Gradient flows to ``image_embeds``.
+        The slot count is checked on the device (``torch._assert_async``): reading it on the host would stall
+        every step on a GPU, and a wrong count is a data-pipeline bug (num_image_tokens not matching the
+        tokenizer) that stops the run either way.
         """
         slots_per_row = image_slots.sum(dim=1)
-        if not torch.all(slots_per_row == image_embeds.shape[1]):
-            raise ValueError(
-                f"every sequence needs exactly {image_embeds.shape[1]} image slots (one per image token), "
-                f"found {slots_per_row.tolist()}; the data pipeline's num_image_tokens must match the tokenizer"
-            )
+        torch._assert_async(
+            torch.all(slots_per_row == image_embeds.shape[1]),
+            f"every sequence needs exactly {image_embeds.shape[1]} image slots (one per image token); the data "
+            "pipeline's num_image_tokens must match the tokenizer",
+        )
         mask = image_slots.unsqueeze(-1).expand_as(text_embeds)
         return text_embeds.masked_scatter(mask, image_embeds.to(text_embeds.dtype))
 
     def forward(
         self,
         input_ids: Tensor,
-        attention_mask: Tensor,
+        attention_mask: Tensor | None,
         image_embeds: Tensor | None = None,
         image_slots: Tensor | None = None,
         labels: Tensor | None = None,
     ) -> CausalLMOutputWithPast:
-        """Causal LM forward; with ``labels`` the output carries the mean next-token loss over labelled tokens."""
+        """Causal LM forward; with ``labels`` the output carries the mean next-token loss over labelled tokens.
+
+        ``attention_mask`` may be None for right-padded sequences whose pads carry no labels: causal attention
+        never lets a real token see the pads after it, so the loss is the same, and SDPA runs its ``is_causal``
+        kernels without a materialised mask.
+        """
         inputs_embeds = self.embed(input_ids)
         if image_embeds is not None:
             inputs_embeds = self.splice(inputs_embeds, image_embeds, image_slots)

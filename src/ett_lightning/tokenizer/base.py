@@ -117,8 +117,14 @@ class VisionTokenizer(nn.Module):
 
 @torch.no_grad()
 def codebook_stats(indices: Tensor, codebook_size: int) -> dict[str, Tensor]:
-    """Fraction of the codebook used by ``indices`` and the perplexity of their histogram."""
-    counts = torch.bincount(indices.flatten(), minlength=codebook_size).float()
+    """Fraction of the codebook used by ``indices`` and the perplexity of their histogram.
+
+    The histogram is a scatter-add, not ``torch.bincount``: on CUDA bincount reads the largest index back to the
+    host to size its output, which would stall every training step.
+    """
+    flat = indices.flatten()
+    ones = torch.ones_like(flat, dtype=torch.float)
+    counts = torch.zeros(codebook_size, device=flat.device).index_add_(0, flat, ones)
     probs = counts / counts.sum()
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
     return {"codebook_usage": (counts > 0).float().mean(), "codebook_perplexity": entropy.exp()}
