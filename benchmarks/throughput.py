@@ -6,7 +6,11 @@ shapes by torch's FlopCounterMode: matmuls, convolutions and attention, forward 
 ``--peak-tflops``, and the overhead ratio (Lightning step time / plain step time, medians).
 
     python benchmarks/throughput.py --config recipes/demo/ett_sft.yaml --image-size 64 --batch-size 8
-    python benchmarks/throughput.py --config recipes/ett_sft.yaml --set ... --accelerator gpu --precision bf16-mixed
+    python benchmarks/throughput.py --config benchmarks/configs/ett_sft_qwen2.5-1.5b.yaml --image-size 256 \
+        --batch-size 16 --accelerator gpu --precision bf16-mixed --peak-tflops 989
+
+Any other ``--key=value`` is a LightningCLI override of the config, e.g.
+``--model.init_args.language_model.init_args.config.num_hidden_layers=2``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import copy
 import resource
 import statistics
 import time
+import warnings
 from contextlib import nullcontext
 
 import lightning as L
@@ -30,15 +35,18 @@ from ett_lightning.data.collate import Collator
 from ett_lightning.data.sequence import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.module import adamw_with_schedule, parameter_groups
+from ett_lightning.profiling import HostSyncRecorder
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
 
 def build(config: str, overrides: list[str]) -> LightningModule:
     """The recipe's model, instantiated exactly as ``lightning fit --config`` would (no trainer, no data)."""
-    cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, save_config_callback=None,
-                       args=["--config", config, "--data.train_shards=null", "--data.val_shards=null", *overrides])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # our own flags are in sys.argv
+        cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                           run=False, save_config_callback=None,
+                           args=["--config", config, "--data.train_shards=null", "--data.val_shards=null", *overrides])
     return cli.model
 
 
@@ -117,12 +125,25 @@ def lightning_loop(module, batches, precision: str, clip: float | None, accelera
 
 
 def flops_per_step(module, batch, precision: str, clip: float | None) -> int:
+    """Model FLOPs of one step (forward + backward), each operation once: activation checkpointing's recomputed
+    forward is extra work the hardware does, not model FLOPs, so it is switched off in the copy counted here."""
     module = copy.deepcopy(module)
+    module.language_model.model.gradient_checkpointing_disable()
+    module.tokenizer.encoder.gradient_checkpointing = module.tokenizer.decoder.gradient_checkpointing = False
     optimizer, scheduler = optimizer_for(module, 10)
     counter = FlopCounterMode(display=False)
     with counter:
         plain_step(module, batch, optimizer, scheduler, precision, clip)
     return counter.get_total_flops()
+
+
+def host_syncs_per_step(module, batch, precision: str, clip: float | None) -> str:
+    """What one plain training step reads back to the host (each read stalls a GPU step)."""
+    module = copy.deepcopy(module)
+    optimizer, scheduler = optimizer_for(module, 10)
+    with HostSyncRecorder() as recorder:
+        plain_step(module, batch, optimizer, scheduler, precision, clip)
+    return recorder.report() or "none"
 
 
 def synchronize(device: torch.device) -> None:
@@ -139,7 +160,6 @@ def peak_memory_gib(device: torch.device) -> tuple[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a recipe (its model section is used)")
-    parser.add_argument("--set", nargs="*", default=[], help="LightningCLI overrides, e.g. --model.init_args...=...")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
@@ -150,21 +170,24 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help=f"device peak for MFU (H100 bf16 dense: {H100_BF16_DENSE_TFLOPS})")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()
 
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     torch.manual_seed(0)
-    module = build(args.config, args.set)
+    module = build(args.config, overrides)
     batches = make_batches(module, args.warmup + args.steps, args.batch_size, args.image_size, device)
     flops = flops_per_step(module.to(device), batches[0], args.precision, args.clip)
-    plain, lightning = [], []
+    syncs = host_syncs_per_step(module, batches[0], args.precision, args.clip)
+    plain, lightning, round_ratios = [], [], []
     for round_index in range(args.rounds):
         runs = [(plain, plain_loop, ()), (lightning, lightning_loop, (args.accelerator,))]
         for times, loop, extra in runs if round_index % 2 == 0 else runs[::-1]:
             fresh = copy.deepcopy(module)
-            times += loop(fresh, batches, args.precision, args.clip, *extra, device)[args.warmup:]
+            times.append(loop(fresh, batches, args.precision, args.clip, *extra, device)[args.warmup:])
+        round_ratios.append(statistics.median(lightning[-1]) / statistics.median(plain[-1]))
 
-    step_plain, step_lightning = statistics.median(plain), statistics.median(lightning)
+    step_plain = statistics.median(t for times in plain for t in times)
+    step_lightning = statistics.median(t for times in lightning for t in times)
     tokens = statistics.mean(int(b.attention_mask.sum()) for b in batches)
     memory_label, memory = peak_memory_gib(device)
     print(f"recipe {args.config}  stage {module.stage}  batch {args.batch_size} x {args.image_size}px  "
@@ -174,7 +197,9 @@ def main() -> None:
         print(f"{name}: {step * 1e3:8.1f} ms/step  {args.batch_size / step:8.1f} images/s  {tokens / step:9.0f} "
               f"tokens/s  {flops / step / 1e12:7.3f} TFLOP/s  MFU {mfu}")
     print(f"FLOPs/step {flops / 1e9:.2f} G   {memory_label} {memory:.2f} GiB")
-    print(f"overhead ratio lightning / plain: {step_lightning / step_plain:.3f}  (target <= 1.03)")
+    print(f"host syncs in one step:\n{syncs}")
+    print(f"overhead ratio lightning / plain: {step_lightning / step_plain:.3f}  (target <= 1.03); per round: "
+          + " ".join(f"{ratio:.3f}" for ratio in round_ratios))
 
 
 if __name__ == "__main__":
