@@ -70,6 +70,7 @@ class PretrainedVQTokenizer(VQTokenizer):
         use_ema: bool = True,
         quantizer: Quantizer | None = None,
         gradient_checkpointing: bool = False,
+        channels_last: bool = False,
     ) -> None:
         raw = load_state_dict_file(weights)
         fmt = format if format != "auto" else preset_spec(preset)["format"] if preset else detect_format(raw)
@@ -82,7 +83,7 @@ class PretrainedVQTokenizer(VQTokenizer):
             arch = infer_architecture(state, resolution)
             codebook_size, code_dim = state["quantize.embedding.weight"].shape
         super().__init__(quantizer or default_quantizer(fmt, codebook_size, code_dim), **arch,
-                         gradient_checkpointing=gradient_checkpointing)
+                         gradient_checkpointing=gradient_checkpointing, channels_last=channels_last)
         load_strict(self, state, f"{Path(weights).name} (format {fmt}{f', preset {preset}' if preset else ''})")
         self.source_format = fmt
 

@@ -35,11 +35,12 @@ class VQTokenizer(VisionTokenizer):
         dropout: float = 0.0,
         weights: str | None = None,
         gradient_checkpointing: bool = False,
+        channels_last: bool = False,
     ) -> None:
         arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, resolution=resolution,
                     attn_resolutions=tuple(attn_resolutions), z_channels=z_channels, dropout=dropout)
         super().__init__(Encoder(**arch), Decoder(**arch), quantizer, z_channels, 2 ** (len(ch_mult) - 1), arch,
-                         gradient_checkpointing)
+                         gradient_checkpointing, channels_last)
         if weights is not None:
             self.load_weights(weights)
 
