@@ -130,20 +130,23 @@ def flops_per_step(module, batch, precision: str, clip: float | None) -> int:
     module = copy.deepcopy(module)
     module.language_model.model.gradient_checkpointing_disable()
     module.tokenizer.encoder.gradient_checkpointing = module.tokenizer.decoder.gradient_checkpointing = False
-    optimizer, scheduler = optimizer_for(module, 10)
     counter = FlopCounterMode(display=False)
-    with counter:
-        plain_step(module, batch, optimizer, scheduler, precision, clip)
+    one_step_under(counter, module, batch, precision, clip)
     return counter.get_total_flops()
 
 
 def host_syncs_per_step(module, batch, precision: str, clip: float | None) -> str:
     """What one plain training step reads back to the host (each read stalls a GPU step)."""
-    module = copy.deepcopy(module)
-    optimizer, scheduler = optimizer_for(module, 10)
-    with HostSyncRecorder() as recorder:
-        plain_step(module, batch, optimizer, scheduler, precision, clip)
+    recorder = HostSyncRecorder()
+    one_step_under(recorder, copy.deepcopy(module), batch, precision, clip)
     return recorder.report() or "none"
+
+
+def one_step_under(mode, module, batch, precision: str, clip: float | None) -> None:
+    """One plain step of ``module`` (a copy the caller owns) with a fresh optimizer, inside ``mode``."""
+    optimizer, scheduler = optimizer_for(module, 10)
+    with mode:
+        plain_step(module, batch, optimizer, scheduler, precision, clip)
 
 
 def synchronize(device: torch.device) -> None:
