@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from ett_lightning.tokenizer.base import code_histogram
+
 
 class CodebookUsage(Metric):
     """Accumulates a histogram of code indices (summed across DDP ranks).
@@ -26,7 +28,7 @@ class CodebookUsage(Metric):
         flat = indices.flatten().long()
         if flat.numel() and (flat.min() < 0 or flat.max() >= self.codebook_size):
             raise ValueError(f"code indices must lie in [0, {self.codebook_size}), got {flat.min()}..{flat.max()}")
-        self.counts += torch.bincount(flat, minlength=self.codebook_size)
+        self.counts += code_histogram(flat, self.codebook_size, dtype=torch.long)
 
     def compute(self) -> dict[str, Tensor]:
         probs = self.counts.double() / self.counts.sum().clamp_min(1)

@@ -49,15 +49,15 @@ class NonFiniteGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
         bad = self.record(pl_module, optimizer)
-        if getattr(optimizer, "_step_supports_amp_scaling", False):
+        skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if skips_on_device:
             optimizer.found_inf = bad.float()
-            if writes_step_logs(pl_module):
-                self.check(trainer)
-        else:
-            if bad.item():
-                optimizer.zero_grad(set_to_none=True)
+        elif bad.item():
+            optimizer.zero_grad(set_to_none=True)
+        writes_logs = writes_step_logs(pl_module)
+        if writes_logs or not skips_on_device:
             self.check(trainer)
-        if writes_step_logs(pl_module):
+        if writes_logs:
             pl_module.log("train/nonfinite_steps", self.counts[0].float(), on_step=True, batch_size=1)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

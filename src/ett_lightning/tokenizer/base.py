@@ -120,16 +120,21 @@ class VisionTokenizer(nn.Module):
         return self.decode(out.embeddings), out
 
 
+def code_histogram(indices: Tensor, codebook_size: int, dtype: torch.dtype = torch.float) -> Tensor:
+    """How often each code occurs in ``indices``, as a [codebook_size] tensor of ``dtype``.
+
+    A scatter-add, not ``torch.bincount``: on CUDA bincount reads the largest index back to the host to size its
+    output, which would stall every training step.
+    """
+    flat = indices.flatten().long()
+    ones = torch.ones_like(flat, dtype=dtype)
+    return torch.zeros(codebook_size, dtype=dtype, device=flat.device).index_add_(0, flat, ones)
+
+
 @torch.no_grad()
 def codebook_stats(indices: Tensor, codebook_size: int) -> dict[str, Tensor]:
-    """Fraction of the codebook used by ``indices`` and the perplexity of their histogram.
-
-    The histogram is a scatter-add, not ``torch.bincount``: on CUDA bincount reads the largest index back to the
-    host to size its output, which would stall every training step.
-    """
-    flat = indices.flatten()
-    ones = torch.ones_like(flat, dtype=torch.float)
-    counts = torch.zeros(codebook_size, device=flat.device).index_add_(0, flat, ones)
+    """Fraction of the codebook used by ``indices`` and the perplexity of their histogram."""
+    counts = code_histogram(indices, codebook_size)
     probs = counts / counts.sum()
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
     return {"codebook_usage": (counts > 0).float().mean(), "codebook_perplexity": entropy.exp()}
