@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from ett_lightning.experiments.demo import main as demo_main
 from ett_lightning.export import main as export_main
@@ -19,6 +22,21 @@ class CheckedLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_config(config.as_dict())
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Without a configured logger, a TensorBoard logger writing into ``default_root_dir`` itself.
+
+        Lightning's default logger makes a new ``lightning_logs/version_N`` per invocation, and its checkpoints go
+        there too, so a restarted job (``--ckpt_path=last``) would look in a new, empty directory. Here the
+        directory *is* the run: logs, ``checkpoints/last.ckpt``, ``metrics.json`` and images all land under
+        ``default_root_dir``, one ``--trainer.default_root_dir`` moves all of them, and a restart finds its
+        checkpoint. A logger set in the config or on the command line is used as given.
+        """
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+            root = trainer_config.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="")
+        return super().instantiate_trainer(**kwargs)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -198,8 +198,9 @@ class ETTModule(L.LightningModule):
         return total
 
     def evaluation_step(self, batch: ETTBatch, split: str) -> Tensor:
+        batch, weight = evaluation_rows(batch)
         total, parts, encoded = self.compute_losses(batch)
-        log_split(self, split, {**parts, **encoded.stats}, len(batch))
+        log_split(self, split, {**parts, **encoded.stats}, weight)
         return total
 
     def validation_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
@@ -232,7 +233,8 @@ class ETTModule(L.LightningModule):
 
     def predict_step(self, batch: ETTBatch, batch_idx: int) -> list[dict[str, object]]:
         """Generated text for every sample (the caption or answer the model gives), with its key and references."""
-        predictions = self.generate(batch)
+        batch = batch.without_padding()
+        predictions = self.generate(batch) if len(batch) else []
         return [{"key": k, "prediction": p, "references": r} for k, p, r in zip(batch.keys, predictions, batch.answers)]
 
     def configure_optimizers(self) -> dict:
@@ -267,6 +269,14 @@ def load_component_weights(module: nn.Module, path: str, names: tuple[str, ...])
         raise ValueError(f"{path} holds weights for none of {list(names)}: not an ett_lightning checkpoint?")
     log.info("init_from %s loaded %s", path, ", ".join(loaded))
     return loaded
+
+
+def evaluation_rows(batch: ETTBatch) -> tuple[ETTBatch, int]:
+    """What an evaluation step computes on, and the weight its logged means get: the real rows and their count,
+    or, for a batch that is all padding, the batch itself with weight 0. Logging it anyway keeps every DDP rank
+    logging the same names, which the epoch-end reduction needs; the weight keeps it out of the means."""
+    real = batch.without_padding()
+    return (real, len(real)) if len(real) else (batch, 0)
 
 
 def log_split(module: L.LightningModule, split: str, parts: dict[str, Tensor], batch_size: int) -> None:

@@ -1,4 +1,5 @@
 import json
+import math
 
 import lightning as L
 import numpy as np
@@ -51,13 +52,33 @@ def test_missing_fid_weights_is_a_clear_error(tmp_path):
         build_fid(str(tmp_path / "inception.pth"), None)
 
 
-def test_psnr_on_known_images():
+def test_psnr_and_ssim_per_image_on_8_bit_images_worked_out_by_hand():
+    """Two flat images: A is 100/255 reconstructed as 110.4/255 (8-bit: 110), B is 50/255 reconstructed as
+    51.6/255 (8-bit: 52). Per image PSNR = 20 log10(255 / |error in levels|); SSIM of flat images is
+    (2ab + C1) / (a^2 + b^2 + C1) with C1 = (0.01 x 1)^2, since both variances are 0."""
     callback = ReconstructionMetrics(fid=False)
-    callback.setup(None, tiny_module(), "validate")
-    images = torch.full((2, 3, 8, 8), 0.5)
-    callback.update(images, images + 0.1)
-    assert callback.metrics["psnr"].compute().item() == pytest.approx(20.0, rel=1e-4)
-    assert callback.metrics["ssim"].compute().item() <= 1.0
+    callback.setup(single_process_trainer(), tiny_module(), "validate")
+    images = torch.stack([torch.full((3, 16, 16), 100 / 255), torch.full((3, 16, 16), 50 / 255)])
+    reconstructions = torch.stack([torch.full((3, 16, 16), 110.4 / 255), torch.full((3, 16, 16), 51.6 / 255)])
+    callback.update(images, reconstructions)
+    psnr_a, psnr_b = 20 * math.log10(255 / 10), 20 * math.log10(255 / 2)  # 28.1308 and 42.1102 dB
+    assert callback.metrics["psnr"].compute().item() == pytest.approx((psnr_a + psnr_b) / 2, abs=1e-4)
+    pooled = 10 * math.log10(255**2 / ((10**2 + 2**2) / 2))  # one MSE over both images: 30.9708 dB
+    assert callback.metrics["psnr_pooled"].compute().item() == pytest.approx(pooled, abs=1e-4)
+
+    def flat_ssim(a, b, c1=0.01**2):
+        return (2 * a * b + c1) / (a * a + b * b + c1)
+
+    expected_ssim = (flat_ssim(100 / 255, 110 / 255) + flat_ssim(50 / 255, 52 / 255)) / 2
+    # torchmetrics computes the variances in float32 (E[x^2] - E[x]^2): 1e-4 from the float64 formula
+    assert callback.metrics["ssim"].compute().item() == pytest.approx(expected_ssim, abs=2e-4)
+
+
+def test_8_bit_rounding_is_to_the_nearest_level():
+    from ett_lightning.callbacks.reconstruction import to_8bit
+
+    levels = torch.tensor([0.0, 110.4, 110.5, 110.6, 255.0, 300.0]) / 255
+    assert (to_8bit(levels) * 255).round().tolist() == [0, 110, 111, 111, 255, 255]
 
 
 def test_validation_writes_metrics_json_pictures_and_vqa_accuracy(tmp_path, synthetic_shards):
@@ -76,6 +97,14 @@ def test_validation_writes_metrics_json_pictures_and_vqa_accuracy(tmp_path, synt
     assert 0 < metrics["val/epoch_codebook_usage"] <= 1 and metrics["val/epoch_codebook_perplexity"] >= 1
     pictures = list((run / "reconstructions").glob("step_*.png"))
     assert len(pictures) == 1
+    results = json.loads((run / "vqa_results.json").read_text())
+    assert sorted(r["question_id"] for r in results) == list(range(64, 80))  # the synthetic val questions' ids
+    assert all(isinstance(r["answer"], str) for r in results)
+
+
+def single_process_trainer() -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False)
 
 
 class ScriptedAnswers(L.LightningModule):
@@ -98,11 +127,35 @@ def test_vqa_accuracy_is_also_reported_per_answer_type():
     batch.tasks = ["vqa"] * 4 + ["caption"]
     batch.answers = [["yes"], ["dog"], ["red"], ["no"], ["a caption"]]
     batch.answer_types = ["yes/no", "word", "colour", "yes/no", ""]
-    callback = VQAEvaluation(answer_types=["yes/no", "word"])
-    callback.setup(None, module, "validate")
-    callback.on_validation_batch_end(None, module, None, batch, 0)
-    callback.on_validation_epoch_end(None, module)
+    callback = VQAEvaluation(answer_types=["yes/no", "word", "number"])
+    trainer = single_process_trainer()
+    callback.setup(trainer, module, "validate")
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
     assert module.logged == {"val/vqa_acc": 0.75, "val/vqa_acc_yes_no": 1.0, "val/vqa_acc_word": 0.0}
+
+
+def test_padding_rows_are_not_scored():
+    """Rows that only fill a DDP validation split change no metric: VQA rows and reconstructions alike."""
+    module = ScriptedAnswers(["yes", "no"])
+    batch = make_batch(tiny_module(), batch_size=3)
+    batch.tasks, batch.answers, batch.answer_types = ["vqa"] * 3, [["yes"], ["dog"], ["no"]], [""] * 3
+    batch.padding = [False, True, False]
+    trainer = single_process_trainer()
+    vqa = VQAEvaluation()
+    vqa.setup(trainer, module, "validate")
+    vqa.on_validation_batch_end(trainer, module, None, batch, 0)
+    vqa.on_validation_epoch_end(trainer, module)
+    assert module.logged == {"val/vqa_acc": 1.0}
+
+    tiny = tiny_module()
+    reconstruction = ReconstructionMetrics(fid=False)
+    reconstruction.setup(trainer, tiny, "validate")
+    reconstruction.on_validation_batch_end(trainer, tiny, None, batch, 0)
+    padded = reconstruction.metrics["psnr"].compute()
+    reconstruction.metrics["psnr"].reset()
+    reconstruction.on_validation_batch_end(trainer, tiny, None, batch.select([0, 2]), 0)
+    assert reconstruction.metrics["psnr"].compute().item() == pytest.approx(padded.item(), rel=1e-6)
 
 
 def test_synthetic_vqa_samples_carry_their_answer_type(synthetic_shards):
@@ -128,9 +181,10 @@ def test_blind_accuracy_answers_with_grey_images():
     batch.tasks, batch.answers = ["vqa"] * 4, [["yes"], ["dog"], ["no idea"], ["no"]]
     batch.answer_types = ["yes/no", "word", "colour", "yes/no"]
     callback = VQAEvaluation(blind=True, answer_types=["yes/no", "colour"])
-    callback.setup(None, module, "validate")
-    callback.on_validation_batch_end(None, module, None, batch, 0)
-    callback.on_validation_epoch_end(None, module)
+    trainer = single_process_trainer()
+    callback.setup(trainer, module, "validate")
+    callback.on_validation_batch_end(trainer, module, None, batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
     assert module.logged == {"val/vqa_acc": 0.75, "val/vqa_acc_yes_no": 1.0, "val/vqa_acc_colour": 0.0,
                              "val/vqa_acc_blind": 0.25, "val/vqa_acc_blind_yes_no": 0.0,
                              "val/vqa_acc_blind_colour": 1.0}

@@ -110,6 +110,45 @@ def test_validation_order_is_identical_across_runs(synthetic_shards):
     assert keys[0] == keys[1] and len(keys[0]) == 16
 
 
+def test_validation_splits_by_sample_evenly_over_ranks_and_workers(tmp_path, monkeypatch):
+    """7 samples (one undecodable) in one shard for 2 ranks x 2 workers: every slot yields 2 rows (real or padding),
+    so both ranks run the same batches, and the real rows are the single-process samples, each exactly once."""
+    png = io.BytesIO()
+    Image.new("RGB", (40, 40), "blue").save(png, format="PNG")
+    samples = [{"png": png.getvalue(), "txt": f"caption {i}"} for i in range(7)]
+    samples[4]["png"] = b"not an image"
+    write_tar(tmp_path / "val-0.tar", samples)
+    shards = {"val_shards": str(tmp_path / "val-0.tar")}
+    single = [k for b in datamodule(shards, batch_size=2, num_workers=2).val_dataloader() for k in b.keys]
+    assert sorted(single) == sorted(f"{tmp_path / 'val-0.tar'}:{i:06d}" for i in range(7) if i != 4)
+    real, rows_per_rank, batches_per_rank = [], [], []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        batches = list(datamodule(shards, batch_size=2, num_workers=2).val_dataloader())
+        real += [k for b in batches for k, pad in zip(b.keys, b.padding) if not pad]
+        rows_per_rank.append(sum(len(b) for b in batches))
+        batches_per_rank.append(len(batches))
+        assert all(len(b.without_padding()) == b.num_real for b in batches)
+    assert sorted(real) == sorted(single)
+    assert rows_per_rank == [4, 4] and batches_per_rank == [2, 2]
+
+
+def test_padding_rows_are_dropped_from_every_field():
+    from ett_lightning.data.batch import ETTBatch
+
+    batch = ETTBatch(images=torch.arange(3).view(3, 1, 1, 1), input_ids=torch.arange(6).view(3, 2),
+                     attention_mask=torch.ones(3, 2), labels=torch.zeros(3, 2), image_slots=torch.zeros(3, 2),
+                     target_starts=torch.tensor([1, 2, 3]), answers=[["a"], ["b"], ["c"]], tasks=["vqa"] * 3,
+                     answer_types=["x", "y", "z"], keys=["k0", "k1", "k2"], padding=[False, True, False])
+    real = batch.without_padding()
+    assert real.num_real == len(real) == 2 and batch.num_real == 2
+    assert real.images.flatten().tolist() == [0, 2] and real.input_ids.tolist() == [[0, 1], [4, 5]]
+    assert real.target_starts.tolist() == [1, 3] and real.keys == ["k0", "k2"] and real.answers == [["a"], ["c"]]
+    assert real.answer_types == ["x", "z"] and real.padding == [False, False]
+    assert batch.select([1]).padding == [True] and len(batch.select([])) == 0
+
+
 def write_tar(path, samples):
     with tarfile.open(path, "w") as tar:
         for i, sample in enumerate(samples):

@@ -1,7 +1,32 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from ett_lightning.metrics import CodebookUsage, VQAAccuracy, normalize_answer, soft_accuracy
+
+OFFICIAL = json.loads((Path(__file__).parent / "data" / "vqa_official_scores.json").read_text())["rows"]
+
+
+def test_soft_accuracy_equals_the_official_scorer_on_every_stored_case():
+    """Rows scored by the official VQAv2 evaluation code (run outside this repository under Python 2.7)."""
+    assert len(OFFICIAL) > 4000
+    wrong = [(p, refs, expected, soft_accuracy(p, refs)) for p, refs, expected in OFFICIAL
+             if soft_accuracy(p, refs) != pytest.approx(expected, abs=1e-12)]
+    assert not wrong, f"{len(wrong)} of {len(OFFICIAL)} differ, e.g. {wrong[:5]}"
+
+
+@pytest.mark.parametrize("prediction,references,expected", [
+    ("2.", ["2"] * 6 + ["3"] * 4, 1.0),           # a period not followed by a digit goes, after a digit too
+    ("1,000", ["1000"] * 10, 0.0),                # unanimous references: nothing is normalised
+    ("Yes", ["yes"] * 10, 0.0),
+    ("Yes.", ["yes"] * 9 + ["no"], 1.0),
+    ("a" + "." * 40, ["a"] * 5 + ["b"] * 5, 0.0),  # only 32 periods are removed
+])
+def test_official_quirks(prediction, references, expected):
+    assert [prediction, references, expected] in OFFICIAL
+    assert soft_accuracy(prediction, references) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -14,6 +39,10 @@ from ett_lightning.metrics import CodebookUsage, VQAAccuracy, normalize_answer, 
     ("1,000", "1000"),
     ("black/white", "black white"),
     ("  Ten  ", "10"),
+    ("oclock", "o'clock"),
+    ("$5.", "$5"),
+    ("it's", "it's"),
+    ("50%!", "50%"),
 ])
 def test_normalisation(raw, expected):
     assert normalize_answer(raw) == expected

@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torchvision.utils import save_image
 
 from ett_lightning.callbacks.image_grid import image_grid
-from ett_lightning.callbacks.metrics_json import run_dir
 from ett_lightning.callbacks.reconstruction import to_unit
+from ett_lightning.callbacks.run_dir import run_dir
 
 
 def file_stem(key: str, prompt: str, length: int = 48) -> str:
@@ -24,7 +24,8 @@ def file_stem(key: str, prompt: str, length: int = 48) -> str:
 
 class GeneratedImageWriter(BasePredictionWriter):
     """Writes every predicted image as ``<output_dir>/<key>_<prompt>.png``, one grid per batch
-    (``grid_<rank>_<batch>.png``) and a line per image to ``prompts.jsonl`` (file, prompt, key).
+    (``grid_<rank>_<batch>.png``) and a line per image to ``prompts.jsonl`` (file, prompt, key); under DDP each
+    rank writes its own ``prompts.rank<r>.jsonl``, so no two processes append to one file.
 
     ``output_dir`` defaults to ``<run dir>/predictions``. Expects predictions as :class:`TextToImage` returns
     them: ``{"images": [B, 3, H, W] in [-1, 1], "prompts": [...], "keys": [...]}``.
@@ -34,22 +35,28 @@ class GeneratedImageWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.grid = grid
+        self.directory: Path | None = None
 
-    def directory(self, trainer: L.Trainer) -> Path:
-        path = Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.directory = Path(self.output_dir) if self.output_dir else run_dir(trainer) / "predictions"
+
+    @staticmethod
+    def index_name(trainer: L.Trainer) -> str:
+        return "prompts.jsonl" if trainer.world_size == 1 else f"prompts.rank{trainer.global_rank}.jsonl"
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: dict[str, Any],
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        out = self.directory(trainer)
+        if not len(prediction["images"]):
+            return
+        out = self.directory
+        out.mkdir(parents=True, exist_ok=True)
         images = to_unit(prediction["images"])
         lines = []
         for image, prompt, key in zip(images, prediction["prompts"], prediction["keys"]):
             path = out / f"{file_stem(key, prompt)}.png"
             save_image(image, path)
             lines.append(json.dumps({"file": path.name, "prompt": prompt, "key": key}))
-        with open(out / "prompts.jsonl", "a", encoding="utf-8") as index:
+        with open(out / self.index_name(trainer), "a", encoding="utf-8") as index:
             index.write("".join(line + "\n" for line in lines))
         if self.grid:
             save_image(image_grid(images), out / f"grid_{trainer.global_rank}_{batch_idx:04d}.png")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from torch import nn
 
 from ett_lightning.callbacks.image_grid import save_step_grid
 from ett_lightning.callbacks.reconstruction import build_fid, to_unit
+from ett_lightning.callbacks.run_dir import run_dir
+from ett_lightning.callbacks.synced_metrics import log_synced
 from ett_lightning.data.batch import ETTBatch
 
 
@@ -32,8 +36,10 @@ class GenerationMetrics(L.Callback):
         self.num_images = num_images
         self.seed = seed
         self.fid = None
+        self.directory: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.directory = run_dir(trainer)
         if not hasattr(pl_module, "generate_images"):
             raise TypeError(f"GenerationMetrics needs a module with generate_images(batch, seed), such as "
                             f"TextToImage; {type(pl_module).__name__} has none")
@@ -45,6 +51,9 @@ class GenerationMetrics(L.Callback):
                                 dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking or batch_idx >= self.max_batches:
             return
+        batch = batch.without_padding()
+        if not len(batch):
+            return
         generated, captions = pl_module.generate_images(batch, seed=self.seed + batch_idx)
         generated = to_unit(generated)
         if self.fid is not None:
@@ -54,10 +63,9 @@ class GenerationMetrics(L.Callback):
             self.save_samples(trainer, generated[: self.num_images], captions[: self.num_images])
 
     def save_samples(self, trainer: L.Trainer, images: torch.Tensor, captions: list[str]) -> None:
-        path = save_step_grid(trainer, images, "samples", "val/samples")
+        path = save_step_grid(trainer, images, self.directory / "samples", "val/samples")
         path.with_suffix(".txt").write_text("".join(f"{i}: {c}\n" for i, c in enumerate(captions)), encoding="utf-8")
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self.fid is not None and self.fid.update_count:
-            pl_module.log("val/gfid", self.fid.compute().float())
-            self.fid.reset()
+        if self.fid is not None:
+            log_synced(trainer, pl_module, {"gfid": self.fid})

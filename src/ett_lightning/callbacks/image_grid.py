@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from ett_lightning.callbacks.metrics_json import run_dir
 from ett_lightning.callbacks.reconstruction import to_unit
+from ett_lightning.callbacks.run_dir import run_dir
 from ett_lightning.data.batch import ETTBatch
 
 
@@ -24,6 +24,10 @@ class ReconstructionGrid(L.Callback):
     def __init__(self, num_images: int = 8) -> None:
         super().__init__()
         self.num_images = num_images
+        self.directory: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.directory = run_dir(trainer)
 
     @rank_zero_only
     @torch.no_grad()
@@ -31,10 +35,12 @@ class ReconstructionGrid(L.Callback):
                                 dataloader_idx: int = 0) -> None:
         if batch_idx != 0 or trainer.sanity_checking:
             return
-        images = batch.images[: self.num_images]
+        images = batch.without_padding().images[: self.num_images]
+        if not len(images):
+            return
         reconstructions, _ = pl_module.tokenizer(images)
         pairs = torch.stack([to_unit(images), to_unit(reconstructions)], dim=1).flatten(0, 1)
-        save_step_grid(trainer, pairs, "reconstructions", "val/reconstructions")
+        save_step_grid(trainer, pairs, self.directory / "reconstructions", "val/reconstructions")
 
 
 def image_grid(images: Tensor) -> Tensor:
@@ -42,11 +48,11 @@ def image_grid(images: Tensor) -> Tensor:
     return make_grid(images.cpu(), nrow=min(8, len(images)), padding=1, pad_value=1.0)
 
 
-def save_step_grid(trainer: L.Trainer, images: Tensor, folder: str, tag: str) -> Path:
-    """Saves the grid of ``images`` as ``<run dir>/<folder>/step_NNNNNNN.png`` and, with a TensorBoard logger, as
-    image ``tag``; returns the file's path."""
+def save_step_grid(trainer: L.Trainer, images: Tensor, folder: Path, tag: str) -> Path:
+    """Saves the grid of ``images`` as ``<folder>/step_NNNNNNN.png`` and, with a TensorBoard logger, as image
+    ``tag``; returns the file's path."""
     grid = image_grid(images)
-    path = run_dir(trainer) / folder / f"step_{trainer.global_step:07d}.png"
+    path = folder / f"step_{trainer.global_step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path)
     for logger in trainer.loggers:

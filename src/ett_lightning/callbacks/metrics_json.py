@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
-
-def run_dir(trainer: L.Trainer) -> Path:
-    """The logger's version directory when there is a logger, else ``default_root_dir``."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+from ett_lightning.callbacks.run_dir import run_dir
 
 
 class MetricsJSON(L.Callback):
@@ -22,13 +20,21 @@ class MetricsJSON(L.Callback):
     def __init__(self, filename: str = "metrics.json") -> None:
         super().__init__()
         self.filename = filename
+        self.directory: Path | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.directory = run_dir(trainer)
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         payload = {"step": trainer.global_step, "epoch": trainer.current_epoch, **dict(sorted(metrics.items()))}
-        path = run_dir(trainer) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, path)
+        write_json_atomically(self.directory / self.filename, payload)
+
+
+def write_json_atomically(path: Path, payload: Any) -> None:
+    """``payload`` as JSON at ``path`` through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image import FrechetInceptionDistance, PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from ett_lightning.callbacks.synced_metrics import log_synced
 from ett_lightning.data.batch import ETTBatch
-from ett_lightning.metrics import CodebookUsage
+from ett_lightning.metrics import CodebookUsage, MeanImagePSNR
 
 
 def build_fid(weights_path: str | None, feature_extractor: nn.Module | None) -> FrechetInceptionDistance:
@@ -32,9 +33,15 @@ def build_fid(weights_path: str | None, feature_extractor: nn.Module | None) -> 
 
 
 class ReconstructionMetrics(L.Callback):
-    """Reconstructs each validation batch with the tokenizer and logs ``val/psnr``, ``val/ssim``, ``val/rfid``,
-    and the codebook usage / perplexity over the whole validation epoch (``val/epoch_codebook_usage``,
-    ``val/epoch_codebook_perplexity``; the module's ``val/codebook_usage`` is a per-batch average).
+    """Reconstructs each validation batch with the tokenizer and logs, as tokenizer papers report them (e.g.
+    LlamaGen's evaluation), on reconstructions rounded to 8-bit images:
+
+    - ``val/psnr``: PSNR of each image, averaged over images (:class:`MeanImagePSNR`);
+    - ``val/ssim``: SSIM of each image (Gaussian window 11, sigma 1.5), averaged over images;
+    - ``val/psnr_pooled``: PSNR of the MSE pooled over all images (torchmetrics' default);
+    - ``val/rfid``: FID between the inputs and the 8-bit reconstructions;
+    - ``val/epoch_codebook_usage`` / ``val/epoch_codebook_perplexity`` over the whole validation set (the
+      module's ``val/codebook_usage`` is a per-batch average).
 
     Images are compared in [0, 1]. Everything runs in validation only; the training step is untouched. FID is
     built in ``setup``, so missing weights fail before training starts, with the fix in the message.
@@ -50,7 +57,8 @@ class ReconstructionMetrics(L.Callback):
         self.metrics = nn.ModuleDict()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.metrics["psnr"] = PeakSignalNoiseRatio(data_range=1.0)
+        self.metrics["psnr"] = MeanImagePSNR(data_range=1.0)
+        self.metrics["psnr_pooled"] = PeakSignalNoiseRatio(data_range=1.0)
         self.metrics["ssim"] = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.metrics["epoch_codebook"] = CodebookUsage(pl_module.tokenizer.codebook_size)
         if self.use_fid:
@@ -62,27 +70,32 @@ class ReconstructionMetrics(L.Callback):
                                 dataloader_idx: int = 0) -> None:
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return
+        batch = batch.without_padding()
+        if not len(batch):
+            return
         reconstructions, encoded = pl_module.tokenizer(batch.images)
         self.metrics["epoch_codebook"].update(encoded.indices)
         self.update(to_unit(batch.images), to_unit(reconstructions))
 
     def update(self, images: Tensor, reconstructions: Tensor) -> None:
-        self.metrics["psnr"].update(reconstructions, images)
-        self.metrics["ssim"].update(reconstructions, images)
+        """Images and reconstructions in [0, 1]; both are rounded to 8 bits first."""
+        images, reconstructions = to_8bit(images), to_8bit(reconstructions)
+        for name in ("psnr", "psnr_pooled", "ssim"):
+            self.metrics[name].update(reconstructions, images)
         if "rfid" in self.metrics:
             self.metrics["rfid"].update(images, real=True)
             self.metrics["rfid"].update(reconstructions, real=False)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        for name, metric in self.metrics.items():
-            if metric.update_count:
-                value = metric.compute()
-                values = {f"{name}_{k}": v for k, v in value.items()} if isinstance(value, dict) else {name: value}
-                for key, v in values.items():
-                    pl_module.log(f"val/{key}", v.float())
-            metric.reset()
+        log_synced(trainer, pl_module, self.metrics)
 
 
 def to_unit(images: Tensor) -> Tensor:
     """[-1, 1] -> [0, 1], float32, clamped."""
     return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def to_8bit(images: Tensor) -> Tensor:
+    """[0, 1] images rounded to the nearest of the 256 levels an 8-bit image file holds (still floats in [0, 1]):
+    what a reconstruction saved as PNG, as the reference evaluations do, would read back as."""
+    return torch.floor(images * 255.0 + 0.5).clamp(0.0, 255.0) / 255.0

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
+from ett_lightning.callbacks.metrics_json import write_json_atomically
+from ett_lightning.callbacks.run_dir import run_dir
+from ett_lightning.callbacks.synced_metrics import gather_objects, log_synced
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.metrics import VQAAccuracy
 
@@ -23,10 +28,15 @@ class VQAEvaluation(L.Callback):
     ``blind`` also answers every question with the image replaced by a uniform grey one and logs
     ``val/vqa_acc_blind`` (and ``val/vqa_acc_blind_<type>``): what the answer priors alone score. A
     ``val/vqa_acc`` no higher than it means the model is not using the image.
+
+    After each validation the answers of all ranks are written by rank 0 as ``<run dir>/<results_file>``, in the
+    official VQA results format ``[{"question_id": ..., "answer": ...}]`` (the sample's json ``question_id``, else
+    its key), so they can be submitted to the evaluation server or rescored by other tools.
     """
 
     def __init__(self, max_new_tokens: int = 16, max_batches: int | None = None,
-                 answer_types: list[str] | None = None, blind: bool = False) -> None:
+                 answer_types: list[str] | None = None, blind: bool = False,
+                 results_file: str | None = "vqa_results.json") -> None:
         super().__init__()
         self.max_new_tokens = max_new_tokens
         self.max_batches = max_batches
@@ -35,18 +45,25 @@ class VQAEvaluation(L.Callback):
         names = [f"{prefix}{suffix}" for prefix in prefixes for suffix in ["", *(f"_{k}" for k in self.kinds)]]
         self.metrics = nn.ModuleDict({name: VQAAccuracy() for name in names})
         self.blind = blind
+        self.results_file = results_file
+        self.results: list[dict[str, Any]] = []
+        self.directory: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.metrics.to(pl_module.device)
+        self.directory = run_dir(trainer) if self.results_file else None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch: ETTBatch, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return
+        batch = batch.without_padding()
         rows = [i for i, task in enumerate(batch.tasks) if task == "vqa"]
         if not rows:
             return
-        self.score("vqa_acc", pl_module.generate(batch, self.max_new_tokens), batch, rows)
+        answers = pl_module.generate(batch, self.max_new_tokens)
+        self.score("vqa_acc", answers, batch, rows)
+        self.results += [{"question_id": question_id(batch, i), "answer": answers[i]} for i in rows]
         if self.blind:
             grey = replace(batch, images=torch.zeros_like(batch.images))
             self.score("vqa_acc_blind", pl_module.generate(grey, self.max_new_tokens), batch, rows)
@@ -60,8 +77,13 @@ class VQAEvaluation(L.Callback):
                 self.metrics[f"{prefix}_{kind}"].update([answers[i]], [batch.answers[i]])
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self.metrics["vqa_acc"].update_count:
-            for name, metric in self.metrics.items():
-                pl_module.log(f"val/{name}", metric.compute())
-        for metric in self.metrics.values():
-            metric.reset()
+        log_synced(trainer, pl_module, self.metrics)
+        results, self.results = gather_objects(self.results), []
+        if self.directory is not None and trainer.is_global_zero and results and not trainer.sanity_checking:
+            write_json_atomically(self.directory / self.results_file, results)
+
+
+def question_id(batch: ETTBatch, row: int) -> Any:
+    """The sample's json ``question_id``, or its key when it has none."""
+    qid = batch.question_ids[row] if batch.question_ids else None
+    return batch.keys[row] if qid is None else qid

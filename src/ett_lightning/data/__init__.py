@@ -2,8 +2,10 @@
 
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.data.datamodule import ImageTextDataModule
+from ett_lightning.data.even_split import EvenSplit
 from ett_lightning.data.prompts import PromptBatch
 from ett_lightning.data.sequence import IGNORE_INDEX, SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 
-__all__ = ["ETTBatch", "IGNORE_INDEX", "ImageTextDataModule", "PromptBatch", "SequenceBuilder", "SkipCounter"]
+__all__ = ["ETTBatch", "EvenSplit", "IGNORE_INDEX", "ImageTextDataModule", "PromptBatch", "SequenceBuilder",
+           "SkipCounter"]

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import torch
 from torch import Tensor
 
 from ett_lightning.data.transforms import to_model_range
+
+TENSOR_FIELDS = ("images", "input_ids", "attention_mask", "labels", "image_slots", "target_starts")
+LIST_FIELDS = ("answers", "tasks", "answer_types", "keys", "question_ids", "padding")
 
 
 @dataclass
@@ -19,8 +23,10 @@ class ETTBatch:
     the codebook embeddings go, ``labels`` is -100 everywhere except the target text (caption or answer) and its
     EOS. ``target_starts`` [B] is the first target position, so generation can feed the prompt alone. ``answers``
     keeps every reference answer for VQA evaluation and ``answer_types`` their type ("" when the data has none),
-    ``keys`` the samples' ``__key__``. ``skipped`` counts
-    samples the producing worker dropped since its previous batch.
+    ``keys`` the samples' ``__key__``, ``question_ids`` the json's ``question_id`` (None without one).
+    ``skipped`` counts samples the producing worker dropped since its previous batch. ``padding`` marks rows that
+    only fill a validation split up to the same length on every DDP rank (see :class:`EvenSplit`); evaluation drops
+    them with :meth:`without_padding`. Empty means no padding rows.
     """
 
     images: Tensor
@@ -33,7 +39,9 @@ class ETTBatch:
     tasks: list[str] = field(default_factory=list)
     answer_types: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    question_ids: list = field(default_factory=list)
     skipped: int = 0
+    padding: list[bool] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -43,3 +51,22 @@ class ETTBatch:
         if self.images.is_floating_point():
             return self
         return replace(self, images=to_model_range(self.images))
+
+    @property
+    def num_real(self) -> int:
+        """Rows that are data, not padding."""
+        return len(self) - sum(self.padding)
+
+    def without_padding(self) -> ETTBatch:
+        """The batch restricted to its real rows (itself when it has no padding; empty when it is all padding)."""
+        if not any(self.padding):
+            return self
+        return self.select([row for row, pad in enumerate(self.padding) if not pad])
+
+    def select(self, rows: list[int]) -> ETTBatch:
+        """The batch restricted to ``rows``, in that order."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.images.device)
+        tensors = {name: getattr(self, name).index_select(0, index) for name in TENSOR_FIELDS}
+        lists = {name: [getattr(self, name)[row] for row in rows] if getattr(self, name) else []
+                 for name in LIST_FIELDS}
+        return replace(self, **tensors, **lists)

@@ -45,5 +45,7 @@ class Collator:
             tasks=[s["task"] for s in samples],
             answer_types=[s.get("answer_type", "") for s in samples],
             keys=[s["key"] for s in samples],
+            question_ids=[s.get("question_id") for s in samples],
             skipped=self.skips.take(),
+            padding=[bool(s.get("padding", False)) for s in samples],
         )

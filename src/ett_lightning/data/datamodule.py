@@ -12,6 +12,7 @@ from webdataset.utils import pytorch_worker_info
 
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.data.collate import Collator
+from ett_lightning.data.even_split import EvenSplit
 from ett_lightning.data.prompts import PromptBatch, PromptCollator, read_prompts
 from ett_lightning.data.samples import SampleDecoder
 from ett_lightning.data.sequence import Layout, SequenceBuilder
@@ -26,7 +27,8 @@ class ImageTextDataModule(L.LightningDataModule):
 
     Training reads an endless stream: every (rank, worker) resamples a disjoint subset of the shards, shuffles
     samples in a buffer, and stops after ``samples_per_epoch / world_size`` samples, so every rank runs the
-    same number of steps. Validation is one ordered pass, each rank reading a disjoint part.
+    same number of steps. Validation is one ordered pass split by sample over ranks and workers, padded so every
+    rank runs the same number of batches (:class:`EvenSplit`).
 
     The text tokenizer, the number of image tokens and the sequence layout come from the model being trained
     (``text_tokenizer``, ``num_image_tokens(image_size)`` and ``sequence_layout`` on the LightningModule) unless
@@ -80,13 +82,9 @@ class ImageTextDataModule(L.LightningDataModule):
             self.attach(model.text_tokenizer, model.num_image_tokens(self.image_size),
                         getattr(model, "sequence_layout", "image_first"))
 
-    def world_size(self) -> int:
-        """The trainer's world size; outside a trainer, the environment's (RANK/WORLD_SIZE or torch.distributed)."""
-        return self.trainer.world_size if self.trainer else pytorch_worker_info()[1]
-
     def batches_per_worker(self) -> int:
         """Per-rank batches, spread over the workers (rounded up so every rank gets the same number)."""
-        per_rank = max(1, self.samples_per_epoch // (self.batch_size * self.world_size()))
+        per_rank = max(1, self.samples_per_epoch // (self.batch_size * self.rank_and_world_size()[1]))
         return math.ceil(per_rank / max(1, self.num_workers))
 
     def pipeline(self, train: bool) -> wds.DataPipeline:
@@ -94,16 +92,22 @@ class ImageTextDataModule(L.LightningDataModule):
         decoder = SampleDecoder(ImageTransform(self.image_size, random_crop=train), self.builder, skips)
         collate = Collator(self.builder.tokenizer.pad_token_id, skips, self.builder.num_image_tokens)
         if train:
-            source = [ResampledShardStream(self.train_urls, self.seed, self.trainer.global_step if self.trainer else 0),
+            stages = [ResampledShardStream(self.train_urls, self.seed, self.trainer.global_step if self.trainer else 0),
                       tar_to_samples(handler=skips.handler),
-                      wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2)]
+                      wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2),
+                      wds.map(decoder)]
         else:
-            source = [OrderedShardStream(self.val_urls), tar_to_samples(handler=skips.handler)]
-        return wds.DataPipeline(
-            *source,
-            wds.map(decoder),
-            wds.batched(self.batch_size, collation_fn=collate, partial=not train),
-        )
+            rank, world_size = self.rank_and_world_size()
+            stages = [OrderedShardStream(self.val_urls), tar_to_samples(handler=skips.handler),
+                      EvenSplit(decoder, self.builder, self.image_size, rank, world_size)]
+        return wds.DataPipeline(*stages, wds.batched(self.batch_size, collation_fn=collate, partial=not train))
+
+    def rank_and_world_size(self) -> tuple[int, int]:
+        """The trainer's global rank and world size; outside a trainer, the environment's."""
+        if self.trainer:
+            return self.trainer.global_rank, self.trainer.world_size
+        rank, world_size, _, _ = pytorch_worker_info()
+        return rank, world_size
 
     def loader(self, dataset: wds.DataPipeline) -> DataLoader:
         return DataLoader(

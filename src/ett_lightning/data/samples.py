@@ -35,6 +35,7 @@ class TextFields(NamedTuple):
     target: str
     answers: list[str]
     answer_type: str = ""
+    question_id: Any = None
 
 
 def read_text_fields(sample: dict[str, Any]) -> TextFields:
@@ -52,7 +53,7 @@ def read_text_fields(sample: dict[str, Any]) -> TextFields:
             raise SkipSample("vqa sample without answer")
         target = Counter(answers).most_common(1)[0][0]
         question = {"question": str(meta["question"]).strip()}
-        return TextFields("vqa", question, target, answers, str(meta.get("answer_type", "")))
+        return TextFields("vqa", question, target, answers, str(meta.get("answer_type", "")), meta.get("question_id"))
     caption = sample["txt"].decode("utf-8", errors="replace") if "txt" in sample else meta.get("caption")
     if caption is None:
         raise SkipSample("no caption (no txt member and no json caption/question)")
@@ -75,7 +76,8 @@ def parse_json(raw: bytes | None) -> dict[str, Any]:
 
 
 class SampleDecoder:
-    """Raw sample -> dict(image, sequence, answers, answer_type, task, key); skips are counted and yield None."""
+    """Raw sample -> dict(image, sequence, answers, answer_type, task, key, question_id); skips are counted and yield
+    None."""
 
     def __init__(self, transform: ImageTransform, builder: SequenceBuilder, skips: SkipCounter) -> None:
         self.transform = transform
@@ -92,4 +94,4 @@ class SampleDecoder:
             self.skips.skip(str(reason), key)
             return None
         return {"image": image, "sequence": sequence, "answers": text.answers, "answer_type": text.answer_type,
-                "task": text.task, "key": key}
+                "task": text.task, "key": key, "question_id": text.question_id}

@@ -83,13 +83,12 @@ class ResampledShardStream(IterableDataset):
 
 
 class OrderedShardStream(IterableDataset):
-    """One ordered pass for validation: rank r, worker w reads shards r*W+w, r*W+w + R*W, ... in order."""
+    """Every shard once, in order, for validation: each (rank, worker) reads them all and :class:`EvenSplit` keeps
+    its share of the samples."""
 
     def __init__(self, urls: list[str]) -> None:
         self.urls = urls
 
     def __iter__(self) -> Iterator[dict[str, str]]:
-        rank, world_size, worker, num_workers = pytorch_worker_info()
-        slots = world_size * num_workers
-        for url in self.urls[rank * num_workers + worker :: slots]:
+        for url in self.urls:
             yield {"url": url}

@@ -142,7 +142,8 @@ def write_split(out: Path, split: str, count: int, offset: int, seed: int, image
                 cap.write({"__key__": key, "png": png, "txt": caption(scene), "json": json.dumps(meta)})
                 q, a, kind = question(scene, rng)
                 vqa.write({"__key__": key, "png": png,
-                           "json": json.dumps({"question": q, "answers": [a], "answer_type": kind})})
+                           "json": json.dumps({"question_id": index, "question": q, "answers": [a],
+                                               "answer_type": kind})})
 
 
 def make_shards(out: str | Path, num_train: int = 2000, num_val: int = 200, image_size: int = 64, seed: int = 0,

@@ -3,7 +3,8 @@
 The recipe is copied with a handful of overrides (output directory, seed, steps, checkpoint to start from) to
 ``<out>/config.yaml`` and run as ``lightning <command> --config <out>/config.yaml``, so every step of an
 experiment can be read and rerun by hand. Logs go to ``<out>/metrics.csv``; MetricsJSON writes
-``<out>/metrics.json``; checkpoints land in ``<out>/checkpoints``.
+``<out>/metrics.json``; checkpoints land in ``<out>/checkpoints`` (the logger's directory is ``<out>``, and
+ModelCheckpoint writes under the logger's directory).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any, Literal
 import yaml
 
 log = logging.getLogger(__name__)
-CHECKPOINT_CALLBACK = "lightning.pytorch.callbacks.ModelCheckpoint"
 
 
 @dataclass
@@ -52,10 +52,7 @@ class LightningRun:
         for callback in trainer.get("callbacks", []):
             if not isinstance(callback, dict):
                 continue
-            updates = self.callback_args.get(callback["class_path"], {})
-            if callback["class_path"] == CHECKPOINT_CALLBACK:
-                updates = {**updates, "dirpath": str(self.out / "checkpoints")}
-            callback.setdefault("init_args", {}).update(updates)
+            callback.setdefault("init_args", {}).update(self.callback_args.get(callback["class_path"], {}))
         for key, value in self.overrides.items():
             set_dotted(config, key, value)
         return config

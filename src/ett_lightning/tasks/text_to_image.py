@@ -233,6 +233,11 @@ class TextToImage(ETTModule):
 
     def predict_step(self, batch: ETTBatch | PromptBatch, batch_idx: int) -> dict[str, Any]:
         """Generated images (float in [-1, 1], on the CPU) with their prompts and keys, seeded per batch."""
+        if isinstance(batch, ETTBatch):
+            batch = batch.without_padding()
+            if not len(batch):
+                size = self.image_size
+                return {"images": torch.empty(0, 3, size, size), "prompts": [], "keys": []}
         images, texts = self.generate_images(batch, seed=self.sample_seed + batch_idx)
         return {"images": images.float().cpu(), "prompts": texts, "keys": list(batch.keys)}
 

@@ -15,6 +15,7 @@ from ett_lightning.module import (
     adamw_with_schedule,
     clip_by_player,
     discriminator_groups,
+    evaluation_rows,
     load_component_weights,
     log_split,
     parameter_groups,
@@ -58,18 +59,20 @@ class TokenizerPretraining(L.LightningModule):
     def num_image_tokens(self, image_size: int) -> int:
         return self.tokenizer.num_tokens(image_size)
 
-    def step(self, batch: ETTBatch, split: str) -> Tensor:
+    def step(self, batch: ETTBatch, split: str, weight: int) -> Tensor:
+        """The VQ loss of ``batch``, logged under ``split`` with ``weight`` as the batch size of the means."""
         reconstructions, encoded = self.tokenizer(batch.images)
         vq, parts = self.loss.vq_loss(batch.images, reconstructions, encoded.quant_losses,
                                       self.tokenizer.last_layer, self.global_step)
-        log_split(self, split, {**parts, **encoded.stats}, len(batch))
+        log_split(self, split, {**parts, **encoded.stats}, weight)
         return vq + parts.get("d_term", 0.0)
 
     def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
-        return self.step(batch, "train")
+        return self.step(batch, "train", len(batch))
 
     def validation_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
-        return self.step(batch, "val")
+        real, weight = evaluation_rows(batch)
+        return self.step(real, "val", weight)
 
     def configure_optimizers(self) -> dict:
         groups = parameter_groups("tokenizer", self.tokenizer, self.hparams.learning_rate, self.hparams.weight_decay)

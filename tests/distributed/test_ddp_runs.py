@@ -1,0 +1,116 @@
+"""The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes, for every
+stage and the text-to-image task; resume from ``last.ckpt``; validation sets that do not split evenly.
+
+Only sizes and step counts are shrunk. Each run has a hard timeout, so a DDP hang fails its test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ett_lightning.data.synthetic import make_shards
+from tests.distributed.cli_runs import ROOT, run_lightning, two_processes
+
+RECIPES = {"tokenizer": "tokenizer", "align": "ett_align", "ett": "ett_sft", "posttrain": "ett_posttrain",
+           "t2i": "t2i", "ett_gan": "ett_sft"}
+VAL_METRICS = {"tokenizer": "val/psnr", "align": "val/psnr", "ett": "val/psnr", "posttrain": "val/vqa_acc",
+               "t2i": "val/image_tokens", "ett_gan": "val/psnr"}
+EXTRA = {"ett_gan": ["--model.init_args.loss.init_args.adversarial_weight=0.1"],
+         "t2i": ["--model.init_args.image_size=32",
+                 f"--data.init_args.predict_prompts={ROOT}/recipes/demo/prompts.txt"]}
+
+
+def small(shards: Path, task: str, root: Path, steps: int) -> list[str]:
+    """The recipe's run at test size: 32 px images, batch 2, ``steps`` steps with a validation every 2."""
+    return [f"--data.train_shards={shards}/{task}/train-*.tar", f"--data.val_shards={shards}/{task}/val-*.tar",
+            "--data.init_args.batch_size=2", "--data.init_args.image_size=32",
+            "--model.init_args.tokenizer.init_args.image_size=32", f"--trainer.max_steps={steps}",
+            "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2", f"--trainer.default_root_dir={root}"]
+
+
+def rank_digest(directory: Path) -> list[str]:
+    """Adds the test callback that saves each rank's parameters at the end of training."""
+    return ["--trainer.callbacks+=tests.distributed.rank_digest.SaveRankParameters",
+            f"--trainer.callbacks.directory={directory}"]
+
+
+def recipe(name: str) -> list[str]:
+    return ["--config", str(ROOT / f"recipes/demo/{RECIPES[name]}.yaml")]
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+@pytest.mark.parametrize("stage", list(RECIPES))
+def test_recipe_under_two_processes(tmp_path, synthetic_shards, stage):
+    task = "vqa" if stage == "posttrain" else "caption"
+    root = tmp_path / "run"
+    run_lightning(["fit", *recipe(stage), *two_processes(), *small(synthetic_shards, task, root, 4),
+                   *rank_digest(tmp_path / "ranks"), *EXTRA.get(stage, [])], cwd=tmp_path)
+
+    ranks = [torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["step"] == 4 for r in ranks)
+    for name, value in ranks[0]["params"].items():
+        assert torch.equal(value, ranks[1]["params"][name]), name
+
+    written = files_under(root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks", "run"], "a file landed outside the run directory"
+    assert "checkpoints/last.ckpt" in written and "config.yaml" in written
+    assert any(name.startswith("events.out.tfevents") for name in written), written
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["step"] == 4 and VAL_METRICS[stage] in metrics, metrics
+    pictures = "samples" if stage == "t2i" else "reconstructions"
+    suffixes = (".png", ".txt") if stage == "t2i" else (".png",)
+    expected = sorted(f"{pictures}/step_000000{step}{suffix}" for step in (2, 4) for suffix in suffixes)
+    assert [p for p in written if p.startswith(pictures)] == expected
+
+
+def last_step(root: Path) -> int:
+    return torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_resume_from_last_checkpoint_under_two_processes(tmp_path, synthetic_shards):
+    root = tmp_path / "run"
+    first = ["fit", *recipe("ett"), *two_processes()]
+    run_lightning([*first, *small(synthetic_shards, "caption", root, 2)], cwd=tmp_path)
+    assert last_step(root) == 2
+    resumed = run_lightning([*first, *small(synthetic_shards, "caption", root, 4), "--ckpt_path=last"], cwd=tmp_path)
+    assert "Restored all states from the checkpoint" in resumed.stdout, resumed.stdout[-3000:]
+    assert last_step(root) == 4
+    assert json.loads((root / "metrics.json").read_text())["step"] == 4
+
+
+SPLIT_METRICS = ("val/psnr", "val/ssim", "val/epoch_codebook_usage", "val/epoch_codebook_perplexity", "val/vqa_acc",
+                 "val/vqa_acc_blind")
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+@pytest.mark.parametrize("num_val,workers", [(16, 2), (1, 1)], ids=["one_shard_2x2_slots", "fewer_samples_than_ranks"])
+def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, workers):
+    """One validation shard read by 2 ranks x 2 workers, and one validation sample for 2 ranks: the 2-process fit
+    validates without hanging, and one process validating its checkpoint gets the same metrics."""
+    shards = make_shards(tmp_path / "data", num_train=32, num_val=num_val, image_size=32, samples_per_shard=16, seed=3)
+    common = [*recipe("posttrain"), f"--data.init_args.num_workers={workers}"]
+    two = tmp_path / "two"
+    run_lightning(["fit", *common, *two_processes(), *small(shards, "vqa", two, 2),
+                   "--trainer.limit_val_batches=1.0"], cwd=tmp_path)
+    one = tmp_path / "one"
+    run_lightning(["validate", *common, *small(shards, "vqa", one, 2), "--trainer.limit_val_batches=1.0",
+                   f"--ckpt_path={two / 'checkpoints' / 'last.ckpt'}"], cwd=tmp_path)
+    two_metrics = json.loads((two / "metrics.json").read_text())
+    one_metrics = json.loads((one / "metrics.json").read_text())
+    for name in SPLIT_METRICS:
+        assert two_metrics[name] == pytest.approx(one_metrics[name], rel=1e-5, abs=1e-6), name
+    answers = [sorted(json.loads((run / "vqa_results.json").read_text()), key=lambda r: r["question_id"])
+               for run in (two, one)]
+    assert answers[0] == answers[1] and len(answers[0]) == num_val  # every question once, the same answers
