@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Any
@@ -11,7 +12,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ett_lightning.experiments.demo import main as demo_main
-from ett_lightning.export import main as export_main
+from ett_lightning.export import ORIGINAL_FILES, export_module
+from ett_lightning.module import ETTModule
 from ett_lightning.resilience import check_config
 
 
@@ -39,11 +41,23 @@ class CheckedLightningCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def export_command(args: list[str] | None = None) -> None:
+    """``ett export --ckpt run.ckpt --out DIR``: a checkpoint of a LightningCLI run -> an export directory."""
+    parser = argparse.ArgumentParser(prog="ett export", description=export_command.__doc__)
+    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `lightning fit`")
+    parser.add_argument("--out", required=True, help="export directory to write")
+    parser.add_argument("--tokenizer-format", choices=sorted(ORIGINAL_FILES),
+                        help="also write the tokenizer in this public layout (default: the layout it was loaded from)")
+    options = parser.parse_args(args)
+    module = ETTModule.load_from_checkpoint(options.ckpt, map_location="cpu")
+    print(f"exported {options.ckpt} to {export_module(module, options.out, options.tokenizer_format)}")
+
+
 def main(args: list[str] | None = None) -> None:
     """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config), and
     ``ett export --ckpt run.ckpt --out DIR`` and ``ett demo``."""
     argv = sys.argv[1:] if args is None else args
-    commands = {"export": export_main, "demo": demo_main}
+    commands = {"export": export_command, "demo": demo_main}
     if argv[:1] and argv[0] in commands:
         commands[argv[0]](argv[1:])
         return

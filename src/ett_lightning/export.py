@@ -11,7 +11,6 @@ Layout of ``ett export --ckpt run.ckpt --out DIR``::
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 from pathlib import Path
@@ -107,17 +106,3 @@ def import_class(path: str) -> type:
 
 def build_class(spec: dict[str, Any]) -> Any:
     return import_class(spec["class_path"])(**spec["init_args"])
-
-
-def main(args: list[str] | None = None) -> None:
-    """``ett export --ckpt run.ckpt --out DIR``: a checkpoint of a LightningCLI run -> an export directory."""
-    from ett_lightning.module import ETTModule
-
-    parser = argparse.ArgumentParser(prog="ett export", description=main.__doc__)
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `lightning fit`")
-    parser.add_argument("--out", required=True, help="export directory to write")
-    parser.add_argument("--tokenizer-format", choices=sorted(ORIGINAL_FILES),
-                        help="also write the tokenizer in this public layout (default: the layout it was loaded from)")
-    options = parser.parse_args(args)
-    module = ETTModule.load_from_checkpoint(options.ckpt, map_location="cpu")
-    print(f"exported {options.ckpt} to {export_module(module, options.out, options.tokenizer_format)}")

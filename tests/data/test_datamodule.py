@@ -192,6 +192,13 @@ def test_missing_shards_error_names_the_pattern(tmp_path):
     assert expand_shards("pipe:cat /data/a.tar") == ["pipe:cat /data/a.tar"]
 
 
+def test_a_relative_pattern_that_matches_nothing_says_where_it_looked_and_how_demo_data_is_made(tmp_path,
+                                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"relative to the working directory {tmp_path}.*`make shards`"):
+        expand_shards("data/synthetic/caption/train-*.tar")
+
+
 def test_byte_level_tokenizer_round_trips_any_text():
     tokenizer = byte_level_tokenizer()
     text = "Größe 42 — ok?"

@@ -38,11 +38,18 @@ def expand_local(url: str, pattern: str) -> list[str]:
     if glob.has_magic(path):
         matches = sorted(glob.glob(path))
         if not matches:
-            raise FileNotFoundError(f"shard pattern {pattern!r}: glob {path!r} matches no files")
+            raise FileNotFoundError(f"shard pattern {pattern!r}: glob {path!r} matches no files{where(path)}")
         return matches
     if not Path(path).is_file():
-        raise FileNotFoundError(f"shard pattern {pattern!r}: missing shard file {path!r}")
+        raise FileNotFoundError(f"shard pattern {pattern!r}: missing shard file {path!r}{where(path)}")
     return [path]
+
+
+def where(path: str) -> str:
+    """What to check next: the directory a relative path is read from, and how the demo's shards are made."""
+    relative = "" if Path(path).is_absolute() else f" (relative to the working directory {Path.cwd()})"
+    return f"{relative}. The demo recipes read data/synthetic: `make shards` (or `ett-make-shards data/synthetic`) " \
+           "writes it"
 
 
 def assigned_shards(urls: list[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
