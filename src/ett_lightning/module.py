@@ -88,6 +88,7 @@ class ETTModule(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.min_lr_ratio = min_lr_ratio
         self.skipped_samples = 0
+        self.truncated_samples = 0
         self.torch_compile = torch_compile
         if init_from is not None:
             self.load_components(init_from)
@@ -173,8 +174,10 @@ class ETTModule(L.LightningModule):
 
         No attention mask: batches are right padded and pads carry no labels, so the loss equals the masked one
         while the LLM uses causal attention kernels (and Hugging Face does not read the mask back to the host).
+        A packed batch's ``position_ids`` keep each sample's attention within the sample.
         """
-        output = self.language_model(batch.input_ids, None, image_embeds, batch.image_slots, labels=batch.labels)
+        output = self.language_model(batch.input_ids, None, image_embeds, batch.image_slots, labels=batch.labels,
+                                     position_ids=batch.position_ids)
         return output.loss
 
     def compute_losses(self, batch: ETTBatch) -> tuple[Tensor, dict[str, Tensor], TokenizerOutput]:
@@ -193,8 +196,10 @@ class ETTModule(L.LightningModule):
         total, parts, encoded = self.compute_losses(batch)
         log_split(self, "train", {**parts, **encoded.stats}, len(batch))
         self.skipped_samples += batch.skipped
+        self.truncated_samples += batch.truncated
         if writes_step_logs(self):
-            self.log("data/skipped", float(self.skipped_samples), on_step=True, batch_size=len(batch))
+            counts = {"data/skipped": self.skipped_samples, "data/truncated": self.truncated_samples}
+            self.log_dict({name: float(count) for name, count in counts.items()}, on_step=True, batch_size=len(batch))
         return total
 
     def evaluation_step(self, batch: ETTBatch, split: str) -> Tensor:

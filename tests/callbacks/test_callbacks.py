@@ -52,12 +52,12 @@ def test_missing_fid_weights_is_a_clear_error(tmp_path):
         build_fid(str(tmp_path / "inception.pth"), None)
 
 
-def test_psnr_and_ssim_per_image_on_8_bit_images_worked_out_by_hand():
+def test_psnr_and_ssim_per_image_on_8_bit_images_worked_out_by_hand(tmp_path):
     """Two flat images: A is 100/255 reconstructed as 110.4/255 (8-bit: 110), B is 50/255 reconstructed as
     51.6/255 (8-bit: 52). Per image PSNR = 20 log10(255 / |error in levels|); SSIM of flat images is
     (2ab + C1) / (a^2 + b^2 + C1) with C1 = (0.01 x 1)^2, since both variances are 0."""
     callback = ReconstructionMetrics(fid=False)
-    callback.setup(single_process_trainer(), tiny_module(), "validate")
+    callback.setup(single_process_trainer(tmp_path), tiny_module(), "validate")
     images = torch.stack([torch.full((3, 16, 16), 100 / 255), torch.full((3, 16, 16), 50 / 255)])
     reconstructions = torch.stack([torch.full((3, 16, 16), 110.4 / 255), torch.full((3, 16, 16), 51.6 / 255)])
     callback.update(images, reconstructions)
@@ -102,8 +102,8 @@ def test_validation_writes_metrics_json_pictures_and_vqa_accuracy(tmp_path, synt
     assert all(isinstance(r["answer"], str) for r in results)
 
 
-def single_process_trainer() -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+def single_process_trainer(root) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, default_root_dir=root,
                      enable_progress_bar=False, enable_model_summary=False)
 
 
@@ -121,27 +121,27 @@ class ScriptedAnswers(L.LightningModule):
         self.logged[name] = float(value)
 
 
-def test_vqa_accuracy_is_also_reported_per_answer_type():
+def test_vqa_accuracy_is_also_reported_per_answer_type(tmp_path):
     module = ScriptedAnswers(["yes", "cat", "red", "no", "a caption"])
     batch = make_batch(tiny_module(), batch_size=5)
     batch.tasks = ["vqa"] * 4 + ["caption"]
     batch.answers = [["yes"], ["dog"], ["red"], ["no"], ["a caption"]]
     batch.answer_types = ["yes/no", "word", "colour", "yes/no", ""]
     callback = VQAEvaluation(answer_types=["yes/no", "word", "number"])
-    trainer = single_process_trainer()
+    trainer = single_process_trainer(tmp_path)
     callback.setup(trainer, module, "validate")
     callback.on_validation_batch_end(trainer, module, None, batch, 0)
     callback.on_validation_epoch_end(trainer, module)
     assert module.logged == {"val/vqa_acc": 0.75, "val/vqa_acc_yes_no": 1.0, "val/vqa_acc_word": 0.0}
 
 
-def test_padding_rows_are_not_scored():
+def test_padding_rows_are_not_scored(tmp_path):
     """Rows that only fill a DDP validation split change no metric: VQA rows and reconstructions alike."""
     module = ScriptedAnswers(["yes", "no"])
     batch = make_batch(tiny_module(), batch_size=3)
     batch.tasks, batch.answers, batch.answer_types = ["vqa"] * 3, [["yes"], ["dog"], ["no"]], [""] * 3
     batch.padding = [False, True, False]
-    trainer = single_process_trainer()
+    trainer = single_process_trainer(tmp_path)
     vqa = VQAEvaluation()
     vqa.setup(trainer, module, "validate")
     vqa.on_validation_batch_end(trainer, module, None, batch, 0)
@@ -175,13 +175,13 @@ class LooksAtImages(ScriptedAnswers):
         return [a if s else "no idea" for a, s in zip(self.answers, seeing.tolist())]
 
 
-def test_blind_accuracy_answers_with_grey_images():
+def test_blind_accuracy_answers_with_grey_images(tmp_path):
     module = LooksAtImages(["yes", "dog", "red", "no"])
     batch = make_batch(tiny_module(), batch_size=4)
     batch.tasks, batch.answers = ["vqa"] * 4, [["yes"], ["dog"], ["no idea"], ["no"]]
     batch.answer_types = ["yes/no", "word", "colour", "yes/no"]
     callback = VQAEvaluation(blind=True, answer_types=["yes/no", "colour"])
-    trainer = single_process_trainer()
+    trainer = single_process_trainer(tmp_path)
     callback.setup(trainer, module, "validate")
     callback.on_validation_batch_end(trainer, module, None, batch, 0)
     callback.on_validation_epoch_end(trainer, module)

@@ -29,7 +29,7 @@ def test_splice_puts_image_embeddings_exactly_at_slots():
 def test_splice_rejects_wrong_slot_count():
     slots = torch.zeros(1, 5, dtype=torch.bool)
     slots[0, :2] = True
-    with pytest.raises(RuntimeError, match="exactly 3 image slots"):
+    with pytest.raises(RuntimeError, match="exactly 3 slots"):
         LanguageModel.splice(torch.randn(1, 5, 4), torch.randn(1, 3, 4), slots)
 
 

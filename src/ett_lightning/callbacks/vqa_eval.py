@@ -1,4 +1,4 @@
-"""VQA accuracy of the model on validation VQA samples, by greedy generation."""
+"""VQA accuracy of the model on validation VQA and conversation samples, by greedy generation."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ from ett_lightning.callbacks.synced_metrics import gather_objects, log_synced
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.metrics import VQAAccuracy
 
+ANSWERED_TASKS = ("vqa", "conversation")
+
 
 class VQAEvaluation(L.Callback):
     """Generates answers for the VQA samples of each validation batch and logs ``val/vqa_acc``.
+
+    Conversation samples count as questions too: the prompt is the chat template up to the last assistant turn,
+    with the generation prompt, and the reference is that turn (one reference: exact match after normalisation).
 
     ``answer_types`` (VQAv2's ``answer_type`` field of the samples, e.g. ``["yes/no", "number", "other"]``) adds
     ``val/vqa_acc_<type>`` for each listed type ("/" becomes "_"); they are listed up front so every DDP rank
@@ -58,7 +63,7 @@ class VQAEvaluation(L.Callback):
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return
         batch = batch.without_padding()
-        rows = [i for i, task in enumerate(batch.tasks) if task == "vqa"]
+        rows = [i for i, task in enumerate(batch.tasks) if task in ANSWERED_TASKS]
         if not rows:
             return
         answers = pl_module.generate(batch, self.max_new_tokens)

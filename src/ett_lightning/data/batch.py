@@ -24,9 +24,15 @@ class ETTBatch:
     EOS. ``target_starts`` [B] is the first target position, so generation can feed the prompt alone. ``answers``
     keeps every reference answer for VQA evaluation and ``answer_types`` their type ("" when the data has none),
     ``keys`` the samples' ``__key__``, ``question_ids`` the json's ``question_id`` (None without one).
-    ``skipped`` counts samples the producing worker dropped since its previous batch. ``padding`` marks rows that
+    ``skipped`` counts samples the producing worker dropped since its previous batch, ``truncated`` those whose
+    text it cut to ``max_text_tokens``. ``padding`` marks rows that
     only fill a validation split up to the same length on every DDP rank (see :class:`EvenSplit`); evaluation drops
     them with :meth:`without_padding`. Empty means no padding rows.
+
+    A packed batch (training with ``pack_length``, see :class:`Collator`) has fewer token rows than samples:
+    ``position_ids`` [rows, L] restart at 0 at each sample, the image slots are filled in row-major order (the
+    order of ``images``), and the per-sample fields (``target_starts``, ``answers``, ...) follow ``images``.
+    ``position_ids`` is None for one sample per row.
     """
 
     images: Tensor
@@ -41,7 +47,9 @@ class ETTBatch:
     keys: list[str] = field(default_factory=list)
     question_ids: list = field(default_factory=list)
     skipped: int = 0
+    truncated: int = 0
     padding: list[bool] = field(default_factory=list)
+    position_ids: Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -63,8 +71,14 @@ class ETTBatch:
             return self
         return self.select([row for row, pad in enumerate(self.padding) if not pad])
 
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
+
     def select(self, rows: list[int]) -> ETTBatch:
-        """The batch restricted to ``rows``, in that order."""
+        """The batch restricted to ``rows``, in that order (one sample per row only)."""
+        if self.packed:
+            raise ValueError("a packed batch cannot be split by sample; evaluation batches are never packed")
         index = torch.tensor(rows, dtype=torch.long, device=self.images.device)
         tensors = {name: getattr(self, name).index_select(0, index) for name in TENSOR_FIELDS}
         lists = {name: [getattr(self, name)[row] for row in rows] if getattr(self, name) else []

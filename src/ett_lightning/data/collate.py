@@ -1,4 +1,4 @@
-"""Right-padding collation of decoded samples into an :class:`ETTBatch`."""
+"""Collation of decoded samples into an :class:`ETTBatch`: one sample per row, or packed rows."""
 
 from __future__ import annotations
 
@@ -7,45 +7,74 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ett_lightning.data.batch import ETTBatch
-from ett_lightning.data.sequence import IGNORE_INDEX
+from ett_lightning.data.packing import pack_rows
 from ett_lightning.data.skips import SkipCounter
+from ett_lightning.data.token_sequence import IGNORE_INDEX
+from ett_lightning.data.token_sequence import Sequence as TokenSequence
 
 
 class Collator:
     """Stacks the [H, W, 3] uint8 images into a [B, 3, H, W] view (channels-last strides, no transposing copy),
-    right-pads token sequences, and stamps the batch with the worker's recent skip count."""
+    lays the token sequences out in right-padded rows, and stamps the batch with the worker's recent skip count.
 
-    def __init__(self, pad_id: int, skips: SkipCounter, num_image_tokens: int) -> None:
+    With ``pack_length`` the samples are packed (:func:`pack_rows`): several per row, each with position ids from
+    0, and the batch's samples (images, answers, keys) reordered to the order their tokens take in the rows, which
+    is the order the image slots are filled in.
+    """
+
+    def __init__(self, pad_id: int, skips: SkipCounter, num_image_tokens: int, pack_length: int | None = None) -> None:
         self.pad_id = pad_id
         self.skips = skips
         self.num_image_tokens = num_image_tokens
+        self.pack_length = pack_length
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> ETTBatch:
-        sequences = [s["sequence"] for s in samples]
-        width = max(len(q.input_ids) for q in sequences)
-        input_ids = np.full((len(samples), width), self.pad_id, dtype=np.int64)
-        labels = np.full((len(samples), width), IGNORE_INDEX, dtype=np.int64)
-        attention_mask = np.zeros((len(samples), width), dtype=np.int64)
-        image_slots = np.zeros((len(samples), width), dtype=bool)
-        for row, q in enumerate(sequences):
-            input_ids[row, : len(q.input_ids)] = q.input_ids
-            labels[row, : len(q.labels)] = q.labels
-            attention_mask[row, : len(q.input_ids)] = 1
-            image_slots[row, q.slot_start : q.slot_start + self.num_image_tokens] = True
+        lengths = [len(s["sequence"].input_ids) for s in samples]
+        rows = pack_rows(lengths, self.pack_length) if self.pack_length else [[i] for i in range(len(samples))]
+        samples = [samples[i] for row in rows for i in row]
+        tokens = self.layout([s["sequence"] for s in samples], [len(row) for row in rows])
         return ETTBatch(
             images=torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2),
-            input_ids=torch.from_numpy(input_ids),
-            attention_mask=torch.from_numpy(attention_mask),
-            labels=torch.from_numpy(labels),
-            image_slots=torch.from_numpy(image_slots),
-            target_starts=torch.tensor([q.target_start for q in sequences]),
+            **tokens,
+            target_starts=torch.tensor([s["sequence"].target_start for s in samples]),
             answers=[s["answers"] for s in samples],
             tasks=[s["task"] for s in samples],
             answer_types=[s.get("answer_type", "") for s in samples],
             keys=[s["key"] for s in samples],
             question_ids=[s.get("question_id") for s in samples],
             skipped=self.skips.take(),
+            truncated=self.skips.take_truncated(),
             padding=[bool(s.get("padding", False)) for s in samples],
         )
+
+    def layout(self, sequences: list[TokenSequence], row_sizes: list[int]) -> dict[str, Tensor]:
+        """``input_ids``, ``attention_mask``, ``labels``, ``image_slots`` [rows, width]: the sequences end to end,
+        ``row_sizes[r]`` of them in row ``r``; packed rows also get ``position_ids`` restarting at each sample (the
+        pads after the last sample count as one more, unlabelled, sample)."""
+        starts = np.cumsum([0] + row_sizes)
+        width = max(sum(len(q.input_ids) for q in sequences[a:b]) for a, b in zip(starts[:-1], starts[1:]))
+        shape = (len(row_sizes), width)
+        input_ids, labels = np.full(shape, self.pad_id, dtype=np.int64), np.full(shape, IGNORE_INDEX, dtype=np.int64)
+        attention_mask, position_ids = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+        image_slots = np.zeros(shape, dtype=bool)
+        for row, (first, last) in enumerate(zip(starts[:-1], starts[1:])):
+            offset = 0
+            for q in sequences[first:last]:
+                end = offset + len(q.input_ids)
+                if self.pack_length and q.labels[0] != IGNORE_INDEX:
+                    raise ValueError("a packed sample must start with an unlabelled token, or the sample before it "
+                                     "would learn to predict it")
+                input_ids[row, offset:end], labels[row, offset:end] = q.input_ids, q.labels
+                attention_mask[row, offset:end] = 1
+                position_ids[row, offset:end] = np.arange(end - offset)
+                image_slots[row, offset + q.slot_start: offset + q.slot_start + self.num_image_tokens] = True
+                offset = end
+            position_ids[row, offset:] = np.arange(width - offset)
+        tokens = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                  "image_slots": image_slots}
+        if self.pack_length:
+            tokens["position_ids"] = position_ids
+        return {name: torch.from_numpy(array) for name, array in tokens.items()}

@@ -34,6 +34,10 @@ class ImageTextDataModule(L.LightningDataModule):
     (``text_tokenizer``, ``num_image_tokens(image_size)`` and ``sequence_layout`` on the LightningModule) unless
     :meth:`attach` gave them. ``predict_prompts`` (a list, or a text file with one prompt per line) makes
     ``lightning predict`` generate images from those prompts instead of reading the validation shards.
+
+    ``pack_length`` packs each training batch's samples into rows of up to that many LLM tokens (see
+    :mod:`~ett_lightning.data.packing`): the same samples and loss, without the LLM computing on padding.
+    Validation batches keep one sample per row, as generation needs.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class ImageTextDataModule(L.LightningDataModule):
         templates: dict[str, str] | None = None,
         pin_memory: bool = True,
         predict_prompts: str | list[str] | None = None,
+        pack_length: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -65,11 +70,17 @@ class ImageTextDataModule(L.LightningDataModule):
         self.templates = templates
         self.pin_memory = pin_memory
         self.predict_prompts = predict_prompts
+        if pack_length is not None and pack_length < 1:
+            raise ValueError(f"data.pack_length must be a positive number of tokens (or null), got {pack_length}")
+        self.pack_length = pack_length
         self.builder: SequenceBuilder | None = None
 
     def attach(self, text_tokenizer: PreTrainedTokenizerBase, num_image_tokens: int,
                layout: Layout = "image_first") -> None:
         """Sets what tokenization needs; called from :meth:`setup` with the trainer's model when not called."""
+        if self.pack_length and layout != "image_first":
+            raise ValueError(f"data.pack_length packs image_first sequences (understanding); this model reads "
+                             f"{layout} sequences: set data.pack_length: null")
         self.builder = SequenceBuilder(text_tokenizer, num_image_tokens, self.templates, self.max_text_tokens,
                                        layout)
 
@@ -88,9 +99,16 @@ class ImageTextDataModule(L.LightningDataModule):
         return math.ceil(per_rank / max(1, self.num_workers))
 
     def pipeline(self, train: bool) -> wds.DataPipeline:
+        """Decoded samples batched by :class:`Collator` (packed when training with ``pack_length``)."""
+        stages, skips = self.sample_stages(train)
+        collate = Collator(self.builder.tokenizer.pad_token_id, skips, self.builder.num_image_tokens,
+                           self.pack_length if train else None)
+        return wds.DataPipeline(*stages, wds.batched(self.batch_size, collation_fn=collate, partial=not train))
+
+    def sample_stages(self, train: bool) -> tuple[list, SkipCounter]:
+        """The pipeline stages up to decoded samples (image array + token sequence), and their skip counter."""
         skips = SkipCounter()
         decoder = SampleDecoder(ImageTransform(self.image_size, random_crop=train), self.builder, skips)
-        collate = Collator(self.builder.tokenizer.pad_token_id, skips, self.builder.num_image_tokens)
         if train:
             stages = [ResampledShardStream(self.train_urls, self.seed, self.trainer.global_step if self.trainer else 0),
                       tar_to_samples(handler=skips.handler),
@@ -100,7 +118,7 @@ class ImageTextDataModule(L.LightningDataModule):
             rank, world_size = self.rank_and_world_size()
             stages = [OrderedShardStream(self.val_urls), tar_to_samples(handler=skips.handler),
                       EvenSplit(decoder, self.builder, self.image_size, rank, world_size)]
-        return wds.DataPipeline(*stages, wds.batched(self.batch_size, collation_fn=collate, partial=not train))
+        return stages, skips
 
     def rank_and_world_size(self) -> tuple[int, int]:
         """The trainer's global rank and world size; outside a trainer, the environment's."""

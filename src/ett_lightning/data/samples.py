@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
+from ett_lightning.data.conversation import is_conversation, last_assistant_answer, read_messages
 from ett_lightning.data.sequence import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter, SkipSample
 from ett_lightning.data.transforms import ImageTransform
@@ -31,7 +32,7 @@ def read_image(sample: dict[str, Any]) -> Image.Image:
 
 class TextFields(NamedTuple):
     task: str
-    fields: dict[str, str]
+    fields: dict[str, Any]
     target: str
     answers: list[str]
     answer_type: str = ""
@@ -41,11 +42,19 @@ class TextFields(NamedTuple):
 def read_text_fields(sample: dict[str, Any]) -> TextFields:
     """(task, template fields, training target, reference answers, answer type) from ``json`` and/or ``txt``.
 
+    A conversation when the json has ``conversations`` (LLaVA) or ``messages`` (chat messages): the fields hold the
+    messages, the reference answer is the last assistant turn (:mod:`~ett_lightning.data.conversation`), and the
+    question id the json's ``question_id`` or else its ``id`` (LLaVA's entry id).
     VQA when the json has a ``question``: the target is the most common of ``answers`` (first on ties) or
     ``answer``; all answers are kept, and ``answer_type`` (VQAv2's field, e.g. ``yes/no``) if present.
     Otherwise a caption task on ``txt`` (or the json's ``caption``).
     """
     meta = parse_json(sample.get("json"))
+    if is_conversation(meta):
+        messages = read_messages(meta)
+        answer = last_assistant_answer(messages)
+        return TextFields("conversation", {"messages": messages}, answer, [answer], str(meta.get("answer_type", "")),
+                          meta.get("question_id", meta.get("id")))
     if "question" in meta:
         answers = meta.get("answers") or ([meta["answer"]] if "answer" in meta else [])
         answers = [str(a).strip() for a in answers if str(a).strip()]
@@ -77,7 +86,7 @@ def parse_json(raw: bytes | None) -> dict[str, Any]:
 
 class SampleDecoder:
     """Raw sample -> dict(image, sequence, answers, answer_type, task, key, question_id); skips are counted and yield
-    None."""
+    None, truncated texts are counted."""
 
     def __init__(self, transform: ImageTransform, builder: SequenceBuilder, skips: SkipCounter) -> None:
         self.transform = transform
@@ -93,5 +102,7 @@ class SampleDecoder:
         except SkipSample as reason:
             self.skips.skip(str(reason), key)
             return None
+        if sequence.truncated:
+            self.skips.truncate(key)
         return {"image": image, "sequence": sequence, "answers": text.answers, "answer_type": text.answer_type,
                 "task": text.task, "key": key, "question_id": text.question_id}

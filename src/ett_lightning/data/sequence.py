@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from ett_lightning.data.chat_sequence import ChatSequenceBuilder
 from ett_lightning.data.skips import SkipSample
+from ett_lightning.data.token_sequence import IGNORE_INDEX, Sequence
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "Sequence", "SequenceBuilder"]
 DEFAULT_TEMPLATES = {
     "caption": "Describe the image.",
     "vqa": "Question: {question} Answer:",
     "text_to_image": "{caption}",
 }
 Layout = Literal["image_first", "text_first"]
-
-
-@dataclass
-class Sequence:
-    """One sample's tokens as plain lists (tensors are made once per batch by the collator)."""
-
-    input_ids: list[int]
-    labels: list[int]
-    slot_start: int
-    target_start: int
 
 
 class SequenceBuilder:
@@ -39,7 +30,9 @@ class SequenceBuilder:
       through the ``text_to_image`` template. Every label is -100: the targets are the image's codebook
       indices, which the model computes on the device. Only caption samples have this layout.
 
-    Image slots hold the pad id; the model overwrites their embeddings.
+    Conversation samples (``task="conversation"``, ``fields["messages"]``) go through the LLM's chat template
+    (:class:`ChatSequenceBuilder`); they need the ``image_first`` layout. Image slots hold the pad id; the model
+    overwrites their embeddings. A sequence whose text was cut to fit ``max_text_tokens`` is marked ``truncated``.
     """
 
     def __init__(
@@ -61,23 +54,27 @@ class SequenceBuilder:
         self.begin_id, self.end_id = markers
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         self._prompt_ids: dict[str, list[int]] = {}
+        self.chat = ChatSequenceBuilder(tokenizer, num_image_tokens, max_text_tokens)
 
-    def prompt(self, task: str, fields: dict[str, str]) -> str:
+    def prompt(self, task: str, fields: dict[str, Any]) -> str:
         if task not in self.templates:
             raise KeyError(f"no prompt template for task {task!r}; templates exist for {sorted(self.templates)}")
         return self.templates[task].format(**fields)
 
-    def build(self, task: str, fields: dict[str, str], target: str) -> Sequence:
+    def build(self, task: str, fields: dict[str, Any], target: str) -> Sequence:
         if self.layout == "text_first":
             return self.build_text_first(task, target)
+        if task == "conversation":
+            return self.chat.build(fields["messages"])
         prompt_ids = self.prompt_ids(self.prompt(task, fields))
         target_ids = self.encode(" " + target.strip())
         budget = max(1, self.max_text_tokens - 1 - len(prompt_ids))
+        truncated = len(target_ids) > budget
         target_ids = target_ids[: budget] + [self.tokenizer.eos_token_id]
         prefix = self.bos + [self.begin_id] + [self.tokenizer.pad_token_id] * self.num_image_tokens + [self.end_id]
         context = prefix + prompt_ids
         labels = [IGNORE_INDEX] * len(context) + target_ids
-        return Sequence(context + target_ids, labels, len(self.bos) + 1, len(context))
+        return Sequence(context + target_ids, labels, len(self.bos) + 1, len(context), truncated)
 
     def build_text_first(self, task: str, caption: str) -> Sequence:
         if task != "caption":

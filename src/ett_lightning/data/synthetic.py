@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,15 @@ def caption(scene: Scene) -> str:
     return f"the text {scene.word} in {scene.colour} on a {scene.background} background{shapes}"
 
 
+def long_tail_caption(scene: Scene, index: int, seed: int) -> str:
+    """The scene's caption cut or extended to a long-tailed length (1-80 bytes, median about 12), as web captions
+    are: most short, a few long. Drawn from its own generator, so images and questions stay as without it."""
+    rng = random.Random(seed * 7_919 + index)
+    length = min(80, max(1, round(rng.lognormvariate(math.log(13), 0.9))))
+    text = f"{caption(scene)}, drawn in a {scene.font_size} point font on a small square image"
+    return text[:length].strip() or text[0]
+
+
 def question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
     """(question, answer, answer type): two in five ask for the text, two for its colour, one is a yes/no shape
     question (the shapes are large: a control that the image is read beyond the text)."""
@@ -128,7 +138,8 @@ def make_sample(index: int, seed: int, image_size: int) -> tuple[bytes, Scene, r
     return png_bytes(render(scene, image_size, rng)), scene, rng
 
 
-def write_split(out: Path, split: str, count: int, offset: int, seed: int, image_size: int, per_shard: int) -> None:
+def write_split(out: Path, split: str, count: int, offset: int, seed: int, image_size: int, per_shard: int,
+                long_tail: bool = False) -> None:
     for kind in ("caption", "vqa"):
         (out / kind).mkdir(parents=True, exist_ok=True)
     for shard, start in enumerate(range(0, count, per_shard)):
@@ -139,7 +150,8 @@ def write_split(out: Path, split: str, count: int, offset: int, seed: int, image
                 key = f"{index:09d}"
                 meta = {"word": scene.word, "colour": scene.colour, "background": scene.background,
                         "shapes": scene.shapes, "font_size": scene.font_size}
-                cap.write({"__key__": key, "png": png, "txt": caption(scene), "json": json.dumps(meta)})
+                text = long_tail_caption(scene, index, seed) if long_tail else caption(scene)
+                cap.write({"__key__": key, "png": png, "txt": text, "json": json.dumps(meta)})
                 q, a, kind = question(scene, rng)
                 vqa.write({"__key__": key, "png": png,
                            "json": json.dumps({"question_id": index, "question": q, "answers": [a],
@@ -147,11 +159,12 @@ def write_split(out: Path, split: str, count: int, offset: int, seed: int, image
 
 
 def make_shards(out: str | Path, num_train: int = 2000, num_val: int = 200, image_size: int = 64, seed: int = 0,
-                samples_per_shard: int = 250) -> Path:
-    """Writes train and val shards of both layouts under ``out``; val images come from disjoint indices."""
+                samples_per_shard: int = 250, long_tail_captions: bool = False) -> Path:
+    """Writes train and val shards of both layouts under ``out``; val images come from disjoint indices.
+    ``long_tail_captions`` gives captions of web-like lengths (:func:`long_tail_caption`)."""
     out = Path(out)
-    write_split(out, "train", num_train, 0, seed, image_size, samples_per_shard)
-    write_split(out, "val", num_val, num_train, seed, image_size, samples_per_shard)
+    write_split(out, "train", num_train, 0, seed, image_size, samples_per_shard, long_tail_captions)
+    write_split(out, "val", num_val, num_train, seed, image_size, samples_per_shard, long_tail_captions)
     return out
 
 
@@ -163,8 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples-per-shard", type=int, default=250)
+    parser.add_argument("--long-tail-captions", action="store_true",
+                        help="captions of web-like lengths (1-80 bytes, median about 12) instead of full sentences")
     args = parser.parse_args(argv)
-    out = make_shards(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.samples_per_shard)
+    out = make_shards(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.samples_per_shard,
+                      args.long_tail_captions)
     print(f"wrote {args.num_train} train + {args.num_val} val samples to {out}/caption and {out}/vqa")
 
 

@@ -52,18 +52,18 @@ class LanguageModel(nn.Module):
 
     @staticmethod
     def splice(text_embeds: Tensor, image_embeds: Tensor, image_slots: Tensor) -> Tensor:
-        """Writes ``image_embeds`` [B, N, C] into ``text_embeds`` [B, L, C] where ``image_slots`` [B, L] is True.
+        """Writes ``image_embeds`` [B, N, C] into ``text_embeds`` [R, L, C] where ``image_slots`` [R, L] is True.
 
-        Each row must have exactly N slots; image tokens fill them in order. Gradient flows to ``image_embeds``.
+        The slots are filled in row-major order, image after image: one image per row (R = B), or several in a
+        packed row. There must be exactly B x N slots. Gradient flows to ``image_embeds``.
         The slot count is checked on the device (``torch._assert_async``): reading it on the host would stall
         every step on a GPU, and a wrong count is a data-pipeline bug (num_image_tokens not matching the
         tokenizer) that stops the run either way.
         """
-        slots_per_row = image_slots.sum(dim=1)
         torch._assert_async(
-            torch.all(slots_per_row == image_embeds.shape[1]),
-            f"every sequence needs exactly {image_embeds.shape[1]} image slots (one per image token); the data "
-            "pipeline's num_image_tokens must match the tokenizer",
+            image_slots.sum() == image_embeds.shape[0] * image_embeds.shape[1],
+            f"every image needs exactly {image_embeds.shape[1]} slots (one per image token); the data pipeline's "
+            "num_image_tokens must match the tokenizer",
         )
         mask = image_slots.unsqueeze(-1).expand_as(text_embeds)
         return text_embeds.masked_scatter(mask, image_embeds.to(text_embeds.dtype))
@@ -75,17 +75,20 @@ class LanguageModel(nn.Module):
         image_embeds: Tensor | None = None,
         image_slots: Tensor | None = None,
         labels: Tensor | None = None,
+        position_ids: Tensor | None = None,
     ) -> CausalLMOutputWithPast:
         """Causal LM forward; with ``labels`` the output carries the mean next-token loss over labelled tokens.
 
         ``attention_mask`` may be None for right-padded sequences whose pads carry no labels: causal attention
         never lets a real token see the pads after it, so the loss is the same, and SDPA runs its ``is_causal``
-        kernels without a materialised mask.
+        kernels without a materialised mask. ``position_ids`` that restart at 0 mark packed samples: the model
+        keeps attention within each (block-diagonal mask for SDPA and eager, variable-length flash-attention).
         """
         inputs_embeds = self.embed(input_ids)
         if image_embeds is not None:
             inputs_embeds = self.splice(inputs_embeds, image_embeds, image_slots)
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels)
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
+                          position_ids=position_ids)
 
 
 def build_causal_lm(

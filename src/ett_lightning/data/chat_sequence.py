@@ -1,0 +1,99 @@
+"""Conversation -> tokens through the LLM's chat template, image tokens at the placeholder, labels on the answers.
+
+The text is exactly what ``tokenizer.apply_chat_template(messages)`` renders and tokenizes, with the ``<image>``
+placeholder replaced by the image markers and N image slots between them. Labels are the assistant turns' tokens
+through their end-of-turn token (the tokenizer's EOS); system and user turns, the template's own text and the
+image are -100. Each assistant turn is found by rendering the conversation up to it with the generation prompt:
+what follows that prefix, up to the end of the turn, is the answer.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from transformers import PreTrainedTokenizerBase
+
+from ett_lightning.data.conversation import IMAGE_PLACEHOLDER
+from ett_lightning.data.skips import SkipSample
+from ett_lightning.data.token_sequence import IGNORE_INDEX, Sequence
+from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
+
+DEFAULT_CHAT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}Assistant: {{ message['content'] }}{{ eos_token }}\n"
+    "{% else %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+"""For tokenizers without a chat template (the byte-level one of the demo models):
+``User: <image>\\nWhat is written?\\nAssistant: A<eos>\\n``, the generation prompt ``Assistant:``."""
+
+
+class ChatSequenceBuilder:
+    """Builds :class:`Sequence` s for conversations; ``max_text_tokens`` bounds the templated text (image slots
+    not counted). A longer conversation is cut after the last assistant turn that fits, never before the image;
+    one whose first answer does not fit is skipped."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, num_image_tokens: int, max_text_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.num_image_tokens = num_image_tokens
+        self.max_text_tokens = max_text_tokens
+        template = tokenizer.chat_template
+        self.template = template if isinstance(template, str) and template else DEFAULT_CHAT_TEMPLATE
+        self.begin_id, self.end_id = tokenizer.convert_tokens_to_ids([IMAGE_BEGIN, IMAGE_END])
+
+    def render(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+
+    def build(self, messages: list[dict[str, str]]) -> Sequence:
+        marked = [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, IMAGE_BEGIN + IMAGE_END)} for m in messages]
+        text = self.render(marked)
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, starts = list(encoding["input_ids"]), [start for start, _ in encoding["offset_mapping"]]
+        if self.begin_id not in ids:
+            raise SkipSample("the chat template dropped the <image> placeholder")
+        image_at = ids.index(self.begin_id)
+        labels = [IGNORE_INDEX] * len(ids)
+        answers = []
+        for first_char, end_char in self.answer_spans(marked, text):
+            first, turn_end = bisect_left(starts, first_char), bisect_left(starts, end_char)
+            last = self.through_end_of_turn(ids, first, turn_end)
+            labels[first:last] = ids[first:last]
+            answers.append((first, turn_end))
+        keep, truncated = self.kept_length(answers, len(ids), image_at)
+        target_start = max(first for first, end in answers if end <= keep)
+        slots = [self.tokenizer.pad_token_id] * self.num_image_tokens
+        ids = ids[: image_at + 1] + slots + ids[image_at + 1: keep]
+        labels = labels[: image_at + 1] + [IGNORE_INDEX] * len(slots) + labels[image_at + 1: keep]
+        shift = len(slots) if target_start > image_at else 0
+        return Sequence(ids, labels, image_at + 1, target_start + shift, truncated)
+
+    def answer_spans(self, marked: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
+        """(first, end) character offsets in ``text`` of each assistant turn: from the end of the generation
+        prompt to the end of the turn."""
+        spans = []
+        for index, message in enumerate(marked):
+            if message["role"] != "assistant":
+                continue
+            prompt, turn = self.render(marked[:index], generation_prompt=True), self.render(marked[: index + 1])
+            if not (text.startswith(prompt) and text.startswith(turn)):
+                raise SkipSample("the chat template renders earlier turns differently once later turns follow")
+            spans.append((len(prompt), len(turn)))
+        return spans
+
+    def through_end_of_turn(self, ids: list[int], first: int, turn_end: int) -> int:
+        """End of the labelled part of an answer: through its first EOS (the end-of-turn token), else the turn."""
+        eos = self.tokenizer.eos_token_id
+        return next((i + 1 for i in range(first, turn_end) if ids[i] == eos), turn_end)
+
+    def kept_length(self, answers: list[tuple[int, int]], length: int, image_at: int) -> tuple[int, bool]:
+        """How many text tokens to keep: all when they fit, else up to the end of the last assistant turn that fits
+        and comes after the image."""
+        if length <= self.max_text_tokens:
+            return length, False
+        fitting = [end for first, end in answers if end <= self.max_text_tokens and end > image_at + 1]
+        if not fitting:
+            raise SkipSample("conversation longer than max_text_tokens up to its first answer")
+        return max(fitting), True
