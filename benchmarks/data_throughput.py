@@ -2,6 +2,9 @@
 
 Prints one line per worker count and the ratio pipeline / raw (target >= 0.9 at equal workers).
     python benchmarks/data_throughput.py --shards "data/synthetic/caption/train-*.tar"
+    python benchmarks/data_throughput.py --shards "data/conv/conversation/train-*.tar" --tokenizer /path/to/llm
+``--tokenizer`` (a Hugging Face model or tokenizer directory) tokenizes with that tokenizer and, for conversation
+shards, its chat template; without it the byte-level tokenizer and the default template.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--tokenizer", help="Hugging Face tokenizer directory (default: byte-level)")
     args = parser.parse_args()
     urls = expand_shards(args.shards)
+    tokenizer = load_text_tokenizer(args.tokenizer)
     for workers in args.workers:
         dm = ImageTextDataModule(val_shards=urls, batch_size=args.batch_size, num_workers=workers,
                                  image_size=args.image_size, pin_memory=False)
-        dm.attach(load_text_tokenizer(None), (args.image_size // 8) ** 2)
+        dm.attach(tokenizer, (args.image_size // 8) ** 2)
         pipeline = rate(dm.val_dataloader(), len)
         raw = rate(DataLoader(RawDecode(urls), batch_size=None, num_workers=workers), lambda _: 1)
         print(f"workers={workers}: pipeline {pipeline:8.1f} samples/s  raw decode {raw:8.1f} samples/s  "

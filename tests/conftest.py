@@ -47,8 +47,9 @@ def synthetic_shards(tmp_path_factory) -> Path:
                        samples_per_shard=16, seed=1)
 
 
-def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0):
-    """A collated batch through the real data-side sequence builder and collator, normalised as on the device."""
+def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0, pack_length: int | None = None):
+    """A collated batch through the real data-side sequence builder and collator, normalised as on the device;
+    packed into rows of ``pack_length`` tokens when given."""
     from ett_lightning.data.collate import Collator
     from ett_lightning.data.sequence import SequenceBuilder
     from ett_lightning.data.skips import SkipCounter
@@ -61,4 +62,5 @@ def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0):
          "key": str(i)}
         for i in range(batch_size)
     ]
-    return Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens)(samples).normalized()
+    collate = Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens, pack_length)
+    return collate(samples).normalized()

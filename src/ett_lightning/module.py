@@ -177,7 +177,7 @@ class ETTModule(L.LightningModule):
         A packed batch's ``position_ids`` keep each sample's attention within the sample.
         """
         output = self.language_model(batch.input_ids, None, image_embeds, batch.image_slots, labels=batch.labels,
-                                     position_ids=batch.position_ids)
+                                     position_ids=batch.position_ids, packed_segments=batch.packed_segments)
         return output.loss
 
     def compute_losses(self, batch: ETTBatch) -> tuple[Tensor, dict[str, Tensor], TokenizerOutput]:

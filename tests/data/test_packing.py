@@ -123,29 +123,74 @@ def sample_spans(batch) -> list[tuple[int, int, int]]:
     return spans
 
 
-def sample_logits(module, batch) -> dict[str, torch.Tensor]:
-    """Each sample's logits over its own tokens, cut out of its row."""
+def sample_logits(module, batch, by_sample: bool = True) -> dict[str, torch.Tensor]:
+    """Each sample's logits over its own tokens, cut out of its row. ``by_sample`` passes the packed lengths
+    (SDPA sample by sample); without them Hugging Face's block-diagonal mask from the position ids keeps samples
+    apart."""
+    segments = batch.packed_segments if by_sample else None
     with torch.no_grad():
         embeds = module.projector(module.tokenizer.encode(batch.images).embeddings)
         logits = module.language_model(batch.input_ids, None, embeds, batch.image_slots,
-                                       position_ids=batch.position_ids).logits
+                                       position_ids=batch.position_ids, packed_segments=segments).logits
     return {key: logits[row, a:b] for key, (row, a, b) in zip(batch.keys, sample_spans(batch))}
 
 
-def test_no_attention_across_packed_samples():
+@pytest.mark.parametrize("by_sample", [True, False], ids=["segment_attention", "position_ids_only"])
+def test_no_attention_across_packed_samples(by_sample):
     module = tiny_module().eval()
     items = samples(module, CAPTIONS)
-    plain = sample_logits(module, collate(module, items))
-    before = sample_logits(module, collate(module, items, pack_length=256))
+    plain = sample_logits(module, collate(module, items), by_sample)
+    before = sample_logits(module, collate(module, items, pack_length=256), by_sample)
     for key in plain:
         assert torch.allclose(before[key], plain[key], atol=1e-5), key
     changed = samples(module, CAPTIONS[:1] + ["a" * len(CAPTIONS[1])] + CAPTIONS[2:])
     changed[1]["image"] = 255 - changed[1]["image"]
-    after = sample_logits(module, collate(module, changed, pack_length=256))
+    after = sample_logits(module, collate(module, changed, pack_length=256), by_sample)
     assert not torch.allclose(after["1"], before["1"], atol=1e-3)
     for key in before:
         if key != "1":
             assert torch.allclose(after[key], before[key], atol=1e-6), key
+
+
+def test_segment_maps_match_the_position_id_restarts():
+    module = tiny_module()
+    packed = collate(module, samples(module, CAPTIONS), pack_length=256)
+    segments, real = packed.packed_segments, packed.attention_mask.bool()
+    spans = sample_spans(packed)
+    rows, width = packed.input_ids.shape
+    assert segments.gather.shape == (len(CAPTIONS), max(b - a for _, a, b in spans))
+    for sample, (row, a, b) in enumerate(spans):
+        assert segments.gather[sample, : b - a].tolist() == list(range(row * width + a, row * width + b))
+        assert (segments.gather[sample, b - a:] == rows * width).all()
+    assert (segments.scatter[~real] == segments.gather.numel()).all()
+    assert sorted(segments.scatter[real].tolist()) == sorted(i for i, p in enumerate(segments.gather.flatten())
+                                                             if p < rows * width)
+
+
+def test_segment_attention_equals_masked_sdpa_with_grouped_heads_and_trailing_pads():
+    from ett_lightning.models.segment_attention import PackedSegments, segment_sdpa_attention
+
+    torch.manual_seed(0)
+    query = torch.randn(2, 4, 12, 8, requires_grad=True)
+    key, value = torch.randn(2, 2, 12, 8), torch.randn(2, 2, 12, 8)
+    lengths = [[5, 7], [3, 4, 2]]
+    sample = torch.tensor([[0] * 5 + [1] * 7, [0] * 3 + [1] * 4 + [2] * 2 + [3] * 3])
+    allowed = (sample[:, :, None] == sample[:, None, :]) & torch.ones(12, 12, dtype=torch.bool).tril()
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, dim=1), value.repeat_interleave(2, dim=1), attn_mask=allowed[:, None])
+    out, _ = segment_sdpa_attention(torch.nn.Module(), query, key, value, None,
+                                    packed_segments=PackedSegments.from_lengths(lengths, 12))
+    assert out.shape == (2, 12, 4, 8)
+    assert torch.allclose(out[0], expected[0].transpose(0, 1), atol=1e-6)
+    assert torch.allclose(out[1, :9], expected[1].transpose(0, 1)[:9], atol=1e-6)
+    assert torch.equal(out[1, 9:], torch.zeros(3, 4, 8))
+    out.sum().backward()
+    assert query.grad is not None and torch.isfinite(query.grad).all()
+
+
+def test_the_language_model_runs_sdpa_sample_by_sample():
+    module = tiny_module()
+    assert module.language_model.model.config._attn_implementation == "ett_segment_sdpa"
 
 
 def test_datamodule_packs_training_batches_and_keeps_validation_one_sample_per_row(synthetic_shards):

@@ -50,10 +50,12 @@ def adversarial_module():
 @pytest.mark.parametrize("make_module", [lambda: tiny_module("align"), lambda: tiny_module("ett"),
                                          lambda: tiny_module("posttrain"), adversarial_module],
                          ids=["align", "ett", "posttrain", "ett+gan"])
-def test_training_steps_never_wait_for_the_device_except_to_write_logs(make_module):
+@pytest.mark.parametrize("pack_length", [None, 256], ids=["padded", "packed"])
+def test_training_steps_never_wait_for_the_device_except_to_write_logs(make_module, pack_length):
     module = make_module()
-    data = DataLoader([make_batch(module, batch_size=2, seed=i) for i in range(4)], batch_size=None,
-                      collate_fn=lambda batch: batch)
+    batches = [make_batch(module, batch_size=4, seed=i, pack_length=pack_length) for i in range(4)]
+    assert all(batch.packed == bool(pack_length) for batch in batches)
+    data = DataLoader(batches, batch_size=None, collate_fn=lambda batch: batch)
     recorder = HostSyncRecorder()
     per_step = SyncsPerStep(recorder)
     trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False,
@@ -63,4 +65,7 @@ def test_training_steps_never_wait_for_the_device_except_to_write_logs(make_modu
         trainer.fit(module, data)
     quiet = [syncs for logs, syncs in per_step.steps if not logs]
     assert len(quiet) == 2 and quiet == [[], []]
+    if pack_length:
+        assert not any(HUGGING_FACE_MASK_CHECK in sync.where for sync in recorder.syncs), \
+            "a packed step builds no mask, so Hugging Face reads nothing either"
     assert any(syncs for logs, syncs in per_step.steps if logs), "the logging steps read the guard's counters"

@@ -1,6 +1,7 @@
 """Lightning callbacks that drive evaluation: reconstruction and generation metrics, VQA accuracy, pictures,
-metrics.json."""
+metrics.json, and the code probe."""
 
+from ett_lightning.callbacks.code_probe import CodeProbe
 from ett_lightning.callbacks.generated_images import GeneratedImageWriter
 from ett_lightning.callbacks.generation_eval import GenerationMetrics
 from ett_lightning.callbacks.image_grid import ReconstructionGrid
@@ -8,5 +9,5 @@ from ett_lightning.callbacks.metrics_json import MetricsJSON
 from ett_lightning.callbacks.reconstruction import ReconstructionMetrics
 from ett_lightning.callbacks.vqa_eval import VQAEvaluation
 
-__all__ = ["GeneratedImageWriter", "GenerationMetrics", "MetricsJSON", "ReconstructionGrid", "ReconstructionMetrics",
-           "VQAEvaluation"]
+__all__ = ["CodeProbe", "GeneratedImageWriter", "GenerationMetrics", "MetricsJSON", "ReconstructionGrid",
+           "ReconstructionMetrics", "VQAEvaluation"]

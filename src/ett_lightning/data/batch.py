@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ett_lightning.data.transforms import to_model_range
+from ett_lightning.models.segment_attention import PackedSegments
 
 TENSOR_FIELDS = ("images", "input_ids", "attention_mask", "labels", "image_slots", "target_starts")
 LIST_FIELDS = ("answers", "tasks", "answer_types", "keys", "question_ids", "padding")
@@ -32,7 +33,8 @@ class ETTBatch:
     A packed batch (training with ``pack_length``, see :class:`Collator`) has fewer token rows than samples:
     ``position_ids`` [rows, L] restart at 0 at each sample, the image slots are filled in row-major order (the
     order of ``images``), and the per-sample fields (``target_starts``, ``answers``, ...) follow ``images``.
-    ``position_ids`` is None for one sample per row.
+    ``position_ids`` is None for one sample per row. ``packed_segments`` (None unless packed) maps the packed
+    positions to the samples, so attention can run sample by sample.
     """
 
     images: Tensor
@@ -50,6 +52,7 @@ class ETTBatch:
     truncated: int = 0
     padding: list[bool] = field(default_factory=list)
     position_ids: Tensor | None = None
+    packed_segments: PackedSegments | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]

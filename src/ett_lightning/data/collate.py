@@ -14,6 +14,7 @@ from ett_lightning.data.packing import pack_rows
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.data.token_sequence import IGNORE_INDEX
 from ett_lightning.data.token_sequence import Sequence as TokenSequence
+from ett_lightning.models.segment_attention import PackedSegments
 
 
 class Collator:
@@ -50,10 +51,10 @@ class Collator:
             padding=[bool(s.get("padding", False)) for s in samples],
         )
 
-    def layout(self, sequences: list[TokenSequence], row_sizes: list[int]) -> dict[str, Tensor]:
+    def layout(self, sequences: list[TokenSequence], row_sizes: list[int]) -> dict[str, Tensor | PackedSegments]:
         """``input_ids``, ``attention_mask``, ``labels``, ``image_slots`` [rows, width]: the sequences end to end,
         ``row_sizes[r]`` of them in row ``r``; packed rows also get ``position_ids`` restarting at each sample (the
-        pads after the last sample count as one more, unlabelled, sample)."""
+        pads after the last sample count as one more, unlabelled, sample) and their ``packed_segments``."""
         starts = np.cumsum([0] + row_sizes)
         width = max(sum(len(q.input_ids) for q in sequences[a:b]) for a, b in zip(starts[:-1], starts[1:]))
         shape = (len(row_sizes), width)
@@ -75,6 +76,9 @@ class Collator:
             position_ids[row, offset:] = np.arange(width - offset)
         tokens = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
                   "image_slots": image_slots}
-        if self.pack_length:
-            tokens["position_ids"] = position_ids
-        return {name: torch.from_numpy(array) for name, array in tokens.items()}
+        if not self.pack_length:
+            return {name: torch.from_numpy(array) for name, array in tokens.items()}
+        lengths = [[len(q.input_ids) for q in sequences[first:last]] for first, last in zip(starts[:-1], starts[1:])]
+        tokens["position_ids"] = position_ids
+        return {**{name: torch.from_numpy(array) for name, array in tokens.items()},
+                "packed_segments": PackedSegments.from_lengths(lengths, width)}

@@ -5,7 +5,8 @@ character, in which colour), whose thin strokes a reconstruction-only tokenizer 
 the textured background and shapes. The glyph is large (3/8 to 5/8 of the image): in the demo, a 2-layer LLM
 trained from scratch learns its colour within CPU minutes; with small three-letter words no model read the
 image at all (docs/results.md). ``ett-make-shards OUT`` writes ``OUT/caption/{train,val}-NNNNNN.tar``
-(png + txt + json) and ``OUT/vqa/{train,val}-NNNNNN.tar`` (png + json question/answers). Deterministic by seed.
+(png + txt + json) and ``OUT/vqa/{train,val}-NNNNNN.tar`` (png + json question/answers), with ``--conversations``
+also ``OUT/conversation/...`` (png + json LLaVA conversations). Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import json
 import math
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +128,12 @@ def question(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
     return f"Is there a {shape}?", "yes" if shape in scene.shapes else "no", "yes/no"
 
 
+def conversation(scene: Scene, q: str, a: str) -> list[dict[str, str]]:
+    """A LLaVA-style two-turn conversation: the caption, then the sample's VQA question."""
+    return [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption(scene)},
+            {"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -139,12 +147,14 @@ def make_sample(index: int, seed: int, image_size: int) -> tuple[bytes, Scene, r
 
 
 def write_split(out: Path, split: str, count: int, offset: int, seed: int, image_size: int, per_shard: int,
-                long_tail: bool = False) -> None:
-    for kind in ("caption", "vqa"):
+                long_tail: bool = False, conversations: bool = False) -> None:
+    kinds = ("caption", "vqa", "conversation") if conversations else ("caption", "vqa")
+    for kind in kinds:
         (out / kind).mkdir(parents=True, exist_ok=True)
     for shard, start in enumerate(range(0, count, per_shard)):
         name = f"{split}-{shard:06d}.tar"
-        with TarWriter(str(out / "caption" / name)) as cap, TarWriter(str(out / "vqa" / name)) as vqa:
+        with ExitStack() as stack:
+            cap, vqa, *chat = [stack.enter_context(TarWriter(str(out / kind / name))) for kind in kinds]
             for index in range(offset + start, offset + min(count, start + per_shard)):
                 png, scene, rng = make_sample(index, seed, image_size)
                 key = f"{index:09d}"
@@ -156,15 +166,20 @@ def write_split(out: Path, split: str, count: int, offset: int, seed: int, image
                 vqa.write({"__key__": key, "png": png,
                            "json": json.dumps({"question_id": index, "question": q, "answers": [a],
                                                "answer_type": kind})})
+                for writer in chat:
+                    writer.write({"__key__": key, "png": png, "json": json.dumps(
+                        {"id": key, "conversations": conversation(scene, q, a), "answer_type": kind})})
 
 
 def make_shards(out: str | Path, num_train: int = 2000, num_val: int = 200, image_size: int = 64, seed: int = 0,
-                samples_per_shard: int = 250, long_tail_captions: bool = False) -> Path:
+                samples_per_shard: int = 250, long_tail_captions: bool = False, conversations: bool = False) -> Path:
     """Writes train and val shards of both layouts under ``out``; val images come from disjoint indices.
-    ``long_tail_captions`` gives captions of web-like lengths (:func:`long_tail_caption`)."""
+    ``long_tail_captions`` gives captions of web-like lengths (:func:`long_tail_caption`); ``conversations`` adds
+    a third layout, LLaVA-style conversations (:func:`conversation`), under ``out/conversation``."""
     out = Path(out)
-    write_split(out, "train", num_train, 0, seed, image_size, samples_per_shard, long_tail_captions)
-    write_split(out, "val", num_val, num_train, seed, image_size, samples_per_shard, long_tail_captions)
+    for split, count, offset in (("train", num_train, 0), ("val", num_val, num_train)):
+        write_split(out, split, count, offset, seed, image_size, samples_per_shard, long_tail_captions,
+                    conversations)
     return out
 
 
@@ -178,10 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-shard", type=int, default=250)
     parser.add_argument("--long-tail-captions", action="store_true",
                         help="captions of web-like lengths (1-80 bytes, median about 12) instead of full sentences")
+    parser.add_argument("--conversations", action="store_true",
+                        help="also write OUT/conversation: LLaVA-style two-turn conversations about the same images")
     args = parser.parse_args(argv)
     out = make_shards(args.out, args.num_train, args.num_val, args.image_size, args.seed, args.samples_per_shard,
-                      args.long_tail_captions)
-    print(f"wrote {args.num_train} train + {args.num_val} val samples to {out}/caption and {out}/vqa")
+                      args.long_tail_captions, args.conversations)
+    layouts = "caption, vqa and conversation" if args.conversations else "caption and vqa"
+    print(f"wrote {args.num_train} train + {args.num_val} val samples of each layout ({layouts}) under {out}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ett_lightning.models.segment_attention import SEGMENT_SDPA, PackedSegments
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END, load_text_tokenizer
 
 
@@ -18,6 +19,10 @@ class LanguageModel(nn.Module):
     The text tokenizer comes from ``tokenizer`` (defaults to ``pretrained``; a byte-level tokenizer when both
     are None). Image begin/end markers are added to it, and the embedding matrix grows only when the new
     tokens do not fit in its existing rows. ``trust_remote_code`` stays off unless the recipe sets it.
+
+    ``attn_implementation`` is Hugging Face's; ``"sdpa"`` runs as :mod:`~ett_lightning.models.segment_attention`
+    (PyTorch SDPA, packed rows attended sample by sample), ``"flash_attention_2"`` packs with its variable-length
+    kernel.
     """
 
     def __init__(
@@ -34,7 +39,9 @@ class LanguageModel(nn.Module):
         if (pretrained is None) == (config is None):
             raise ValueError("LanguageModel needs exactly one of `pretrained` (path or hub id) or `config` (dict)")
         self.tokenizer = load_text_tokenizer(tokenizer or pretrained, trust_remote_code)
-        self.model = build_causal_lm(pretrained, config, dtype, attn_implementation, trust_remote_code)
+        self.segment_attention = attn_implementation == "sdpa"
+        hf_attention = SEGMENT_SDPA if self.segment_attention else attn_implementation
+        self.model = build_causal_lm(pretrained, config, dtype, hf_attention, trust_remote_code)
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
             self.model.resize_token_embeddings(len(self.tokenizer))
         self.image_begin_id = self.tokenizer.convert_tokens_to_ids(IMAGE_BEGIN)
@@ -76,19 +83,32 @@ class LanguageModel(nn.Module):
         image_slots: Tensor | None = None,
         labels: Tensor | None = None,
         position_ids: Tensor | None = None,
+        packed_segments: PackedSegments | None = None,
     ) -> CausalLMOutputWithPast:
         """Causal LM forward; with ``labels`` the output carries the mean next-token loss over labelled tokens.
 
         ``attention_mask`` may be None for right-padded sequences whose pads carry no labels: causal attention
         never lets a real token see the pads after it, so the loss is the same, and SDPA runs its ``is_causal``
         kernels without a materialised mask. ``position_ids`` that restart at 0 mark packed samples: the model
-        keeps attention within each (block-diagonal mask for SDPA and eager, variable-length flash-attention).
+        keeps attention within each (block-diagonal mask for eager, variable-length flash-attention), and
+        ``packed_segments`` (the batch's index maps) lets SDPA attend sample by sample.
         """
         inputs_embeds = self.embed(input_ids)
         if image_embeds is not None:
             inputs_embeds = self.splice(inputs_embeds, image_embeds, image_slots)
+        packed = {}
+        if packed_segments is not None and self.segment_attention:
+            packed = {"packed_segments": packed_segments}
+            attention_mask = prepared_mask(input_ids)
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
-                          position_ids=position_ids)
+                          position_ids=position_ids, **packed)
+
+
+def prepared_mask(input_ids: Tensor) -> Tensor:
+    """A 4D mask stand-in: Hugging Face takes a 4D mask as prepared and builds none, so a packed forward skips the
+    block-diagonal mask (and the host read of the position ids that finds the samples) that segment attention,
+    which keeps samples apart by its own index maps, never reads."""
+    return torch.ones(input_ids.shape[0], 1, 1, 1, dtype=torch.bool, device=input_ids.device)
 
 
 def build_causal_lm(
