@@ -23,6 +23,13 @@ def test_the_probe_reads_labels_the_features_carry_and_not_those_they_do_not():
     assert probe.fit_and_score(noise[:500], labels[:500], noise[500:], labels[500:]) < 0.45
 
 
+def test_the_probe_trains_under_validation_inference_mode():
+    x = torch.eye(2).repeat(50, 1)
+    with torch.inference_mode():
+        features = x.clone()
+        assert CodeProbe(steps=50).fit_and_score(features, ["a", "b"] * 50, features[:2], ["a", "b"]) == 1.0
+
+
 def test_unseen_validation_labels_count_as_wrong():
     x = torch.eye(2).repeat(50, 1)
     assert CodeProbe(steps=50).fit_and_score(x, ["a", "b"] * 50, x[:2], ["a", "z"]) == 0.5

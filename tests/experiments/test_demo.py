@@ -40,6 +40,10 @@ def test_demo_chains_every_stage_and_writes_results(tmp_path):
     assert results["tokenizer"]["psnr_before"] > 0 and results["tokenizer"]["psnr_after"] > 0
     assert results["tokenizer"]["rfid_before"].startswith("unavailable")
     assert results["seeds"] == [3] and results["wall_seconds"] > 0
+    probe = results["probe"]
+    assert 0.0 <= probe["frozen"] <= 1.0 and probe["ett_per_seed"] == [probe["ett"]]
+    assert 0.0 <= probe["colour"]["ett"] <= 1.0
+    assert "probe: character from the codes" in (out / "results.md").read_text()
     assert "ETT - frozen" in (out / "results.md").read_text() and "grey images" in (out / "results.md").read_text()
     assert (out / "results.png").stat().st_size > 10_000
     frozen = yaml.safe_load((out / "seed3/frozen/tune/config.yaml").read_text())

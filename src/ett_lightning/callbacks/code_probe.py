@@ -71,6 +71,12 @@ class CodeProbe(L.Callback):
     def fit_and_score(self, train_x: Tensor, train_labels: list[str], val_x: Tensor, val_labels: list[str]) -> float:
         """Trains a fresh MLP on (train_x, labels) and returns its accuracy on val; unseen val labels count as
         wrong."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return self.train_and_score(train_x.clone(), train_labels, val_x.clone(), val_labels)
+
+    def train_and_score(self, train_x: Tensor, train_labels: list[str], val_x: Tensor, val_labels: list[str]) -> float:
+        """:meth:`fit_and_score` with gradients on (validation runs under ``inference_mode``, which the MLP's
+        parameters and inputs must be made outside of)."""
         classes = sorted(set(train_labels))
         index = {label: i for i, label in enumerate(classes)}
         train_y = torch.tensor([index[label] for label in train_labels])
@@ -82,13 +88,12 @@ class CodeProbe(L.Callback):
             classifier = nn.Sequential(nn.Linear(train_x.shape[1], self.hidden), nn.GELU(),
                                        nn.Linear(self.hidden, len(classes)))
         optimizer = torch.optim.AdamW(classifier.parameters(), lr=self.learning_rate, weight_decay=0.01)
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                rows = torch.randint(0, len(train_y), (self.batch_size,), generator=generator)
-                loss = nn.functional.cross_entropy(classifier((train_x[rows] - mean) / std), train_y[rows])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        for _ in range(self.steps):
+            rows = torch.randint(0, len(train_y), (self.batch_size,), generator=generator)
+            loss = nn.functional.cross_entropy(classifier((train_x[rows] - mean) / std), train_y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
         with torch.no_grad():
             predicted = classifier((val_x - mean) / std).argmax(1)
         return (predicted == val_y).float().mean().item()

@@ -120,12 +120,27 @@ def summarize(plan: DemoPlan, before: LightningRun, after: list[LightningRun],
         "rfid_after": statistics.fmean(m["val/rfid"] for m in tuned) if "val/rfid" in reference else None,
     }
     results["psnr_drop_db"] = results["tokenizer"]["psnr_before"] - results["tokenizer"]["psnr_after"]
+    if "val/probe_word" in reference:
+        results["probe"] = probe_summary(reference, tuned)
     results["seeds"] = plan.seeds
     results["plan"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()}
     results["wall_seconds"] = round(seconds, 1)
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     return results
+
+
+def probe_summary(before: dict[str, float], after: list[dict[str, float]]) -> dict[str, Any]:
+    """CodeProbe's character accuracy from the tokenizer's codes: the frozen arm's tokenizer is the pre-trained
+    one, the ETT arm's is each seed's tuned tokenizer (mean and per seed); the same for the colour."""
+    summary: dict[str, Any] = {"frozen": before["val/probe_word"],
+                               "ett": statistics.fmean(m["val/probe_word"] for m in after),
+                               "ett_per_seed": [m["val/probe_word"] for m in after]}
+    if "val/probe_colour" in before:
+        summary["colour"] = {"frozen": before["val/probe_colour"],
+                             "ett": statistics.fmean(m["val/probe_colour"] for m in after),
+                             "ett_per_seed": [m["val/probe_colour"] for m in after]}
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,11 +38,22 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"| PSNR (dB) | {tok['psnr_before']:.2f} | {tok['psnr_after']:.2f} |",
         f"| codebook usage (val) | {tok['codebook_usage_before']:.3f} | {tok['codebook_usage_after']:.3f} |",
         f"| rFID | {rfid} |",
+        *probe_lines(results),
         "",
         f"PSNR drop: {results['psnr_drop_db']:.2f} dB. Wall time {results['wall_seconds']:.0f} s on "
         f"{results['machine']['processor']} ({results['machine']['torch_threads']} torch threads).",
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def probe_lines(results: dict[str, Any]) -> list[str]:
+    """Table rows for CodeProbe's accuracy from the codes (character, colour), per seed after ETT."""
+    if "probe" not in results:
+        return []
+    rows = [("character", results["probe"])] + ([("colour", results["probe"]["colour"])]
+                                               if "colour" in results["probe"] else [])
+    return [f"| probe: {name} from the codes (%) | {100 * probe['frozen']:.1f} | {100 * probe['ett']:.1f} "
+            f"(per seed {', '.join(f'{100 * a:.1f}' for a in probe['ett_per_seed'])}) |" for name, probe in rows]
 
 
 def blind_lines(results: dict[str, Any]) -> list[str]:
