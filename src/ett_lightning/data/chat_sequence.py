@@ -42,7 +42,7 @@ class ChatSequenceBuilder:
         self.max_text_tokens = max_text_tokens
         template = tokenizer.chat_template
         self.template = template if isinstance(template, str) and template else DEFAULT_CHAT_TEMPLATE
-        self.begin_id, self.end_id = tokenizer.convert_tokens_to_ids([IMAGE_BEGIN, IMAGE_END])
+        self.begin_id = tokenizer.convert_tokens_to_ids(IMAGE_BEGIN)
         compile_template = getattr(chat_template_utils, "_compile_jinja_template", None)
         self.compiled = compile_template(self.template) if compile_template else None
         self.backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -56,7 +56,8 @@ class Collator:
         ``row_sizes[r]`` of them in row ``r``; packed rows also get ``position_ids`` restarting at each sample (the
         pads after the last sample count as one more, unlabelled, sample) and their ``packed_segments``."""
         starts = np.cumsum([0] + row_sizes)
-        width = max(sum(len(q.input_ids) for q in sequences[a:b]) for a, b in zip(starts[:-1], starts[1:]))
+        lengths = [[len(q.input_ids) for q in sequences[a:b]] for a, b in zip(starts[:-1], starts[1:])]
+        width = max(sum(row) for row in lengths)
         shape = (len(row_sizes), width)
         input_ids, labels = np.full(shape, self.pad_id, dtype=np.int64), np.full(shape, IGNORE_INDEX, dtype=np.int64)
         attention_mask, position_ids = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
@@ -78,7 +79,6 @@ class Collator:
                   "image_slots": image_slots}
         if not self.pack_length:
             return {name: torch.from_numpy(array) for name, array in tokens.items()}
-        lengths = [[len(q.input_ids) for q in sequences[first:last]] for first, last in zip(starts[:-1], starts[1:])]
         tokens["position_ids"] = position_ids
         return {**{name: torch.from_numpy(array) for name, array in tokens.items()},
                 "packed_segments": PackedSegments.from_lengths(lengths, width)}
