@@ -9,6 +9,8 @@ import torch
 
 from ett_lightning import ETTLoss, ETTModule, IndexBackpropQuantizer, LanguageModel, MLPProjector, VQTokenizer
 from ett_lightning.data.synthetic import make_shards
+from ett_lightning.models import load_text_tokenizer
+from tests.chat_model import make_chat_model_dir
 
 IMAGE_SIZE = 32
 TINY_LLM = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -33,6 +35,12 @@ def tiny_module(stage: str = "ett", **kwargs) -> ETTModule:
         warmup_steps=1,
         **kwargs,
     )
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(tmp_path_factory):
+    """The tokenizer of a real Hugging Face chat model directory (tests/chat_model.py), loaded as users load it."""
+    return load_text_tokenizer(str(make_chat_model_dir(tmp_path_factory.mktemp("chat_llm"))))
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from ett_lightning.data.sequence import IGNORE_INDEX, SequenceBuilder
 from ett_lightning.data.skips import SkipSample
 from ett_lightning.models import load_text_tokenizer
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
-from tests.chat_model import make_chat_model_dir
 
 N = 6
 LLAVA = {"conversations": [
@@ -19,11 +18,6 @@ LLAVA = {"conversations": [
     {"from": "human", "value": "What colour is the text?"},
     {"from": "gpt", "value": "It is green."},
 ]}
-
-
-@pytest.fixture(scope="module")
-def chat_tokenizer(tmp_path_factory):
-    return load_text_tokenizer(str(make_chat_model_dir(tmp_path_factory.mktemp("chat_llm"))))
 
 
 def template_ids(tokenizer, messages, generation_prompt=False) -> list[int]:

@@ -4,7 +4,9 @@ The text is exactly what ``tokenizer.apply_chat_template(messages)`` renders and
 placeholder replaced by the image markers and N image slots between them. Labels are the assistant turns' tokens
 through their end-of-turn token (the tokenizer's EOS); system and user turns, the template's own text and the
 image are -100. Each assistant turn is found by rendering the conversation up to it with the generation prompt:
-what follows that prefix, up to the end of the turn, is the answer.
+what follows that prefix, up to the end of the turn, is the answer. Those renders are done once per sequence of
+roles (:class:`ChatSkeleton`) and the text is tokenized between its special tokens with a memo
+(:class:`SegmentEncoder`): a conversation costs one render and the tokenization of its new text.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from bisect import bisect_left
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import chat_template_utils
 
+from ett_lightning.data.chat_skeleton import ChatSkeleton
 from ett_lightning.data.conversation import IMAGE_PLACEHOLDER
+from ett_lightning.data.segment_encoder import SegmentEncoder
 from ett_lightning.data.skips import SkipSample
 from ett_lightning.data.token_sequence import IGNORE_INDEX, Sequence
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
@@ -43,10 +47,13 @@ class ChatSequenceBuilder:
         template = tokenizer.chat_template
         self.template = template if isinstance(template, str) and template else DEFAULT_CHAT_TEMPLATE
         self.begin_id = tokenizer.convert_tokens_to_ids(IMAGE_BEGIN)
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         compile_template = getattr(chat_template_utils, "_compile_jinja_template", None)
         self.compiled = compile_template(self.template) if compile_template else None
-        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.segments = SegmentEncoder(backend) if backend is not None else None
         self.special_tokens = dict(tokenizer.special_tokens_map)
+        self.skeletons: dict[tuple[str, ...], ChatSkeleton | None] = {}
 
     def render(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
         """``apply_chat_template(messages, tokenize=False)``. With plain string messages that is the compiled
@@ -60,11 +67,10 @@ class ChatSequenceBuilder:
                                     add_generation_prompt=generation_prompt, **self.special_tokens)
 
     def encode(self, text: str) -> tuple[list[int], list[int]]:
-        """Token ids and the character offset each starts at: the fast tokenizer's backend when there is one (the
-        same ids as ``tokenizer(text, add_special_tokens=False)`` without its Python wrapping), else the call."""
-        if self.backend is not None:
-            encoding = self.backend.encode(text, add_special_tokens=False)
-            return encoding.ids, [start for start, _ in encoding.offsets]
+        """Token ids and the character offset each starts at: the fast tokenizer's backend, by segments, when there
+        is one (the same ids as ``tokenizer(text, add_special_tokens=False)``), else the call."""
+        if self.segments is not None:
+            return self.segments.encode(text)
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(encoding["input_ids"]), [start for start, _ in encoding["offset_mapping"]]
 
@@ -84,7 +90,7 @@ class ChatSequenceBuilder:
             answers.append((first, turn_end))
         keep, truncated = self.kept_length(answers, len(ids), image_at)
         target_start = max(first for first, end in answers if end <= keep)
-        slots = [self.tokenizer.pad_token_id] * self.num_image_tokens
+        slots = [self.pad_id] * self.num_image_tokens
         ids = ids[: image_at + 1] + slots + ids[image_at + 1: keep]
         labels = labels[: image_at + 1] + [IGNORE_INDEX] * len(slots) + labels[image_at + 1: keep]
         shift = len(slots) if target_start > image_at else 0
@@ -92,7 +98,19 @@ class ChatSequenceBuilder:
 
     def answer_spans(self, marked: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
         """(first, end) character offsets in ``text`` of each assistant turn: from the end of the generation
-        prompt to the end of the turn."""
+        prompt to the end of the turn. From the role sequence's skeleton when filling it in gives ``text``, else
+        by rendering the conversation up to each answer."""
+        roles = tuple(m["role"] for m in marked)
+        if roles not in self.skeletons:
+            self.skeletons[roles] = ChatSkeleton.of(self.render, roles)
+        skeleton = self.skeletons[roles]
+        if skeleton is not None:
+            filled, spans = skeleton.fill([m["content"] for m in marked])
+            if filled == text:
+                return spans
+        return self.rendered_answer_spans(marked, text)
+
+    def rendered_answer_spans(self, marked: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
         spans = []
         for index, message in enumerate(marked):
             if message["role"] != "assistant":
@@ -106,8 +124,7 @@ class ChatSequenceBuilder:
 
     def through_end_of_turn(self, ids: list[int], first: int, turn_end: int) -> int:
         """End of the labelled part of an answer: through its first EOS (the end-of-turn token), else the turn."""
-        eos = self.tokenizer.eos_token_id
-        return next((i + 1 for i in range(first, turn_end) if ids[i] == eos), turn_end)
+        return next((i + 1 for i in range(first, turn_end) if ids[i] == self.eos_id), turn_end)
 
     def kept_length(self, answers: list[tuple[int, int]], length: int, image_at: int) -> tuple[int, bool]:
         """How many text tokens to keep: all when they fit, else up to the end of the last assistant turn that fits
