@@ -4,6 +4,8 @@ its assumptions."""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
@@ -139,3 +141,10 @@ def test_a_difference_found_while_verifying_turns_splitting_off_with_a_warning()
     with pytest.warns(UserWarning, match="tokenized whole"):
         assert encoder.encode(text) == encoder.whole(text)
     assert encoder.splitter is None
+
+
+def test_the_builder_pickles_for_spawned_dataloader_workers(chat_tokenizer):
+    builder = ChatSequenceBuilder(chat_tokenizer, N, 1024)
+    messages = read_messages({"messages": CONVERSATIONS[0]})
+    copy = pickle.loads(pickle.dumps(builder))
+    assert copy.compiled is not None and copy.build(messages) == builder.build(messages)

@@ -1,13 +1,19 @@
-"""`ett demo` end to end at a few steps per stage: every run happens, results.json/md/png are written."""
+"""`ett demo` end to end at a few steps per stage: every run happens, results.json/md/png are written, and the
+checkpoints it leaves reload exactly and serve `lightning validate`, `predict` and the text-to-image recipe."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from ett_lightning import ETTModule
 from ett_lightning.data.synthetic import make_shards
 from ett_lightning.experiments.demo import main
 from ett_lightning.experiments.report import answer_type_lines, blind_lines
+from ett_lightning.experiments.runs import run_cli
 
 
 def test_the_report_flags_arms_that_do_not_beat_their_grey_image_answers():
@@ -26,12 +32,29 @@ def test_the_report_tables_each_answer_type_beside_its_grey_image_accuracy():
     assert answer_type_lines({"frozen": {"vqa_acc": 0.5, "vqa_acc_per_seed": [0.5]}, "ett": {}}) == []
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, Path]:
+    """(data, out) of a 2-steps-per-stage `ett demo` with seed 3."""
+    root = tmp_path_factory.mktemp("demo")
+    data = make_shards(root / "data", num_train=32, num_val=32, image_size=64, samples_per_shard=16, seed=2)
+    main(["--out", str(root / "out"), "--data", str(data), "--seeds", "3", "--tokenizer-steps", "2",
+          "--align-steps", "2", "--tune-steps", "2", "--posttrain-steps", "2"])
+    return data, root / "out"
+
+
+def lightning(*args: str) -> None:
+    """``lightning ARGS`` here, forked as `ett demo` runs its stages (the console script itself is run by
+    tests/test_cli.py and the multi-process tests)."""
+    log = Path("lightning.log")
+    assert run_cli(list(args), log) == 0, log.read_text()[-3000:]
+
+
 @pytest.mark.slow
-def test_demo_chains_every_stage_and_writes_results(tmp_path):
-    data = make_shards(tmp_path / "data", num_train=32, num_val=32, image_size=64, samples_per_shard=16, seed=2)
-    out = tmp_path / "out"
-    main(["--out", str(out), "--data", str(data), "--seeds", "3", "--tokenizer-steps", "2", "--align-steps", "2",
-          "--tune-steps", "2", "--posttrain-steps", "2"])
+def test_demo_chains_every_stage_and_writes_results(demo):
+    _, out = demo
     results = json.loads((out / "results.json").read_text())
     for arm in ("frozen", "ett"):
         assert 0.0 <= results[arm]["vqa_acc"] <= 1.0 and len(results[arm]["vqa_acc_per_seed"]) == 1
@@ -53,3 +76,33 @@ def test_demo_chains_every_stage_and_writes_results(tmp_path):
     assert frozen["model"]["init_args"]["init_from"] == ett["model"]["init_args"]["init_from"] == str(
         out / "align" / "checkpoints" / "last.ckpt")
     assert frozen["seed_everything"] == ett["seed_everything"] == 3
+
+
+@pytest.mark.slow
+def test_demo_checkpoints_reload_exactly_and_serve_validate_predict_and_text_to_image(demo, tmp_path, monkeypatch):
+    data, out = demo
+    tokenizer, align, tune = (out / run / "checkpoints/last.ckpt" for run in ("tokenizer", "align", "seed3/ett/tune"))
+    module = ETTModule.load_from_checkpoint(tune)
+    pretrained, aligned, saved = (torch.load(c, map_location="cpu", weights_only=False)["state_dict"]
+                                  for c in (tokenizer, align, tune))
+    assert module.stage == "ett" and all(torch.equal(saved[k], v) for k, v in module.state_dict().items())
+    codebook, patch_embed = "tokenizer.quantize.embedding.weight", "tokenizer.encoder.vit.patch_embed.proj.weight"
+    assert torch.equal(pretrained[codebook], aligned[codebook])
+    assert not torch.equal(aligned[patch_embed], saved[patch_embed])
+
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    shutil.copytree(data, tmp_path / "data" / "synthetic")
+    monkeypatch.chdir(tmp_path)
+    one_process = "--data.init_args.num_workers=0"
+    lightning("validate", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_val_batches=1",
+              f"--ckpt_path={tune}", one_process)
+    lightning("predict", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_predict_batches=1",
+              f"--ckpt_path={tune}", one_process, "--data.init_args.batch_size=2")
+    lightning("fit", "--config", "recipes/demo/t2i.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+              "--trainer.val_check_interval=2", "--data.init_args.batch_size=4", one_process,
+              f"--model.init_args.init_from={tune}")
+    lightning("predict", "--config", "recipes/demo/t2i.yaml", one_process,
+              "--ckpt_path=outputs/demo/t2i/checkpoints/last.ckpt")
+    written = sorted((tmp_path / "outputs/demo/t2i/predictions").glob("*.png"))
+    prompts = (ROOT / "recipes/demo/prompts.txt").read_text().splitlines()
+    assert len([p for p in written if not p.name.startswith("grid_")]) == len(prompts)

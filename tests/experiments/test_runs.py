@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ett_lightning.experiments.runs import LightningRun, set_dotted
+from ett_lightning.experiments.runs import LightningRun, run_cli, set_dotted
 
 RECIPE = Path("recipes/demo/tokenizer.yaml")
 
@@ -47,3 +47,12 @@ def test_a_failing_run_raises_with_the_end_of_its_log(tmp_path):
     with pytest.raises(RuntimeError, match="failed \\(exit"):
         run.run()
     assert (tmp_path / "bad" / "run.log").read_text()
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_the_cli_runs_forked_or_as_a_subprocess_with_its_output_and_exit_code(tmp_path, fork):
+    for argv, succeeds in ((["fit", "--help"], True), (["fit", "--config", str(tmp_path / "missing.yaml")], False)):
+        code = run_cli(argv, tmp_path / "run.log", fork=fork)
+        text = (tmp_path / "run.log").read_text()
+        assert (code == 0) == succeeds
+        assert ("--trainer" in text) if succeeds else ("missing.yaml" in text)

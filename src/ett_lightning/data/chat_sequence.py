@@ -35,6 +35,12 @@ DEFAULT_CHAT_TEMPLATE = (
 ``User: <image>\\nWhat is written?\\nAssistant: A<eos>\\n``, the generation prompt ``Assistant:``."""
 
 
+def compiled_template(template: str):
+    """Hugging Face's compiled jinja template, or None where this transformers version does not expose it."""
+    compile_template = getattr(chat_template_utils, "_compile_jinja_template", None)
+    return compile_template(template) if compile_template else None
+
+
 class ChatSequenceBuilder:
     """Builds :class:`Sequence` s for conversations; ``max_text_tokens`` bounds the templated text (image slots
     not counted). A longer conversation is cut after the last assistant turn that fits, never before the image;
@@ -48,12 +54,20 @@ class ChatSequenceBuilder:
         self.template = template if isinstance(template, str) and template else DEFAULT_CHAT_TEMPLATE
         self.begin_id = tokenizer.convert_tokens_to_ids(IMAGE_BEGIN)
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-        compile_template = getattr(chat_template_utils, "_compile_jinja_template", None)
-        self.compiled = compile_template(self.template) if compile_template else None
+        self.compiled = compiled_template(self.template)
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self.segments = SegmentEncoder(backend) if backend is not None else None
         self.special_tokens = dict(tokenizer.special_tokens_map)
         self.skeletons: dict[tuple[str, ...], ChatSkeleton | None] = {}
+
+    def __getstate__(self) -> dict:
+        """Without the compiled template, which does not pickle: DataLoader workers started by spawn or forkserver
+        (macOS, Python >= 3.14) receive the builder pickled and compile it again."""
+        return {**self.__dict__, "compiled": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.compiled = compiled_template(self.template)
 
     def render(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
         """``apply_chat_template(messages, tokenize=False)``. With plain string messages that is the compiled
