@@ -1,6 +1,7 @@
 """Samples/s of the full ImageTextDataModule pipeline vs a raw tar-read + PIL-decode loop, same files and run.
 
-Prints one line per worker count and the ratio pipeline / raw (target >= 0.9 at equal workers).
+Prints one line per worker count and the ratio pipeline / raw (target >= 0.9 at equal workers): the median over
+``--repeats`` alternating passes of each, with the range, since a single pass here varies by 20 % or more.
     python benchmarks/data_throughput.py --shards "data/synthetic/caption/train-*.tar"
     python benchmarks/data_throughput.py --shards "data/conv/conversation/train-*.tar" --tokenizer /path/to/llm
 ``--tokenizer`` (a Hugging Face model or tokenizer directory) tokenizes with that tokenizer and, for conversation
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import statistics
 import tarfile
 import time
 
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tokenizer", help="Hugging Face tokenizer directory (default: byte-level)")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating passes of pipeline and raw decode")
     args = parser.parse_args()
     urls = expand_shards(args.shards)
     tokenizer = load_text_tokenizer(args.tokenizer)
@@ -64,10 +67,14 @@ def main() -> None:
         dm = ImageTextDataModule(val_shards=urls, batch_size=args.batch_size, num_workers=workers,
                                  image_size=args.image_size, pin_memory=False)
         dm.attach(tokenizer, (args.image_size // 8) ** 2)
-        pipeline = rate(dm.val_dataloader(), len)
-        raw = rate(DataLoader(RawDecode(urls), batch_size=None, num_workers=workers), lambda _: 1)
-        print(f"workers={workers}: pipeline {pipeline:8.1f} samples/s  raw decode {raw:8.1f} samples/s  "
-              f"ratio {pipeline / raw:.2f}")
+        pipeline, raw = [], []
+        for _ in range(args.repeats):
+            pipeline.append(rate(dm.val_dataloader(), len))
+            raw.append(rate(DataLoader(RawDecode(urls), batch_size=None, num_workers=workers), lambda _: 1))
+        ratios = [p / r for p, r in zip(pipeline, raw)]
+        print(f"workers={workers}: pipeline {statistics.median(pipeline):8.1f} samples/s  raw decode "
+              f"{statistics.median(raw):8.1f} samples/s  ratio {statistics.median(ratios):.2f} "
+              f"(range {min(ratios):.2f}-{max(ratios):.2f}, {args.repeats} passes)")
 
 
 if __name__ == "__main__":
