@@ -1,5 +1,8 @@
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -8,6 +11,7 @@ import torch
 from PIL import Image
 
 from ett_lightning.data import IGNORE_INDEX, ImageTextDataModule
+from ett_lightning.data.seeded_shuffle import SeededShuffle
 from ett_lightning.data.shards import ResampledShardStream, expand_shards
 from ett_lightning.models import byte_level_tokenizer, load_text_tokenizer
 from tests.conftest import IMAGE_SIZE
@@ -223,3 +227,34 @@ def test_resumed_training_streams_reseed_by_global_step():
     assert first_draws(0) == first_draws(0)
     assert first_draws(500) == first_draws(500)
     assert first_draws(500) != first_draws(0)
+
+
+def test_training_order_is_identical_for_a_seed_and_differs_across_seeds(synthetic_shards):
+    shards = {"train_shards": str(synthetic_shards / "caption" / "train-*.tar")}
+
+    def first_keys(seed):
+        dm = datamodule(shards, num_workers=2, samples_per_epoch=32, seed=seed, shuffle_buffer=16)
+        loader = dm.train_dataloader()
+        return [key for batch in loader for key in batch.keys]
+
+    assert first_keys(0) == first_keys(0)
+    assert first_keys(0) != first_keys(1)
+
+
+def test_the_shuffle_buffer_is_seeded_and_still_shuffles():
+    samples = [{"__key__": str(i)} for i in range(100)]
+
+    def order(seed):
+        return [s["__key__"] for s in SeededShuffle(20, 10, seed=seed)(iter(samples))]
+
+    assert order(3) == order(3) and order(3) != order(4)
+    assert sorted(order(3), key=int) == [s["__key__"] for s in samples] and order(3) != [s["__key__"] for s in samples]
+
+
+def test_the_shuffle_order_does_not_depend_on_the_process_hash_seed():
+    """Two interpreters with different string-hash seeds (as two runs have) give one order."""
+    program = ("from ett_lightning.data.seeded_shuffle import SeededShuffle; "
+               "print([s['k'] for s in SeededShuffle(20, 10, seed=3)(iter([{'k': i} for i in range(60)]))])")
+    orders = [subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": str(hash_seed)}).stdout for hash_seed in (1, 2)]
+    assert orders[0] == orders[1] and orders[0].startswith("[")

@@ -60,6 +60,8 @@ def test_demo_chains_every_stage_and_writes_results(demo):
         assert 0.0 <= results[arm]["vqa_acc"] <= 1.0 and len(results[arm]["vqa_acc_per_seed"]) == 1
         assert 0.0 <= results[arm]["vqa_acc_blind"] <= 1.0
         assert {"vqa_acc_word", "vqa_acc_colour", "vqa_acc_yes_no", "vqa_acc_blind_colour"} <= set(results[arm])
+    low, high = results["ett_minus_frozen_interval_95"]
+    assert -100 <= low <= high <= 100 and "95 % interval" in (out / "results.md").read_text()
     assert results["tokenizer"]["psnr_before"] > 0 and results["tokenizer"]["psnr_after"] > 0
     assert results["tokenizer"]["rfid_before"].startswith("unavailable")
     assert results["seeds"] == [3] and results["wall_seconds"] > 0

@@ -15,6 +15,7 @@ from ett_lightning.data.collate import Collator
 from ett_lightning.data.even_split import EvenSplit
 from ett_lightning.data.prompts import PromptBatch, PromptCollator, read_prompts
 from ett_lightning.data.samples import SampleDecoder
+from ett_lightning.data.seeded_shuffle import SeededShuffle
 from ett_lightning.data.sequence import Layout, SequenceBuilder
 from ett_lightning.data.shards import OrderedShardStream, ResampledShardStream, expand_shards
 from ett_lightning.data.skips import SkipCounter
@@ -110,9 +111,10 @@ class ImageTextDataModule(L.LightningDataModule):
         skips = SkipCounter()
         decoder = SampleDecoder(ImageTransform(self.image_size, random_crop=train), self.builder, skips)
         if train:
-            stages = [ResampledShardStream(self.train_urls, self.seed, self.trainer.global_step if self.trainer else 0),
+            start_step = self.trainer.global_step if self.trainer else 0
+            stages = [ResampledShardStream(self.train_urls, self.seed, start_step),
                       tar_to_samples(handler=skips.handler),
-                      wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2),
+                      SeededShuffle(self.shuffle_buffer, self.shuffle_buffer // 2, self.seed, start_step),
                       wds.map(decoder)]
         else:
             rank, world_size = self.rank_and_world_size()

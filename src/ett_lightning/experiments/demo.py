@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ett_lightning.data.synthetic import make_shards
+from ett_lightning.experiments.interval import paired_interval, question_scores, reference_answers, score_matrix
 from ett_lightning.experiments.report import write_figure, write_markdown
 from ett_lightning.experiments.runs import LightningRun
 
@@ -55,6 +56,7 @@ class DemoPlan:
 
     def fit(self, recipe: str, out: str, steps: int, seed: int, init_from: Path | None, **overrides: Any):
         return self.run(recipe, out, "fit", **{"trainer.max_steps": steps, "seed_everything": seed,
+                                               "data.init_args.seed": seed,
                                                "model.init_args.init_from": str(init_from) if init_from else None,
                                                **overrides})
 
@@ -108,6 +110,7 @@ def summarize(plan: DemoPlan, before: LightningRun, after: list[LightningRun],
                         for name in names if name.startswith("val/vqa_acc")}
         results[arm]["vqa_acc_per_seed"] = [m["val/vqa_acc"] for m in metrics]
     results["ett_minus_frozen_points"] = 100 * (results["ett"]["vqa_acc"] - results["frozen"]["vqa_acc"])
+    results["ett_minus_frozen_interval_95"] = gain_interval(plan, arms)
     tuned = [run.metrics() for run in after]
     reference = before.metrics()
     results["tokenizer"] = {
@@ -128,6 +131,16 @@ def summarize(plan: DemoPlan, before: LightningRun, after: list[LightningRun],
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     return results
+
+
+def gain_interval(plan: DemoPlan, arms: dict[str, dict[str, list[LightningRun]]]) -> list[float]:
+    """95 % interval of ETT - frozen in points, paired bootstrap over seeds and the questions every run answered."""
+    references = reference_answers(str(plan.data / "vqa" / "val-*.tar"))
+    per_seed = {arm: [question_scores(run.out / "vqa_results.json", references) for run in arms[arm]["vqa"]]
+                for arm in ARMS}
+    questions = sorted(set.intersection(*(set(scores) for runs in per_seed.values() for scores in runs)))
+    low, high = paired_interval(*(score_matrix(per_seed[arm], questions) for arm in ARMS))
+    return [100 * low, 100 * high]
 
 
 def probe_summary(before: dict[str, float], after: list[dict[str, float]]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"| frozen tokenizer | {100 * results['frozen']['vqa_acc']:.1f} | {per_seed['frozen']} |",
         f"| ETT (end-to-end) | {100 * results['ett']['vqa_acc']:.1f} | {per_seed['ett']} |",
         "",
-        f"ETT - frozen: **{results['ett_minus_frozen_points']:+.1f} points**.",
+        f"ETT - frozen: **{results['ett_minus_frozen_points']:+.1f} points**{interval_text(results)}.",
         "",
         *blind_lines(results),
         *answer_type_lines(results),
@@ -44,6 +44,13 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{results['machine']['processor']} ({results['machine']['torch_threads']} torch threads).",
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def interval_text(results: dict[str, Any]) -> str:
+    if "ett_minus_frozen_interval_95" not in results:
+        return ""
+    low, high = results["ett_minus_frozen_interval_95"]
+    return f" (95 % interval {low:+.1f} to {high:+.1f}, paired bootstrap over seeds and questions)"
 
 
 def probe_lines(results: dict[str, Any]) -> list[str]:
