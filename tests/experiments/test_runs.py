@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ett_lightning.experiments import runs
 from ett_lightning.experiments.runs import LightningRun, run_cli, set_dotted
 
 RECIPE = Path("recipes/demo/tokenizer.yaml")
@@ -57,3 +58,12 @@ def test_the_cli_runs_forked_or_as_a_subprocess_with_its_output_and_exit_code(tm
         text = (tmp_path / "run.log").read_text()
         assert (code == 0) == succeeds
         assert ("--trainer" in text) if succeeds else ("missing.yaml" in text)
+
+
+@pytest.mark.parametrize(("devices", "forks"), [(1, None), (2, False), ("auto", False)])
+def test_multi_device_runs_are_never_forked(tmp_path, monkeypatch, devices, forks):
+    """Lightning re-runs the command line to start other ranks; a forked child has none to re-run."""
+    calls = []
+    monkeypatch.setattr(runs, "run_cli", lambda argv, log, fork=None: calls.append(fork) or 0)
+    LightningRun(str(RECIPE), tmp_path / "run", overrides={"trainer.devices": devices}).run()
+    assert calls == [forks]

@@ -69,9 +69,11 @@ class LightningRun:
             return self
         self.out.mkdir(parents=True, exist_ok=True)
         config_path = self.out / "config.yaml"
-        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        config = self.config()
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         print(f"$ lightning {self.command} --config {config_path}", flush=True)
-        exit_code = run_cli([self.command, "--config", str(config_path)], self.out / "run.log")
+        exit_code = run_cli([self.command, "--config", str(config_path)], self.out / "run.log",
+                            fork=None if single_process(config) else False)
         if exit_code != 0:
             tail = "".join((self.out / "run.log").read_text().splitlines(keepends=True)[-30:])
             raise RuntimeError(f"lightning {self.command} --config {config_path} failed "
@@ -93,6 +95,13 @@ class LightningRun:
                     steps.append(int(row["step"]))
                     values.append(float(row[name]))
         return steps, values
+
+
+def single_process(config: dict[str, Any]) -> bool:
+    """Whether the run stays in one process: Lightning starts the other ranks of a multi-device run by running
+    the command line again, which a forked child does not have (``devices: auto`` may mean several)."""
+    trainer = config.get("trainer", {})
+    return str(trainer.get("devices", "auto")) == "1" and str(trainer.get("num_nodes", 1)) == "1"
 
 
 def run_cli(argv: list[str], log: Path, fork: bool | None = None) -> int:
