@@ -72,8 +72,7 @@ class ChatSequenceBuilder:
     def render(self, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
         """``apply_chat_template(messages, tokenize=False)``. With plain string messages that is the compiled
         template rendered with the tokenizer's special tokens, which this calls directly where Hugging Face exposes
-        it: a third of the time, and a conversation renders once per assistant turn (the tests compare with
-        ``apply_chat_template`` token for token)."""
+        it: a third of the time (the tests compare with ``apply_chat_template`` token for token)."""
         if self.compiled is None:
             return self.tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
                                                       add_generation_prompt=generation_prompt)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import webdataset as wds
-from webdataset.utils import pytorch_worker_info
+
+from ett_lightning.data.shards import slot_generator
 
 SALT = 7_919
-"""Keeps this generator's sequence apart from the shard stream's (same seed tuple otherwise). An int: hashes of
-strings change from process to process."""
+"""Keeps this generator's sequence apart from the shard stream's (same seed tuple otherwise)."""
 
 
 class SeededShuffle:
@@ -28,7 +27,6 @@ class SeededShuffle:
         self.passes = 0
 
     def __call__(self, source: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        rank, _, worker, _ = pytorch_worker_info()
-        rng = random.Random(hash((self.seed, self.start_step, rank, worker, self.passes, SALT)))
+        rng = slot_generator(self.seed, self.start_step, self.passes, SALT)
         self.passes += 1
         return wds.shuffle(self.bufsize, self.initial, rng=rng)(source)

@@ -66,6 +66,13 @@ def assigned_shards(urls: list[str], rank: int, world_size: int, worker: int, nu
     return urls[slot::slots]
 
 
+def slot_generator(seed: int, start_step: int, passes: int, *salt: int) -> random.Random:
+    """A generator for this (rank, worker) slot, seeded by (seed, start_step, rank, worker, passes, *salt): the same
+    in every run, different for every slot and pass. Integers only: string hashes change from process to process."""
+    rank, _, worker, _ = pytorch_worker_info()
+    return random.Random(hash((seed, start_step, rank, worker, passes, *salt)))
+
+
 class ResampledShardStream(IterableDataset):
     """Endless shard stream for training: each (rank, worker) resamples its own disjoint subset.
 
@@ -83,7 +90,7 @@ class ResampledShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, str]]:
         rank, world_size, worker, num_workers = pytorch_worker_info()
         mine = assigned_shards(self.urls, rank, world_size, worker, num_workers)
-        rng = random.Random(hash((self.seed, self.start_step, rank, worker, self.passes)))
+        rng = slot_generator(self.seed, self.start_step, self.passes)
         self.passes += 1
         while True:
             yield {"url": rng.choice(mine)}
