@@ -103,11 +103,9 @@ class ChatSequenceBuilder:
             answers.append((first, turn_end))
         keep, truncated = self.kept_length(answers, len(ids), image_at)
         target_start = max(first for first, end in answers if end <= keep)
-        slots = [self.pad_id] * self.num_image_tokens
-        ids = ids[: image_at + 1] + slots + ids[image_at + 1: keep]
-        labels = labels[: image_at + 1] + [IGNORE_INDEX] * len(slots) + labels[image_at + 1: keep]
-        shift = len(slots) if target_start > image_at else 0
-        return Sequence(ids, labels, image_at + 1, target_start + shift, truncated)
+        shift = self.num_image_tokens if target_start > image_at else 0
+        return Sequence(ids[:keep], labels[:keep], image_at + 1, self.num_image_tokens, target_start + shift,
+                        self.pad_id, truncated)
 
     def answer_spans(self, marked: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
         """(first, end) character offsets in ``text`` of each assistant turn: from the end of the generation

@@ -33,7 +33,7 @@ class Collator:
         self.pack_length = pack_length
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> ETTBatch:
-        lengths = [len(s["sequence"].input_ids) for s in samples]
+        lengths = [len(s["sequence"]) for s in samples]
         rows = pack_rows(lengths, self.pack_length) if self.pack_length else [[i] for i in range(len(samples))]
         samples = [samples[i] for row in rows for i in row]
         tokens = self.layout([s["sequence"] for s in samples], [len(row) for row in rows])
@@ -51,12 +51,24 @@ class Collator:
             padding=[bool(s.get("padding", False)) for s in samples],
         )
 
+    def place_text(self, sequence: TokenSequence, input_ids: np.ndarray, labels: np.ndarray) -> int:
+        """Writes the tokens around the image slots into rows that hold the pad id and -100 already, which is what
+        a slot is; returns the sequence's length."""
+        if sequence.num_slots != self.num_image_tokens:
+            raise ValueError(f"a sequence with {sequence.num_slots} image slots in a batch of images of "
+                             f"{self.num_image_tokens} tokens: it was built for another image size")
+        before, after = sequence.slot_start, sequence.slot_start + sequence.num_slots
+        end = len(sequence)
+        input_ids[:before], labels[:before] = sequence.text_ids[:before], sequence.text_labels[:before]
+        input_ids[after:end], labels[after:end] = sequence.text_ids[before:], sequence.text_labels[before:]
+        return end
+
     def layout(self, sequences: list[TokenSequence], row_sizes: list[int]) -> dict[str, Tensor | PackedSegments]:
         """``input_ids``, ``attention_mask``, ``labels``, ``image_slots`` [rows, width]: the sequences end to end,
         ``row_sizes[r]`` of them in row ``r``; packed rows also get ``position_ids`` restarting at each sample (the
         pads after the last sample count as one more, unlabelled, sample) and their ``packed_segments``."""
         starts = np.cumsum([0] + row_sizes)
-        lengths = [[len(q.input_ids) for q in sequences[a:b]] for a, b in zip(starts[:-1], starts[1:])]
+        lengths = [[len(q) for q in sequences[a:b]] for a, b in zip(starts[:-1], starts[1:])]
         width = max(sum(row) for row in lengths)
         shape = (len(row_sizes), width)
         input_ids, labels = np.full(shape, self.pad_id, dtype=np.int64), np.full(shape, IGNORE_INDEX, dtype=np.int64)
@@ -65,15 +77,14 @@ class Collator:
         for row, (first, last) in enumerate(zip(starts[:-1], starts[1:])):
             offset = 0
             for q in sequences[first:last]:
-                end = offset + len(q.input_ids)
-                if self.pack_length and q.labels[0] != IGNORE_INDEX:
+                if self.pack_length and q.slot_start > 0 and q.text_labels[0] != IGNORE_INDEX:
                     raise ValueError("a packed sample must start with an unlabelled token, or the sample before it "
                                      "would learn to predict it")
-                input_ids[row, offset:end], labels[row, offset:end] = q.input_ids, q.labels
-                attention_mask[row, offset:end] = 1
-                position_ids[row, offset:end] = np.arange(end - offset)
+                end = self.place_text(q, input_ids[row, offset:], labels[row, offset:])
+                attention_mask[row, offset:offset + end] = 1
+                position_ids[row, offset:offset + end] = np.arange(end)
                 image_slots[row, offset + q.slot_start: offset + q.slot_start + self.num_image_tokens] = True
-                offset = end
+                offset += end
             position_ids[row, offset:] = np.arange(width - offset)
         tokens = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
                   "image_slots": image_slots}

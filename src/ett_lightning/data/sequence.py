@@ -71,18 +71,18 @@ class SequenceBuilder:
         budget = max(1, self.max_text_tokens - 1 - len(prompt_ids))
         truncated = len(target_ids) > budget
         target_ids = target_ids[: budget] + [self.tokenizer.eos_token_id]
-        prefix = self.bos + [self.begin_id] + [self.tokenizer.pad_token_id] * self.num_image_tokens + [self.end_id]
-        context = prefix + prompt_ids
+        context = self.bos + [self.begin_id, self.end_id] + prompt_ids
         labels = [IGNORE_INDEX] * len(context) + target_ids
-        return Sequence(context + target_ids, labels, len(self.bos) + 1, len(context), truncated)
+        return Sequence(context + target_ids, labels, len(self.bos) + 1, self.num_image_tokens,
+                        len(context) + self.num_image_tokens, self.tokenizer.pad_token_id, truncated)
 
     def build_text_first(self, task: str, caption: str) -> Sequence:
         if task != "caption":
             raise SkipSample(f"a {task} sample has no caption to generate from (text_first layout)")
         prefix = self.generation_prefix(caption)
-        input_ids = prefix + [self.tokenizer.pad_token_id] * self.num_image_tokens + [self.end_id,
-                                                                                     self.tokenizer.eos_token_id]
-        return Sequence(input_ids, [IGNORE_INDEX] * len(input_ids), len(prefix), len(prefix))
+        text_ids = prefix + [self.end_id, self.tokenizer.eos_token_id]
+        return Sequence(text_ids, [IGNORE_INDEX] * len(text_ids), len(prefix), self.num_image_tokens, len(prefix),
+                        self.tokenizer.pad_token_id)
 
     def generation_prefix(self, caption: str) -> list[int]:
         """``[bos] caption <image_begin>``: what image generation continues from."""

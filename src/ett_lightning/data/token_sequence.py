@@ -9,14 +9,33 @@ IGNORE_INDEX = -100
 
 @dataclass
 class Sequence:
-    """Token ids and labels as plain lists (tensors are made once per batch by the collator).
+    """Token ids and labels as plain lists (tensors are made once per batch by the collator), with the image's
+    ``num_slots`` slots kept as a count: ``text_ids`` / ``text_labels`` hold every other token, and the slots stand
+    before ``text_ids[slot_start]``. A slot is the pad id with label -100 (the model overwrites its embedding), so
+    building and collating a sample never touches a thousand pad ints per image; ``input_ids`` / ``labels`` give
+    the full lists.
 
-    ``slot_start``: first of the image's N slots; ``target_start``: first token of the text the model answers
-    with (generation feeds everything before it); ``truncated``: text was cut to fit ``max_text_tokens``.
+    ``slot_start``: first slot's position; ``target_start``: position (in the full sequence) of the first token of
+    the text the model answers with (generation feeds everything before it); ``truncated``: text was cut to fit
+    ``max_text_tokens``.
     """
 
-    input_ids: list[int]
-    labels: list[int]
+    text_ids: list[int]
+    text_labels: list[int]
     slot_start: int
+    num_slots: int
     target_start: int
+    pad_id: int
     truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.text_ids) + self.num_slots
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.text_ids[: self.slot_start] + [self.pad_id] * self.num_slots + self.text_ids[self.slot_start:]
+
+    @property
+    def labels(self) -> list[int]:
+        slots = [IGNORE_INDEX] * self.num_slots
+        return self.text_labels[: self.slot_start] + slots + self.text_labels[self.slot_start:]
