@@ -36,9 +36,16 @@ DEFAULT_CHAT_TEMPLATE = (
 
 
 def compiled_template(template: str):
-    """Hugging Face's compiled jinja template, or None where this transformers version does not expose it."""
+    """Hugging Face's compiled jinja template (its sandboxed environment, filters and globals), or None where this
+    transformers version does not expose it. A copy of our own whose globals are a plain dict: jinja keeps them as
+    a ChainMap over the environment's and flattens that on every render, half the render time of a conversation."""
     compile_template = getattr(chat_template_utils, "_compile_jinja_template", None)
-    return compile_template(template) if compile_template else None
+    if compile_template is None:
+        return None
+    shared = compile_template(template)
+    own = shared.environment.from_string(template)
+    own.globals = dict(shared.globals)
+    return own
 
 
 class ChatSequenceBuilder:
@@ -91,9 +98,10 @@ class ChatSequenceBuilder:
         marked = [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, IMAGE_BEGIN + IMAGE_END)} for m in messages]
         text = self.render(marked)
         ids, starts = self.encode(text)
-        if self.begin_id not in ids:
-            raise SkipSample("the chat template dropped the <image> placeholder")
-        image_at = ids.index(self.begin_id)
+        try:
+            image_at = ids.index(self.begin_id)
+        except ValueError:
+            raise SkipSample("the chat template dropped the <image> placeholder") from None
         labels = [IGNORE_INDEX] * len(ids)
         answers = []
         for first_char, end_char in self.answer_spans(marked, text):
@@ -135,7 +143,10 @@ class ChatSequenceBuilder:
 
     def through_end_of_turn(self, ids: list[int], first: int, turn_end: int) -> int:
         """End of the labelled part of an answer: through its first EOS (the end-of-turn token), else the turn."""
-        return next((i + 1 for i in range(first, turn_end) if ids[i] == self.eos_id), turn_end)
+        try:
+            return ids.index(self.eos_id, first, turn_end) + 1
+        except ValueError:
+            return turn_end
 
     def kept_length(self, answers: list[tuple[int, int]], length: int, image_at: int) -> tuple[int, bool]:
         """How many text tokens to keep: all when they fit, else up to the end of the last assistant turn that fits
