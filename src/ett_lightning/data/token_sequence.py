@@ -33,9 +33,11 @@ class Sequence:
 
     @property
     def input_ids(self) -> list[int]:
-        return self.text_ids[: self.slot_start] + [self.pad_id] * self.num_slots + self.text_ids[self.slot_start:]
+        return self.with_slots(self.text_ids, self.pad_id)
 
     @property
     def labels(self) -> list[int]:
-        slots = [IGNORE_INDEX] * self.num_slots
-        return self.text_labels[: self.slot_start] + slots + self.text_labels[self.slot_start:]
+        return self.with_slots(self.text_labels, IGNORE_INDEX)
+
+    def with_slots(self, text: list[int], slot_value: int) -> list[int]:
+        return text[: self.slot_start] + [slot_value] * self.num_slots + text[self.slot_start:]
