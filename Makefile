@@ -27,7 +27,7 @@ test-fast: install
 	$(BIN)/pytest -m "not slow"
 
 shards: install
-	$(BIN)/ett-make-shards $(DEMO_DATA) --num-train 5000 --num-val 500 --image-size 64
+	$(BIN)/ett-make-shards $(DEMO_DATA) --num-train 5000 --num-val 500 --image-size 64 --glyph centred
 
 demo: install shards
 	$(BIN)/ett demo --data $(DEMO_DATA) --num-seeds $(SEEDS) $(DEMO_ARGS)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ett_lightning.data.synthetic import make_shards
+from ett_lightning.data.synthetic import GLYPHS, make_shards
 from ett_lightning.experiments.interval import paired_interval, question_scores, reference_answers, score_matrix
 from ett_lightning.experiments.report import write_figure, write_markdown
 from ett_lightning.experiments.runs import LightningRun
@@ -36,7 +36,9 @@ RECONSTRUCTION_CALLBACK = "ett_lightning.callbacks.ReconstructionMetrics"
 
 @dataclass
 class DemoPlan:
-    """Where things are and how long each stage trains; ``seeds`` are the arms' seeds (stages 2 and 3)."""
+    """Where things are and how long each stage trains; ``seeds`` are the arms' seeds (stages 2 and 3). ``glyph``
+    is how the synthetic shards draw the character when ``data`` has none yet (centred: a small reader can tell
+    the character apart, docs/results.md)."""
 
     out: Path = Path("outputs/demo")
     data: Path = Path("data/synthetic")
@@ -45,7 +47,8 @@ class DemoPlan:
     tokenizer_steps: int = 600
     align_steps: int = 300
     tune_steps: int = 600
-    posttrain_steps: int = 1500
+    posttrain_steps: int = 4000
+    glyph: str = "centred"
     fid_weights: str | None = None
 
     def run(self, recipe: str, out: str, command: str = "fit", **overrides: Any) -> LightningRun:
@@ -73,7 +76,7 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     """Runs every stage of the plan and returns (and writes) the results."""
     start = time.monotonic()
     if not (plan.data / "vqa").is_dir():
-        make_shards(plan.data, num_train=5000, num_val=500, image_size=64)
+        make_shards(plan.data, num_train=5000, num_val=500, image_size=64, glyph=plan.glyph)
     tokenizer = plan.fit("tokenizer", "tokenizer", plan.tokenizer_steps, plan.seeds[0], None).run(reuse)
     align = plan.fit("ett_align", "align", plan.align_steps, plan.seeds[0], tokenizer.last_checkpoint).run(reuse)
     before = plan.evaluate("tokenizer", "tokenizer_eval", tokenizer.last_checkpoint).run(reuse)
@@ -167,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds.add_argument("--num-seeds", type=int, help="seeds 0 .. N-1 (`make demo SEEDS=3`)")
     for name in ("tokenizer_steps", "align_steps", "tune_steps", "posttrain_steps"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    parser.add_argument("--glyph", choices=GLYPHS, default=defaults.glyph, help="when the shards are made here")
     parser.add_argument("--fid-weights", help="Inception weights file: adds rFID before/after")
     parser.add_argument("--reuse", action="store_true", help="skip runs whose checkpoint or metrics exist")
     args = vars(parser.parse_args(argv))
