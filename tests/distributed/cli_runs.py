@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,20 +16,36 @@ LIGHTNING = str(Path(sys.executable).with_name("lightning"))
 
 
 def run_lightning(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``lightning *args`` in ``cwd``; a run that outlives ``timeout`` (a hang) is killed with all its processes
-    and fails the test with the end of its output, instead of hanging the suite."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    """``lightning *args`` in ``cwd``; a run that outlives ``timeout`` (a hang) is ended with all its processes
+    and fails the test with the end of its output, instead of hanging the suite. Before they die, every Python
+    process of the run (ranks and loader workers) prints where each of its threads is waiting."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([LIGHTNING, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"lightning {' '.join(args[:3])} did not finish in {timeout:.0f} s (hang?); output ends:\n"
-                    f"{output[-4000:]}")
+        output = end_with_stack_dumps(process)
+        (cwd / "hung_run_output.txt").write_text(output)
+        pytest.fail(f"lightning {' '.join(args[:3])} did not finish in {timeout:.0f} s (hang?); the whole output is "
+                    f"in {cwd / 'hung_run_output.txt'}, it ends with each process's threads:\n{output[-16000:]}")
     assert process.returncode == 0, output[-4000:]
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+def end_with_stack_dumps(process: subprocess.Popen, grace: float = 20) -> str:
+    """SIGABRT to the run's process group (faulthandler, on through PYTHONFAULTHANDLER, prints every thread's
+    stack as each process aborts), then SIGKILL to whatever is left; returns all the output."""
+    os.killpg(process.pid, signal.SIGABRT)
+    try:
+        output, _ = process.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return output
 
 
 def two_processes() -> list[str]:
