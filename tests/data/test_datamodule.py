@@ -163,6 +163,14 @@ def write_tar(path, samples):
                 tar.addfile(info, io.BytesIO(data))
 
 
+def corrupt_pixel_data(png: bytes) -> bytes:
+    """The PNG with one byte of its compressed pixel data flipped (torchvision's libpng decoder segfaults on
+    this, docs/data.md#throughput; the pipeline must skip it)."""
+    corrupt = bytearray(png)
+    corrupt[png.find(b"IDAT") + 8] ^= 0xFF
+    return bytes(corrupt)
+
+
 def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):
     png = io.BytesIO()
     Image.new("RGB", (40, 40), "blue").save(png, format="PNG")
@@ -171,6 +179,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):
         good,
         {"png": b"not an image", "txt": "broken image"},
         {"png": png.getvalue()[: len(png.getvalue()) // 2], "txt": "truncated image"},
+        {"png": corrupt_pixel_data(png.getvalue()), "txt": "corrupt pixel data"},
         {"png": png.getvalue()},
         {"png": png.getvalue(), "txt": "   "},
         {"png": png.getvalue(), "json": "{not json"},
@@ -182,7 +191,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):
     dm = datamodule({"val_shards": [str(tmp_path / "bad-0.tar"), str(truncated)]}, batch_size=16)
     batches = list(dm.val_dataloader())
     assert sum(len(b) for b in batches) == 3  # two good in bad-0, the first of the truncated shard
-    assert sum(b.skipped for b in batches) == 6
+    assert sum(b.skipped for b in batches) == 7
     messages = " ".join(r.getMessage() for r in caplog.records)
     for reason in ("undecodable image", "no caption", "empty caption", "malformed json", "unreadable shard data"):
         assert reason in messages
