@@ -36,16 +36,15 @@ def run_lightning(args: list[str], cwd: Path, timeout: float = 240) -> subproces
 
 def end_with_stack_dumps(process: subprocess.Popen, grace: float = 20) -> str:
     """SIGABRT to the run's process group (faulthandler, on through PYTHONFAULTHANDLER, prints every thread's
-    stack as each process aborts), then SIGKILL to whatever is left; returns all the output."""
+    stack as each process aborts), then SIGKILL to what still holds the output pipe after ``grace`` seconds;
+    returns all the output."""
     os.killpg(process.pid, signal.SIGABRT)
     try:
-        output, _ = process.communicate(timeout=grace)
+        return process.communicate(timeout=grace)[0]
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    return output
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()[0]
 
 
 def two_processes() -> list[str]:
