@@ -64,6 +64,24 @@ def test_the_cli_runs_forked_or_as_a_subprocess_with_its_output_and_exit_code(tm
 def test_multi_device_runs_are_never_forked(tmp_path, monkeypatch, devices, forks):
     """Lightning re-runs the command line to start other ranks; a forked child has none to re-run."""
     calls = []
-    monkeypatch.setattr(runs, "run_cli", lambda argv, log, fork=None: calls.append(fork) or 0)
+    monkeypatch.setattr(runs, "run_cli", lambda argv, log, fork=None, threads=None: calls.append(fork) or 0)
     LightningRun(str(RECIPE), tmp_path / "run", overrides={"trainer.devices": devices}).run()
     assert calls == [forks]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_forked_run_uses_the_torch_threads_it_is_given(tmp_path, monkeypatch, threads):
+    """Two demo arms share the cores: each run's torch threads are capped, or OpenMP spins away the machine."""
+    import multiprocessing
+
+    import torch
+
+    from ett_lightning import cli
+
+    seen = tmp_path / "threads.txt"
+    monkeypatch.setattr(cli, "main", lambda argv: seen.write_text(str(torch.get_num_threads())))
+    child = multiprocessing.get_context("fork").Process(
+        target=runs.cli_in_child, args=(["fit"], str(tmp_path / "run.log"), str(tmp_path), threads))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and seen.read_text() == str(threads)

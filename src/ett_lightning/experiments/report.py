@@ -41,9 +41,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         *probe_lines(results),
         "",
         f"PSNR drop: {results['psnr_drop_db']:.2f} dB. Wall time {results['wall_seconds']:.0f} s on "
-        f"{results['machine']['processor']} ({results['machine']['torch_threads']} torch threads).",
+        f"{results['machine']['processor']} ({machine_text(results['machine'])}).",
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def machine_text(machine: dict[str, Any]) -> str:
+    """How the runs shared the machine, e.g. "2 runs at once, 1 torch thread each"."""
+    threads = machine["torch_threads"]
+    return f"{machine.get('runs_at_once', 1)} run(s) at once, {threads} torch thread{'s' * (threads != 1)} each"
 
 
 def interval_text(results: dict[str, Any]) -> str:

@@ -31,13 +31,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class LightningRun:
     """``overrides`` maps dotted config keys (``model.init_args.init_from``) to values; ``callback_args`` maps
-    a callback's class_path to init_args to update in the recipe's callback of that class."""
+    a callback's class_path to init_args to update in the recipe's callback of that class. ``threads`` is the
+    run's number of torch CPU threads (None: torch's default, one per core), for runs that share the machine."""
 
     recipe: str
     out: Path
     command: Literal["fit", "validate"] = "fit"
     overrides: dict[str, Any] = field(default_factory=dict)
     callback_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    threads: int | None = None
 
     @property
     def last_checkpoint(self) -> Path:
@@ -73,7 +75,7 @@ class LightningRun:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         print(f"$ lightning {self.command} --config {config_path}", flush=True)
         exit_code = run_cli([self.command, "--config", str(config_path)], self.out / "run.log",
-                            fork=None if single_process(config) else False)
+                            fork=None if single_process(config) else False, threads=self.threads)
         if exit_code != 0:
             tail = "".join((self.out / "run.log").read_text().splitlines(keepends=True)[-30:])
             raise RuntimeError(f"lightning {self.command} --config {config_path} failed "
@@ -104,18 +106,20 @@ def single_process(config: dict[str, Any]) -> bool:
     return str(trainer.get("devices", "auto")) == "1" and str(trainer.get("num_nodes", 1)) == "1"
 
 
-def run_cli(argv: list[str], log: Path, fork: bool | None = None) -> int:
+def run_cli(argv: list[str], log: Path, fork: bool | None = None, threads: int | None = None) -> int:
     """Exit code of ``lightning <argv>`` run in the current directory with stdout and stderr written to ``log``:
     forked from a server process that imported the CLI once when ``fork`` (default: where the platform has fork
     servers), else a fresh subprocess. The server runs nothing itself: forking a process that has run torch's
-    OpenMP kernels can hang the child."""
+    OpenMP kernels can hang the child. ``threads`` caps the run's torch CPU threads (two runs that each spin two
+    OpenMP threads on two cores spend most of their time in the kernel)."""
     if fork is None:
         fork = "forkserver" in multiprocessing.get_all_start_methods()
     if not fork:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
         with open(log, "w") as file:
             return subprocess.run([sys.executable, "-m", "ett_lightning.cli", *argv], stdout=file,
-                                  stderr=subprocess.STDOUT).returncode
-    child = fork_server().Process(target=cli_in_child, args=(argv, str(log), os.getcwd()))
+                                  stderr=subprocess.STDOUT, env=env).returncode
+    child = fork_server().Process(target=cli_in_child, args=(argv, str(log), os.getcwd(), threads))
     child.start()
     child.join()
     return child.exitcode
@@ -128,11 +132,15 @@ def fork_server() -> multiprocessing.context.BaseContext:
     return context
 
 
-def cli_in_child(argv: list[str], log: str, cwd: str) -> None:
-    """The forked child: the caller's directory, output to the log, then the CLI (its SystemExit or exception
-    sets the exit code)."""
+def cli_in_child(argv: list[str], log: str, cwd: str, threads: int | None = None) -> None:
+    """The forked child: the caller's directory, output to the log, ``threads`` torch threads, then the CLI (its
+    SystemExit or exception sets the exit code)."""
+    import torch
+
     from ett_lightning.cli import main  # here, not above: the CLI imports this module
 
+    if threads:
+        torch.set_num_threads(threads)
     multiprocessing.set_start_method(None, force=True)  # the DataLoader's workers: the platform's default again
     os.chdir(cwd)
     with open(log, "w") as file:
