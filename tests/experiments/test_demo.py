@@ -2,6 +2,7 @@
 checkpoints it leaves reload exactly and serve `lightning validate`, `predict` and the text-to-image recipe."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import yaml
 
 from ett_lightning import ETTModule
 from ett_lightning.data.synthetic import make_shards
-from ett_lightning.experiments.demo import main
+from ett_lightning.experiments.demo import DemoPlan, main, run_arm
 from ett_lightning.experiments.report import answer_type_lines, blind_lines
-from ett_lightning.experiments.runs import run_cli
+from ett_lightning.experiments.runs import LightningRun, run_cli
 
 
 def test_the_report_flags_arms_that_do_not_beat_their_grey_image_answers():
@@ -30,6 +31,16 @@ def test_the_report_tables_each_answer_type_beside_its_grey_image_accuracy():
     lines = answer_type_lines({"frozen": arm, "ett": {**arm, "vqa_acc_colour": 0.8}})
     assert lines[2:4] == ["| colour | 70.0 | 15.0 | 80.0 | 15.0 |", "| word | 10.0 | - | 10.0 | - |"]
     assert answer_type_lines({"frozen": {"vqa_acc": 0.5, "vqa_acc_per_seed": [0.5]}, "ett": {}}) == []
+
+
+def test_an_arm_chains_its_runs_each_with_the_arm_threads(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(LightningRun, "run", lambda self, reuse=False: started.append((self.out.name, self.threads)))
+    run_arm(DemoPlan(out=tmp_path), 0, "ett", tmp_path / "align.ckpt", False, 1)
+    assert started == [("tune", 1), ("posttrain", 1), ("vqa_eval", 1), ("tokenizer_eval", 1)]
+    started.clear()
+    run_arm(DemoPlan(out=tmp_path), 0, "frozen", tmp_path / "align.ckpt", False, None)
+    assert started == [("tune", None), ("posttrain", None), ("vqa_eval", None)]
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +76,8 @@ def test_demo_chains_every_stage_and_writes_results(demo):
     assert results["tokenizer"]["psnr_before"] > 0 and results["tokenizer"]["psnr_after"] > 0
     assert results["tokenizer"]["rfid_before"].startswith("unavailable")
     assert results["seeds"] == [3] and results["wall_seconds"] > 0
+    assert results["machine"]["runs_at_once"] == 2  # both arms at once, half the cores each
+    assert results["machine"]["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
     probe = results["probe"]
     assert 0.0 <= probe["frozen"] <= 1.0 and probe["ett_per_seed"] == [probe["ett"]]
     assert 0.0 <= probe["colour"]["ett"] <= 1.0
