@@ -99,7 +99,7 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     results = summarize(plan, before, after, arms, time.monotonic() - start)
     (plan.out / "results.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, plan.out / "results.md")
-    write_figure(arms, before, after[0], plan.out / "results.png")
+    write_figure(arms, before, after, plan.seeds, plan.out / "results.png")
     return results
 
 

@@ -98,11 +98,12 @@ def answer_type_lines(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def write_figure(arms: dict[str, dict[str, list[LightningRun]]], before: LightningRun, after: LightningRun,
-                 path: Path) -> None:
-    """Caption loss of both arms in stage 2 and 3 (first seed), and input|reconstruction pairs before and after."""
-    figure = plt.figure(figsize=(12, 8), layout="constrained")
-    top, bottom = figure.subfigures(2, 1, height_ratios=[1, 1.1])
+def write_figure(arms: dict[str, dict[str, list[LightningRun]]], before: LightningRun, after: list[LightningRun],
+                 seeds: list[int], path: Path) -> None:
+    """Caption loss of both arms in stage 2 and 3 (first seed), input|reconstruction pairs before and after ETT
+    (first seed), and per seed: both arms' VQA and character accuracy, and the code probe before and after."""
+    figure = plt.figure(figsize=(12, 10.5), layout="constrained")
+    top, middle, bottom = figure.subfigures(3, 1, height_ratios=[1, 0.7, 1])
     for axis, stage, title in zip(top.subplots(1, 2), ("tune", "posttrain"),
                                   ("stage 2: caption loss", "stage 3: VQA answer loss")):
         for arm, runs in arms.items():
@@ -110,10 +111,47 @@ def write_figure(arms: dict[str, dict[str, list[LightningRun]]], before: Lightni
             axis.plot(steps, values, label=arm, color=ARM_COLOURS[arm])
         axis.set(title=title, xlabel="step", ylabel="loss")
         axis.legend()
-    for axis, run, title in zip(bottom.subplots(1, 2), (before, after),
+    for axis, run, title in zip(middle.subplots(1, 2), (before, after[0]),
                                 ("before ETT (input | reconstruction)", "after ETT (input | reconstruction)")):
         axis.imshow(Image.open(sorted((run.out / "reconstructions").glob("*.png"))[-1]))
         axis.set_title(title)
         axis.axis("off")
+    accuracy_axis, probe_axis = bottom.subplots(1, 2)
+    plot_seed_accuracies(accuracy_axis, arms, seeds)
+    plot_seed_probes(probe_axis, before, after, seeds)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def plot_seed_accuracies(axis: plt.Axes, arms: dict[str, dict[str, list[LightningRun]]], seeds: list[int]) -> None:
+    """Bars per seed: each arm's VQA accuracy (solid) and its accuracy on the character questions (hatched), with
+    black ticks at the same model's accuracy on grey images (its answer priors)."""
+    width = 0.2
+    for offset, (arm, runs) in enumerate(arms.items()):
+        metrics = [run.metrics() for run in runs["vqa"]]
+        for shift, kind, hatch in ((0, "", None), (2, "_word", "//")):
+            if not all(f"val/vqa_acc{kind}" in m for m in metrics):
+                continue
+            positions = [i + (offset + shift - 1.5) * width for i in range(len(seeds))]
+            axis.bar(positions, [100 * m[f"val/vqa_acc{kind}"] for m in metrics], width, color=ARM_COLOURS[arm],
+                     hatch=hatch, label=f"{arm}: {'all questions' if hatch is None else 'character'}")
+            if all(f"val/vqa_acc_blind{kind}" in m for m in metrics):
+                axis.scatter(positions, [100 * m[f"val/vqa_acc_blind{kind}"] for m in metrics], marker="_", s=300,
+                             color="black", label="grey images" if offset == shift == 0 else None)
+    axis.set(title="held-out VQA accuracy per seed", xlabel="seed", ylabel="%", xticks=range(len(seeds)),
+             xticklabels=seeds, ylim=(0, 100))
+    axis.legend(fontsize="small", loc="upper right", ncols=3)
+
+
+def plot_seed_probes(axis: plt.Axes, before: LightningRun, after: list[LightningRun], seeds: list[int]) -> None:
+    """The code probe's character accuracy per seed after ETT, against the pre-trained tokenizer's."""
+    reference = before.metrics()
+    if "val/probe_word" not in reference:
+        axis.axis("off")
+        return
+    axis.bar(range(len(seeds)), [100 * run.metrics()["val/probe_word"] for run in after], 0.5,
+             color=ARM_COLOURS["ett"], label="after ETT")
+    axis.axhline(100 * reference["val/probe_word"], color=ARM_COLOURS["frozen"], label="before ETT (frozen arm)")
+    axis.set(title="code probe: character from the codes", xlabel="seed", ylabel="%", xticks=range(len(seeds)),
+             xticklabels=seeds, ylim=(0, 100))
+    axis.legend(fontsize="small", loc="upper right")
