@@ -4,6 +4,7 @@ checkpoints it leaves reload exactly and serve `lightning validate`, `predict` a
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 
 from ett_lightning import ETTModule
 from ett_lightning.data.synthetic import make_shards
+from ett_lightning.experiments import demo as demo_module
 from ett_lightning.experiments.demo import DemoPlan, main, run_arm
 from ett_lightning.experiments.report import answer_type_lines, blind_lines
 from ett_lightning.experiments.runs import LightningRun, run_cli
@@ -41,6 +43,23 @@ def test_an_arm_chains_its_runs_each_with_the_arm_threads(tmp_path, monkeypatch)
     started.clear()
     run_arm(DemoPlan(out=tmp_path), 0, "frozen", tmp_path / "align.ckpt", False, None)
     assert started == [("tune", None), ("posttrain", None), ("vqa_eval", None)]
+
+
+def test_a_failed_arm_stops_the_demo_without_running_the_remaining_seeds(tmp_path, monkeypatch):
+    (tmp_path / "data" / "vqa").mkdir(parents=True)
+    monkeypatch.setattr(LightningRun, "run", lambda self, reuse=False: self)
+    started = []
+
+    def arm_chain(plan, seed, arm, *args):
+        started.append((seed, arm))
+        if (seed, arm) == (0, "frozen"):
+            raise RuntimeError("stage 2 failed")
+        time.sleep(0.5)
+
+    monkeypatch.setattr(demo_module, "run_arm", arm_chain)
+    with pytest.raises(RuntimeError, match="stage 2 failed"):
+        demo_module.run_demo(DemoPlan(out=tmp_path / "out", data=tmp_path / "data", seeds=[0, 1, 2, 3]))
+    assert len(started) <= 4 < 8
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -41,7 +41,8 @@ class DemoPlan:
     """Where things are and how long each stage trains; ``seeds`` are the arms' seeds (stages 2 and 3). ``glyph``
     is how the synthetic shards draw the character when ``data`` has none yet (centred: a small reader can tell
     the character apart, docs/results.md). ``parallel_arms`` trains the two arms at once, each run with half the
-    cores as torch threads (on 2 cores about 1.4 times the throughput of one 2-thread run after the other)."""
+    cores as torch threads (on 2 cores about 1.25 times the throughput of 2-thread runs in turn, and one run's
+    OpenMP threads never wait on the other's: docs/performance.md)."""
 
     out: Path = Path("outputs/demo")
     data: Path = Path("data/synthetic")
@@ -90,12 +91,16 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     with ThreadPoolExecutor(len(ARMS) if plan.parallel_arms else 1) as pool:
         chains = [(arm, pool.submit(run_arm, plan, seed, arm, align.last_checkpoint, reuse, threads))
                   for seed in plan.seeds for arm in ARMS]
-        for arm, chain in chains:
-            runs = chain.result()
-            for name in ("tune", "posttrain", "vqa"):
-                arms[arm][name].append(runs[name])
-            if arm == "ett":
-                after.append(runs["tokenizer"])
+        try:
+            for arm, chain in chains:
+                runs = chain.result()
+                for name in ("tune", "posttrain", "vqa"):
+                    arms[arm][name].append(runs[name])
+                if arm == "ett":
+                    after.append(runs["tokenizer"])
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a failed run stops the demo once the running chains end
+            raise
     results = summarize(plan, before, after, arms, time.monotonic() - start)
     (plan.out / "results.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, plan.out / "results.md")
