@@ -54,12 +54,12 @@ def test_a_failed_arm_stops_the_demo_without_running_the_remaining_seeds(tmp_pat
         started.append((seed, arm))
         if (seed, arm) == (0, "frozen"):
             raise RuntimeError("stage 2 failed")
-        time.sleep(0.5)
+        time.sleep(2.0)  # long enough that the failure is seen before a free worker could take a later seed
 
     monkeypatch.setattr(demo_module, "run_arm", arm_chain)
     with pytest.raises(RuntimeError, match="stage 2 failed"):
         demo_module.run_demo(DemoPlan(out=tmp_path / "out", data=tmp_path / "data", seeds=[0, 1, 2, 3]))
-    assert len(started) <= 4 < 8
+    assert len(started) <= 4  # of the 8 chains submitted: the failed one and those already running
 
 
 ROOT = Path(__file__).resolve().parents[2]

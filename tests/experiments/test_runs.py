@@ -1,10 +1,13 @@
 """LightningRun writes the recipe with its own output paths and overrides, and reads back what the run logged."""
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from ett_lightning import cli
 from ett_lightning.experiments import runs
 from ett_lightning.experiments.runs import LightningRun, run_cli, set_dotted
 
@@ -72,12 +75,6 @@ def test_multi_device_runs_are_never_forked(tmp_path, monkeypatch, devices, fork
 @pytest.mark.parametrize("threads", [1, 3])
 def test_a_forked_run_uses_the_torch_threads_it_is_given(tmp_path, monkeypatch, threads):
     """Two demo arms share the cores: each run's torch threads are capped, or OpenMP spins away the machine."""
-    import multiprocessing
-
-    import torch
-
-    from ett_lightning import cli
-
     seen = tmp_path / "threads.txt"
     monkeypatch.setattr(cli, "main", lambda argv: seen.write_text(str(torch.get_num_threads())))
     child = multiprocessing.get_context("fork").Process(

@@ -88,7 +88,7 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     arms: dict[str, dict[str, list[LightningRun]]] = {arm: {"tune": [], "posttrain": [], "vqa": []} for arm in ARMS}
     after = []
     threads = arm_threads(plan)
-    with ThreadPoolExecutor(len(ARMS) if plan.parallel_arms else 1) as pool:
+    with ThreadPoolExecutor(runs_at_once(plan)) as pool:
         chains = [(arm, pool.submit(run_arm, plan, seed, arm, align.last_checkpoint, reuse, threads))
                   for seed in plan.seeds for arm in ARMS]
         try:
@@ -108,9 +108,14 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     return results
 
 
+def runs_at_once(plan: DemoPlan) -> int:
+    """How many arm chains train side by side: both arms, or one when ``parallel_arms`` is off."""
+    return len(ARMS) if plan.parallel_arms else 1
+
+
 def arm_threads(plan: DemoPlan) -> int | None:
     """Torch threads of each run when the arms train at once (half the cores each), else None (torch's default)."""
-    return max(1, (os.cpu_count() or 1) // len(ARMS)) if plan.parallel_arms else None
+    return max(1, (os.cpu_count() or 1) // runs_at_once(plan)) if plan.parallel_arms else None
 
 
 def run_arm(plan: DemoPlan, seed: int, arm: str, align: Path, reuse: bool, threads: int | None
@@ -164,7 +169,7 @@ def summarize(plan: DemoPlan, before: LightningRun, after: list[LightningRun],
     results["wall_seconds"] = round(seconds, 1)
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "torch_threads": arm_threads(plan) or torch.get_num_threads(),
-                          "runs_at_once": len(ARMS) if plan.parallel_arms else 1, "torch": torch.__version__}
+                          "runs_at_once": runs_at_once(plan), "torch": torch.__version__}
     return results
 
 
