@@ -200,3 +200,44 @@ def test_torch_compile_option_compiles_in_place_and_keeps_checkpoint_keys():
     for part in module.compiled_parts():
         assert part._compiled_call_impl is not None
     assert set(module.state_dict()) == keys and trainer.global_step == 1
+
+
+class StepGradNorm(L.Callback):
+    """The norm of all gradients as the optimizer step sees them (after the trainer's clipping) and the loss
+    scale the fused step is told to divide by (None: already unscaled)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, object]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        trainer.optimizers[0].register_step_post_hook(self.record)
+
+    def record(self, optimizer, args, kwargs) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.seen.append((float(norm), getattr(optimizer, "grad_scale", None)))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+def test_gradient_clipping_works_in_every_precision_with_the_fused_optimizer(precision):
+    """The shipped recipes clip at 1.0 in bf16-mixed: Lightning's AMP plugin refuses to clip for a fused
+    optimizer, so the module clips itself. In 16-mixed it unscales first: scaled gradients clipped to 1e-3 would
+    reach the step 1024 times smaller (the scaler's scale here), which the lower bound catches."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module = tiny_module("ett")
+    batches = [make_batch(module, seed=i) for i in range(3)]
+    before = snapshot(module)
+    if precision == "16-mixed":  # Lightning maps 16-mixed to bf16 on CPU; the fp16 plugin with its scaler is real
+        settings = {"plugins": [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=1024.0))]}
+    else:
+        settings = {"precision": precision}
+    norms = StepGradNorm()
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1e-3,
+                        callbacks=[norms], **settings)
+    trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
+    assert trainer.optimizers[0].defaults["fused"]
+    assert trainer.global_step == 3 and len(norms.seen) == 3
+    assert all(norm <= 1e-3 * (1 + 1e-4) and norm > 1e-4 and scale is None for norm, scale in norms.seen), norms.seen
+    assert any(not torch.equal(v, module.state_dict()[k]) for k, v in before.items())
