@@ -1,5 +1,5 @@
-"""The paper-scale recipes (``recipes/ett_*.yaml``) as a user runs them, chained align -> ETT -> post-training,
-under 2 gloo processes in their own precision (bf16-mixed).
+"""The paper-scale recipes (``recipes/ett_*.yaml``) as a user runs them, chained align -> ETT -> post-training
+(and text-to-image from the ETT checkpoint), under 2 gloo processes in their own precision (bf16-mixed).
 
 Only what a CPU cannot hold or this machine cannot download is replaced: the placeholders get a tiny IBQ-layout
 tokenizer checkpoint, a tiny Hugging Face model directory and synthetic shards; sizes, steps and cadences shrink
@@ -25,7 +25,7 @@ from tests.chat_model import make_chat_model_dir
 from tests.distributed.cli_runs import ROOT, run_lightning, two_processes
 from tests.distributed.test_ddp_runs import rank_digest
 
-IMAGE_SIZE, CODES, CODE_DIM, LLM_HIDDEN, STEPS = 32, 16, 8, 64, 4
+IMAGE_SIZE, CODES, CODE_DIM, LLM_HIDDEN, STEPS = 32, 16, 8, 64, 2
 TOKENIZER = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [16], "resolution": IMAGE_SIZE,
              "z_channels": 32}
 PLACEHOLDER = re.compile(r"<[A-Z0-9_]+>")
@@ -44,7 +44,7 @@ def filled_recipe(name: str, out: Path, overrides: dict[str, Any]) -> Path:
     fails if a placeholder is left, so a recipe that gains one needs this test to fill it."""
     config = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
     sizes = {"trainer.max_steps": STEPS, "trainer.val_check_interval": 2, "trainer.limit_val_batches": 2,
-             "trainer.log_every_n_steps": 2, "trainer.default_root_dir": str(out.parent / name),
+             "trainer.log_every_n_steps": 1, "trainer.default_root_dir": str(out.parent / name),
              "data.init_args.batch_size": 2, "data.init_args.num_workers": 1, "data.init_args.image_size": IMAGE_SIZE,
              "data.init_args.shuffle_buffer": 8, "data.init_args.samples_per_epoch": 64,
              "model.init_args.projector.init_args.in_dim": CODE_DIM,
@@ -54,10 +54,10 @@ def filled_recipe(name: str, out: Path, overrides: dict[str, Any]) -> Path:
         set_dotted(config, key, value)
     for callback in config["trainer"]["callbacks"]:
         arguments = callback.get("init_args", {}) if isinstance(callback, dict) else {}
-        if callback_class(callback).endswith("ReconstructionMetrics"):
+        if callback_class(callback).endswith(("ReconstructionMetrics", "GenerationMetrics")):
             arguments.update(fid=False, fid_weights=None)
         if "every_n_train_steps" in arguments:
-            arguments["every_n_train_steps"] = 2
+            arguments["every_n_train_steps"] = 1
     left = PLACEHOLDER.findall(yaml.safe_dump(config))
     assert not left, f"recipes/{name}.yaml has placeholders this test does not fill: {left}"
     out.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -101,8 +101,11 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
            "model.init_args.loss.init_args.perceptual.init_args.random_backbone": True}
     stage2 = tmp_path / "ett_sft" / "checkpoints" / "last.ckpt"
     posttrain = {**common, **shards("vqa"), **tokenizer_sizes(), "model.init_args.init_from": str(stage2)}
+    t2i = {**common, **shards("caption"), **tokenizer_sizes(), "model.init_args.init_from": str(stage2),
+           "model.init_args.image_size": IMAGE_SIZE,
+           "data.init_args.predict_prompts": str(ROOT / "recipes/demo/prompts.txt")}
     metrics = {}
-    for name, overrides in (("ett_align", align), ("ett_sft", ett), ("ett_posttrain", posttrain)):
+    for name, overrides in (("ett_align", align), ("ett_sft", ett), ("ett_posttrain", posttrain), ("ett_t2i", t2i)):
         config = filled_recipe(name, tmp_path / f"{name}.yaml", overrides)
         ranks = tmp_path / f"{name}_ranks"
         run_lightning(["fit", "--config", str(config), *two_processes(), *rank_digest(ranks)], cwd=tmp_path,
@@ -116,7 +119,7 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
         assert checkpoint["global_step"] == STEPS
 
     assert "val/psnr" in metrics["ett_align"] and "val/psnr" in metrics["ett_sft"]
-    assert "val/vqa_acc" in metrics["ett_posttrain"]
+    assert "val/vqa_acc" in metrics["ett_posttrain"] and "val/image_tokens" in metrics["ett_t2i"]
     tuned, aligned = tokenizer_state(stage2), tokenizer_state(stage1)
     assert any(not torch.equal(tuned[k], aligned[k]) for k in aligned), "stage 2 left the tokenizer untouched"
     after = tokenizer_state(tmp_path / "ett_posttrain" / "checkpoints" / "last.ckpt")
