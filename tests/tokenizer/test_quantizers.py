@@ -85,3 +85,26 @@ def test_ibq_entropy_term_only_when_weighted():
 def test_quantizer_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="expects 8 latent channels"):
         VectorQuantizer(32, 8)(torch.randn(1, 4, 2, 2))
+
+
+@pytest.mark.parametrize("make", [lambda: VectorQuantizer(4096, 16), lambda: VectorQuantizer(4096, 16, l2_norm=True),
+                                  lambda: IndexBackpropQuantizer(4096, 16, entropy_weight=0.1)],
+                         ids=["vq", "vq-l2", "ibq"])
+def test_bf16_autocast_picks_the_float32_codes_with_the_float32_losses_and_gradients(make):
+    """bf16-mixed runs the encoder under autocast; the code lookup must not follow it into bf16 (a bf16 product
+    of latents and 4096 codes picks another code for a few per cent of tokens)."""
+    quantizer = make()
+    torch.nn.init.normal_(quantizer.embedding.weight, generator=torch.Generator().manual_seed(1))
+    z = latents(shape=(2, 16, 16, 16))
+    reference = quantizer(z)
+    reference_grad = torch.autograd.grad(reference.quantized.square().sum(), quantizer.embedding.weight)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = quantizer(z)
+        in_bf16 = quantizer(z.detach().bfloat16())
+    assert torch.equal(mixed.indices, reference.indices)
+    assert mixed.losses.keys() == reference.losses.keys()
+    assert all(torch.equal(mixed.losses[k], reference.losses[k]) for k in reference.losses)
+    assert mixed.quantized.dtype == torch.float32 and torch.equal(mixed.quantized, reference.quantized)
+    grad = torch.autograd.grad(mixed.quantized.square().sum(), quantizer.embedding.weight)[0]
+    assert torch.equal(grad, reference_grad)
+    assert in_bf16.quantized.dtype == torch.bfloat16, "codes come back in the latents' dtype"

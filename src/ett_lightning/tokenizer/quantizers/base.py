@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,7 +23,9 @@ class Quantizer(nn.Module):
     """Codebook of ``codebook_size`` x ``code_dim`` vectors, stored as ``embedding`` (the public checkpoints' name).
 
     With ``l2_norm`` latents and codes are compared and returned on the unit sphere (LlamaGen style).
-    Subclasses implement :meth:`forward`; distances are computed in float32 so bf16 autocast cannot flip an argmin.
+    Subclasses implement :meth:`quantize_flat`. :meth:`forward` runs it in float32 with autocast off: under
+    ``bf16-mixed`` autocast would otherwise compute the latent-code products in bf16 (8 mantissa bits), and a few
+    per cent of tokens would pick another code than in float32.
     """
 
     def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, l2_norm: bool = False) -> None:
@@ -63,13 +66,16 @@ class Quantizer(nn.Module):
             "codebook": F.mse_loss(codes, flat.detach()),
         }
 
-    def output(self, quantized_flat: Tensor, indices: Tensor, z: Tensor, losses: dict[str, Tensor]) -> QuantizerOutput:
-        """Reshapes flat codes back to the latent grid of ``z`` in its dtype."""
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        """[B, D, H, W] latents -> codes on the same grid, in ``z``'s dtype; the lookup itself in float32."""
+        with torch.autocast(z.device.type, enabled=False):
+            quantized, indices, losses = self.quantize_flat(self.flatten_latents(z))
         b, _, h, w = z.shape
-        quantized = quantized_flat.reshape(b, h, w, self.code_dim).permute(0, 3, 1, 2).to(z.dtype)
+        quantized = quantized.reshape(b, h, w, self.code_dim).permute(0, 3, 1, 2).to(z.dtype)
         return QuantizerOutput(quantized.contiguous(), indices.reshape(b, h, w), losses)
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
+    def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Float32 latents [N, D] -> (codes [N, D] with the gradient path to the encoder, indices [N], losses)."""
         raise NotImplementedError
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ett_lightning.tokenizer.quantizers.base import Quantizer, QuantizerOutput
+from ett_lightning.tokenizer.quantizers.base import Quantizer
 
 
 class IndexBackpropQuantizer(Quantizer):
@@ -38,8 +38,7 @@ class IndexBackpropQuantizer(Quantizer):
         return {**super().hparams(), "entropy_weight": self.entropy_weight,
                 "entropy_temperature": self.entropy_temperature}
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
-        flat = self.flatten_latents(z)
+    def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         codebook = self.codebook().float()
         logits = flat @ codebook.t()
         indices = logits.argmax(dim=1)
@@ -49,7 +48,7 @@ class IndexBackpropQuantizer(Quantizer):
         losses = self.vq_losses(flat, quantized)
         if self.entropy_weight > 0:
             losses["entropy"] = self.entropy_weight * entropy_regulariser(logits / self.entropy_temperature)
-        return self.output(quantized, indices, z, losses)
+        return quantized, indices, losses
 
 
 def entropy_regulariser(logits: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ett_lightning.tokenizer.quantizers.base import Quantizer, QuantizerOutput, squared_distances
+from ett_lightning.tokenizer.quantizers.base import Quantizer, squared_distances
 
 
 class VectorQuantizer(Quantizer):
@@ -15,10 +15,7 @@ class VectorQuantizer(Quantizer):
     embeddings the LLM reads, not only the encoder. The codebook and commitment terms are returned as losses.
     """
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
-        flat = self.flatten_latents(z)
-        codebook = self.codebook()
-        indices = squared_distances(flat, codebook).argmin(dim=1)
+    def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        indices = squared_distances(flat, self.codebook()).argmin(dim=1)
         codes = self.embed(indices).float()
-        quantized = codes + (flat - flat.detach())
-        return self.output(quantized, indices, z, self.vq_losses(flat, codes))
+        return codes + (flat - flat.detach()), indices, self.vq_losses(flat, codes)
