@@ -397,9 +397,15 @@ def clip_by_player(module: L.LightningModule, optimizer: torch.optim.Optimizer, 
 def unscale_for_clipping(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
     """Divides the gradients by the loss scale of ``16-mixed`` where Lightning has not (it unscales before the
     clipping hook only for optimizers that do not unscale inside their own step, i.e. not for fused ones)."""
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    if scaler is not None and scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False):
+    scaler = loss_scaler(trainer)
+    if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
         scaler.unscale_(optimizer)
+
+
+def loss_scaler(trainer: L.Trainer) -> torch.amp.GradScaler | None:
+    """The precision plugin's GradScaler when it scales the loss (``16-mixed``), else None."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return scaler if scaler is not None and scaler.is_enabled() else None
 
 
 def adamw_with_schedule(

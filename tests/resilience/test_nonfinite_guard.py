@@ -85,3 +85,54 @@ def test_without_found_inf_support_every_step_is_checked_on_the_host():
     with pytest.raises(RuntimeError, match="2 consecutive steps"):
         fit(module, 3, guard)
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def fit_fp16(module, max_steps, guard, init_scale, log_every_n_steps=50):
+    """A real float16 run on CPU: Lightning maps ``precision="16-mixed"`` to bf16 there, the plugin with its own
+    GradScaler keeps float16 and loss scaling."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    data = DataLoader([make_batch(module, batch_size=2, seed=i) for i in range(max_steps)], batch_size=None,
+                      collate_fn=lambda batch: batch)
+    Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, callbacks=[guard],
+            log_every_n_steps=log_every_n_steps, plugins=[MixedPrecision("16-mixed", "cpu", scaler)]).fit(module, data)
+    return scaler
+
+
+def test_float16_loss_scale_calibration_is_counted_apart_and_does_not_stop_the_run():
+    """At 2**40 the scaled gradients overflow float16 until the GradScaler has halved its scale some twenty times:
+    each such step (finite loss) is skipped by the scaler. Counted as bad steps they stopped the run at 3."""
+    module = poisoned(set())
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    guard = NonFiniteGuard(max_consecutive=3)
+    scaler = fit_fp16(module, 30, guard, init_scale=2.0**40, log_every_n_steps=5)
+    assert guard.total == 0 and guard.overflows > 3
+    assert scaler.get_scale() == 2.0 ** (40 - guard.overflows)  # one halving per counted overflow, no growth yet
+    assert module.trainer.callback_metrics["train/overflow_steps"] == guard.overflows
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_a_nan_loss_under_the_loss_scaler_is_still_a_bad_step():
+    guard = NonFiniteGuard(max_consecutive=2)
+    with pytest.raises(RuntimeError, match="2 consecutive steps.*loss parts not finite: caption, total"):
+        fit_fp16(poisoned(set(range(6))), 6, guard, init_scale=2.0**8, log_every_n_steps=2)
+    assert guard.overflows == 0
+
+
+def test_overflows_that_no_loss_scale_fixes_stop_the_run_naming_the_scale():
+    guard = NonFiniteGuard(max_consecutive_overflows=4)
+    with pytest.raises(RuntimeError, match="4 consecutive steps whose float16 gradients overflowed.*bf16-mixed"):
+        fit_fp16(poisoned(set()), 8, guard, init_scale=2.0**60, log_every_n_steps=4)
+
+
+def test_guard_state_round_trips_and_reads_checkpoints_without_overflow_counters():
+    guard = NonFiniteGuard()
+    guard.counts = torch.tensor([3, 1, 7, 2])
+    restored = NonFiniteGuard()
+    restored.load_state_dict(guard.state_dict())
+    assert restored.state_dict() == {"total": 3, "consecutive": 1, "overflows": 7, "overflows_in_a_row": 2}
+    restored.load_state_dict({"total": 5, "consecutive": 0})
+    assert (restored.total, restored.consecutive, restored.overflows) == (5, 0, 0)

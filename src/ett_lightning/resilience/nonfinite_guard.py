@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ett_lightning.module import writes_step_logs
+from ett_lightning.module import loss_scaler, writes_step_logs
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +26,21 @@ class NonFiniteGuard(Callback):
     Bad steps are counted in ``train/nonfinite_steps`` and warned about with the loss parts (the module's
     ``train_parts``, set by ``log_split``) that were not finite at the latest one. When a check finds
     ``max_consecutive`` or more bad steps in a row, the run stops with an error naming those parts.
+
+    Under ``16-mixed`` a step whose loss is finite but whose scaled gradients overflow is the GradScaler's
+    business: it skips the step and halves the loss scale, which is how it finds its scale (from 2**16, a
+    few to a dozen such steps in a row at the start are normal). Those steps are counted apart, in
+    ``train/overflow_steps``, and stop the run only at ``max_consecutive_overflows`` in a row (the scale then
+    has fallen 2**30-fold by default: a float16 overflow in the backward that no scale fixes).
     """
 
-    def __init__(self, max_consecutive: int = 10) -> None:
-        if max_consecutive < 1:
-            raise ValueError(f"max_consecutive must be >= 1, got {max_consecutive}")
+    def __init__(self, max_consecutive: int = 10, max_consecutive_overflows: int = 30) -> None:
+        if max_consecutive < 1 or max_consecutive_overflows < 1:
+            raise ValueError(f"max_consecutive and max_consecutive_overflows must be >= 1, got {max_consecutive} "
+                             f"and {max_consecutive_overflows}")
         self.max_consecutive = max_consecutive
-        self.counts = torch.zeros(2, dtype=torch.long)
+        self.max_consecutive_overflows = max_consecutive_overflows
+        self.counts = torch.zeros(4, dtype=torch.long)  # bad: total, in a row; scaler overflows: total, in a row
         self.part_names: tuple[str, ...] = ()
         self.bad_part_flags = torch.zeros(0, dtype=torch.bool)
         self.reported = 0
@@ -47,8 +55,13 @@ class NonFiniteGuard(Callback):
         """Bad steps in a row up to the latest step (reads the device counter)."""
         return int(self.counts[1])
 
+    @property
+    def overflows(self) -> int:
+        """Steps the GradScaler skipped for a float16 overflow with a finite loss (reads the device counter)."""
+        return int(self.counts[2])
+
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
-        bad = self.record(pl_module, optimizer)
+        bad = self.record(pl_module, optimizer, loss_scaler(trainer) is not None)
         skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
         if skips_on_device:
             optimizer.found_inf = bad.float()
@@ -59,29 +72,46 @@ class NonFiniteGuard(Callback):
             self.check(trainer)
         if writes_logs:
             pl_module.log("train/nonfinite_steps", self.counts[0].float(), on_step=True, batch_size=1)
+            if loss_scaler(trainer) is not None:
+                pl_module.log("train/overflow_steps", self.counts[2].float(), on_step=True, batch_size=1)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.check(trainer)
 
-    def record(self, pl_module: LightningModule, optimizer: Optimizer) -> Tensor:
-        """Updates the device counters and the bad-part flags with this step's verdict; returns it (a bool tensor)."""
+    def record(self, pl_module: LightningModule, optimizer: Optimizer, scaled: bool = False) -> Tensor:
+        """Updates the device counters and the bad-part flags with this step's verdict; returns it (a bool tensor:
+        skip the step). ``scaled``: a GradScaler is on, so non-finite gradients of a finite loss are an overflow
+        it handles; without loss parts to tell, every non-finite step counts as bad."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return torch.zeros((), dtype=torch.bool, device=self.counts.device)
-        bad = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        nonfinite = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        parts = getattr(pl_module, "train_parts", {})
+        flags = ~torch.isfinite(torch.stack([v.float() for v in parts.values()])) if parts else nonfinite.new_zeros(0)
+        overflow = nonfinite & ~flags.any() if scaled and parts else torch.zeros_like(nonfinite)
+        bad = nonfinite & ~overflow
         self.counts = self.counts.to(bad.device)
         self.counts[0] += bad
         self.counts[1] = (self.counts[1] + bad) * bad
-        parts = getattr(pl_module, "train_parts", {})
-        flags = ~torch.isfinite(torch.stack([v.float() for v in parts.values()])) if parts else bad.new_zeros(0)
+        self.counts[2] += overflow
+        self.counts[3] = (self.counts[3] + overflow) * overflow
         if tuple(parts) != self.part_names:
             self.part_names, self.bad_part_flags = tuple(parts), flags.new_zeros(flags.shape)
         self.bad_part_flags = torch.where(bad, flags, self.bad_part_flags.to(flags.device))
-        return bad
+        return nonfinite
 
     def check(self, trainer: Trainer) -> None:
-        """Warns about the bad steps since the previous check and stops the run after too many in a row."""
-        total, consecutive = self.counts.tolist()
+        """Warns about the bad steps since the previous check and stops the run after too many in a row (of
+        either kind)."""
+        total, consecutive, overflows, overflows_in_a_row = self.counts.tolist()
+        if overflows_in_a_row >= self.max_consecutive_overflows:
+            scaler = loss_scaler(trainer)
+            raise RuntimeError(
+                f"{overflows_in_a_row} consecutive steps whose float16 gradients overflowed with a finite loss (up to "
+                f"step {trainer.global_step}); the GradScaler lowered the loss scale to "
+                f"{scaler.get_scale() if scaler else 'unknown'} and they still overflow. Some backward operation "
+                "exceeds float16's range at any scale: use precision bf16-mixed or 32-true."
+            )
         if total == self.reported:
             return
         parts = self.bad_parts()
@@ -101,8 +131,12 @@ class NonFiniteGuard(Callback):
         return ", ".join(bad) if bad else "none (gradients only)"
 
     def state_dict(self) -> dict[str, int]:
-        return {"total": self.total, "consecutive": self.consecutive}
+        total, consecutive, overflows, overflows_in_a_row = self.counts.tolist()
+        return {"total": total, "consecutive": consecutive, "overflows": overflows,
+                "overflows_in_a_row": overflows_in_a_row}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.counts = torch.tensor([state_dict["total"], state_dict["consecutive"]])
+        """Also reads checkpoints written before overflows were counted apart (no overflow counters: zero)."""
+        keys = ("total", "consecutive", "overflows", "overflows_in_a_row")
+        self.counts = torch.tensor([state_dict.get(key, 0) for key in keys])
         self.reported = state_dict["total"]
