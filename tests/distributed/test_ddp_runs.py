@@ -7,6 +7,7 @@ Only sizes and step counts are shrunk. Each run has a hard timeout, so a DDP han
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,19 @@ def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, w
     answers = [sorted(json.loads((run / "vqa_results.json").read_text()), key=lambda r: r["question_id"])
                for run in (two, one)]
     assert answers[0] == answers[1] and len(answers[0]) == num_val  # every question once, the same answers
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_nan_loss_on_one_rank_under_float16_stops_every_rank(tmp_path, synthetic_shards):
+    """Under the loss scaler a finite loss with overflowing gradients is the scaler's business, a NaN loss is a
+    bad step. Only one rank sees the NaN loss, so the ranks must agree on which it is: when rank 0 counted overflows
+    and rank 1 bad steps, rank 1 stopped alone and rank 0 died in its next collective (gloo; NCCL waits instead)."""
+    root = tmp_path / "run"
+    args = ["fit", *recipe("ett"), *two_processes(), *small(synthetic_shards, "caption", root, 40),
+            "--model.class_path=tests.distributed.float16.NaNOnRankOne", "--trainer.precision=null",
+            "--trainer.plugins+=tests.distributed.float16.CPUFloat16", "--trainer.log_every_n_steps=3"]
+    run = run_lightning(args, cwd=tmp_path, timeout=150, check=False)
+    assert run.returncode != 0
+    for rank in (0, 1):
+        assert re.search(rf"\[rank{rank}\]: RuntimeError: 1\d consecutive steps with non-finite grad", run.stdout), rank

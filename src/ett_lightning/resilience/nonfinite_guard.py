@@ -61,7 +61,7 @@ class NonFiniteGuard(Callback):
         return int(self.counts[2])
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
-        bad = self.record(pl_module, optimizer, loss_scaler(trainer) is not None)
+        bad = self.record(trainer, pl_module, optimizer)
         skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
         if skips_on_device:
             optimizer.found_inf = bad.float()
@@ -78,17 +78,19 @@ class NonFiniteGuard(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.check(trainer)
 
-    def record(self, pl_module: LightningModule, optimizer: Optimizer, scaled: bool = False) -> Tensor:
+    def record(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> Tensor:
         """Updates the device counters and the bad-part flags with this step's verdict; returns it (a bool tensor:
-        skip the step). ``scaled``: a GradScaler is on, so non-finite gradients of a finite loss are an overflow
-        it handles; without loss parts to tell, every non-finite step counts as bad."""
+        skip the step). Under a GradScaler, non-finite gradients of a finite loss on every rank are an overflow it
+        handles; without loss parts to tell, every non-finite step counts as bad."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return torch.zeros((), dtype=torch.bool, device=self.counts.device)
         nonfinite = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
         parts = getattr(pl_module, "train_parts", {})
         flags = ~torch.isfinite(torch.stack([v.float() for v in parts.values()])) if parts else nonfinite.new_zeros(0)
-        overflow = nonfinite & ~flags.any() if scaled and parts else torch.zeros_like(nonfinite)
+        overflow = torch.zeros_like(nonfinite)
+        if loss_scaler(trainer) is not None and parts:
+            overflow = nonfinite & ~self.any_rank(trainer, flags.any())
         bad = nonfinite & ~overflow
         self.counts = self.counts.to(bad.device)
         self.counts[0] += bad
@@ -99,6 +101,14 @@ class NonFiniteGuard(Callback):
             self.part_names, self.bad_part_flags = tuple(parts), flags.new_zeros(flags.shape)
         self.bad_part_flags = torch.where(bad, flags, self.bad_part_flags.to(flags.device))
         return nonfinite
+
+    @staticmethod
+    def any_rank(trainer: Trainer, flag: Tensor) -> Tensor:
+        """``flag`` or-ed over the ranks (one small all-reduce, on the device): the gradients are all-reduced, the
+        losses are not, and every rank must reach the same verdict or one stops while the others wait for it."""
+        if trainer.world_size == 1:
+            return flag
+        return trainer.strategy.reduce(flag.float(), reduce_op="sum") > 0
 
     def check(self, trainer: Trainer) -> None:
         """Warns about the bad steps since the previous check and stops the run after too many in a row (of
