@@ -28,8 +28,8 @@ class NonFiniteGuard(Callback):
     ``max_consecutive`` or more bad steps in a row, the run stops with an error naming those parts.
 
     Under ``16-mixed`` a step whose loss is finite but whose scaled gradients overflow is the GradScaler's
-    business: it skips the step and halves the loss scale, which is how it finds its scale (from 2**16, a
-    few to a dozen such steps in a row at the start are normal). Those steps are counted apart, in
+    business: it skips the step and halves the loss scale, which is how it finds its scale (one skipped step per
+    halving from its ``init_scale``, 2**16 by default). Those steps are counted apart, in
     ``train/overflow_steps``, and stop the run only at ``max_consecutive_overflows`` in a row (the scale then
     has fallen 2**30-fold by default: a float16 overflow in the backward that no scale fixes).
     """
@@ -61,11 +61,11 @@ class NonFiniteGuard(Callback):
         return int(self.counts[2])
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer) -> None:
-        bad = self.record(trainer, pl_module, optimizer)
+        skip = self.record(trainer, pl_module, optimizer)
         skips_on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
         if skips_on_device:
-            optimizer.found_inf = bad.float()
-        elif bad.item():
+            optimizer.found_inf = skip.float()
+        elif skip.item():
             optimizer.zero_grad(set_to_none=True)
         writes_logs = writes_step_logs(pl_module)
         if writes_logs or not skips_on_device:
