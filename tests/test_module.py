@@ -5,6 +5,7 @@ from torch.utils.data import DataLoader
 
 from ett_lightning import ETTModule, MLPProjector
 from tests.conftest import make_batch, tiny_module, tiny_tokenizer
+from tests.distributed.float16 import CPUFloat16
 
 
 def fit(module: ETTModule, steps: int = 1, tmp_path=None) -> L.Trainer:
@@ -223,13 +224,11 @@ def test_gradient_clipping_works_in_every_precision_with_the_fused_optimizer(pre
     """The shipped recipes clip at 1.0 in bf16-mixed: Lightning's AMP plugin refuses to clip for a fused
     optimizer, so the module clips itself. In 16-mixed it unscales first: scaled gradients clipped to 1e-3 would
     reach the step 1024 times smaller (the scaler's scale here), which the lower bound catches."""
-    from lightning.pytorch.plugins.precision import MixedPrecision
-
     module = tiny_module("ett")
     batches = [make_batch(module, seed=i) for i in range(3)]
     before = snapshot(module)
-    if precision == "16-mixed":  # Lightning maps 16-mixed to bf16 on CPU; the fp16 plugin with its scaler is real
-        settings = {"plugins": [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=1024.0))]}
+    if precision == "16-mixed":  # Lightning maps 16-mixed to bf16 on CPU; CPUFloat16 keeps float16 and its scaler
+        settings = {"plugins": [CPUFloat16(init_scale=1024.0)]}
     else:
         settings = {"precision": precision}
     norms = StepGradNorm()

@@ -1,5 +1,5 @@
-"""Pieces for the float16 DDP test: a real float16 precision plugin on CPU and a module whose loss is NaN on
-one rank only."""
+"""Pieces for the float16 tests: a real float16 precision plugin on CPU (also for the single-process tests) and
+a module whose loss is NaN on one rank only."""
 
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision

@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader
 from ett_lightning import ETTModule
 from ett_lightning.resilience import NonFiniteGuard
 from tests.conftest import make_batch, tiny_module
+from tests.distributed.float16 import CPUFloat16
 
 
 class PoisonedModule(ETTModule):
@@ -33,12 +34,12 @@ def poisoned(steps: set[int], module_class=PoisonedModule) -> PoisonedModule:
     return module
 
 
-def fit(module, max_steps, guard, log_every_n_steps=50):
+def fit(module, max_steps, guard, log_every_n_steps=50, plugins=None):
     data = DataLoader([make_batch(module, batch_size=2, seed=i) for i in range(max_steps)], batch_size=None,
                       collate_fn=lambda batch: batch)
     Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
             enable_model_summary=False, enable_checkpointing=False, callbacks=[guard],
-            log_every_n_steps=log_every_n_steps).fit(module, data)
+            log_every_n_steps=log_every_n_steps, plugins=plugins).fit(module, data)
 
 
 def test_a_nan_step_is_skipped_counted_and_training_goes_on():
@@ -88,17 +89,10 @@ def test_without_found_inf_support_every_step_is_checked_on_the_host():
 
 
 def fit_fp16(module, max_steps, guard, init_scale, log_every_n_steps=50):
-    """A real float16 run on CPU: Lightning maps ``precision="16-mixed"`` to bf16 there, the plugin with its own
-    GradScaler keeps float16 and loss scaling."""
-    from lightning.pytorch.plugins.precision import MixedPrecision
-
-    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
-    data = DataLoader([make_batch(module, batch_size=2, seed=i) for i in range(max_steps)], batch_size=None,
-                      collate_fn=lambda batch: batch)
-    Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-            enable_model_summary=False, enable_checkpointing=False, callbacks=[guard],
-            log_every_n_steps=log_every_n_steps, plugins=[MixedPrecision("16-mixed", "cpu", scaler)]).fit(module, data)
-    return scaler
+    """A real float16 run with loss scaling on CPU; returns its GradScaler."""
+    precision = CPUFloat16(init_scale)
+    fit(module, max_steps, guard, log_every_n_steps, plugins=[precision])
+    return precision.scaler
 
 
 def test_float16_loss_scale_calibration_is_counted_apart_and_does_not_stop_the_run():
