@@ -69,3 +69,26 @@ def test_fit_streams_img2dataset_layout_shards(tmp_path):
                  "--model.init_args.tokenizer.init_args.image_size=32", cwd=tmp_path)
     checkpoint = torch.load(tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 5, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_fresh_fit_into_another_runs_directory_stops_and_a_resume_goes_on(tmp_path, synthetic_shards, monkeypatch):
+    """A copied ``config.yaml`` keeps the run directory of the run it came from: fitting it fresh stops before
+    training and leaves that run's record and checkpoints as they were; with ``--ckpt_path=last`` it resumes."""
+    monkeypatch.chdir(tmp_path)
+    small = [f"--data.train_shards={synthetic_shards}/caption/train-*.tar",
+             f"--data.val_shards={synthetic_shards}/caption/val-*.tar", "--trainer.limit_val_batches=1",
+             "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
+             "--model.init_args.tokenizer.init_args.image_size=32"]
+    main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"), *small, "--trainer.max_steps=1"])
+    run_dir = tmp_path / "outputs/demo/ett_sft"
+    record = (run_dir / "config.yaml").read_text()
+    checkpoints = sorted((run_dir / "checkpoints").iterdir())
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(record)
+    with pytest.raises(RuntimeError, match="belongs to an earlier run.*--ckpt_path=last"):
+        main(["fit", "--config", str(variant), "--trainer.max_steps=2"])
+    assert (run_dir / "config.yaml").read_text() == record
+    assert sorted((run_dir / "checkpoints").iterdir()) == checkpoints
+    main(["fit", "--config", str(variant), "--trainer.max_steps=2", "--ckpt_path=last"])
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ett_lightning.callbacks.run_config_saver import RunConfigSaver
 from ett_lightning.experiments.demo import main as demo_main
 from ett_lightning.export import ORIGINAL_FILES, export_module
 from ett_lightning.module import ETTModule
@@ -66,6 +67,7 @@ def main(args: list[str] | None = None) -> None:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
         args=args,
     )
