@@ -50,7 +50,7 @@ class DemoPlan:
     seeds: list[int] = field(default_factory=lambda: [0])
     tokenizer_steps: int = 600
     align_steps: int = 300
-    tune_steps: int = 2400
+    tune_steps: int = 3000
     posttrain_steps: int = 2000
     glyph: str = "centred"
     fid_weights: str | None = None
