@@ -9,6 +9,8 @@ import lightning as L
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from ett_lightning.callbacks.run_dir import run_dir
+
 
 class RunConfigSaver(SaveConfigCallback):
     """The CLI's config saver, overwriting only where that is the same run.
@@ -22,7 +24,7 @@ class RunConfigSaver(SaveConfigCallback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not self.already_saved and self.save_to_log_dir and stage == "fit":
-            config_path = Path(trainer.log_dir or trainer.default_root_dir) / self.config_filename
+            config_path = run_dir(trainer) / self.config_filename
             taken = trainer.is_global_zero and self.is_another_run(trainer, config_path)
             if trainer.strategy.broadcast(taken):
                 raise RuntimeError(
