@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ett_lightning.callbacks.run_config_saver import RunConfigSaver
+from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.experiments.demo import main as demo_main
 from ett_lightning.export import ORIGINAL_FILES, export_module
 from ett_lightning.module import ETTModule
@@ -49,16 +53,38 @@ def export_command(args: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="export directory to write")
     parser.add_argument("--tokenizer-format", choices=sorted(ORIGINAL_FILES),
                         help="also write the tokenizer in this public layout (default: the layout it was loaded from)")
+    parser.add_argument("--config", help="the run's config.yaml, whose data section says how images and prompts "
+                                         "were prepared (default: config.yaml of the checkpoint's run directory)")
     options = parser.parse_args(args)
     module = ETTModule.load_from_checkpoint(options.ckpt, map_location="cpu")
-    print(f"exported {options.ckpt} to {export_module(module, options.out, options.tokenizer_format)}")
+    inputs = run_inputs(Path(options.config) if options.config else Path(options.ckpt).parent.parent / "config.yaml",
+                        module.sequence_layout)
+    print(f"exported {options.ckpt} to {export_module(module, options.out, options.tokenizer_format, inputs)}")
+
+
+def run_inputs(config_path: Path, layout: str) -> InputSpec | None:
+    """The inputs the run's data module prepared (its ``data`` section), or None without a config file."""
+    if not config_path.is_file():
+        print(f"{config_path} not found: the export records the tokenizer's resolution and the default prompt "
+              "templates as the model's inputs; pass --config run/config.yaml to record the run's own",
+              file=sys.stderr)
+        return None
+    data = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
+    return InputSpec.from_data_arguments(data, layout)
+
+
+def ask_command(args: list[str]) -> None:
+    """``ett ask``: imported only when asked, so training processes never load it."""
+    from ett_lightning.evaluation.ask import main as ask_main
+
+    ask_main(args)
 
 
 def main(args: list[str] | None = None) -> None:
     """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config), and
-    ``ett export --ckpt run.ckpt --out DIR`` and ``ett demo``."""
+    ``ett export --ckpt run.ckpt --out DIR``, ``ett ask --export DIR ...`` and ``ett demo``."""
     argv = sys.argv[1:] if args is None else args
-    commands = {"export": export_command, "demo": demo_main}
+    commands = {"export": export_command, "demo": demo_main, "ask": ask_command}
     if argv[:1] and argv[0] in commands:
         commands[argv[0]](argv[1:])
         return

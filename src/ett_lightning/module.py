@@ -18,6 +18,7 @@ from ett_lightning.data.batch import ETTBatch
 from ett_lightning.export import load_export
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
+from ett_lightning.models.generation import Decoding, generate_text
 from ett_lightning.tokenizer import TokenizerOutput, VisionTokenizer
 from ett_lightning.utils import load_state_dict_file, load_strict
 
@@ -112,6 +113,7 @@ class ETTModule(L.LightningModule):
         """The module of an ``ett export`` directory; ``kwargs`` (``stage``, ``loss``, learning rates, ...) set
         the training configuration for further tuning, as in ``__init__``."""
         components = load_export(directory)
+        components.pop("inputs")
         exported_stage = components.pop("stage") or "ett"
         return cls(**components, **{"stage": exported_stage, **kwargs})
 
@@ -215,26 +217,13 @@ class ETTModule(L.LightningModule):
         return self.evaluation_step(batch, "test")
 
     @torch.no_grad()
-    def generate(self, batch: ETTBatch, max_new_tokens: int = 16) -> list[str]:
-        """Greedy continuation of each sample's prompt (image + prompt, the target removed), with the KV cache,
-        stopping at EOS. Prompts are left-padded so they end at the same position."""
+    def generate(self, batch: ETTBatch, max_new_tokens: int = 16, decoding: Decoding | None = None) -> list[str]:
+        """Each sample's continuation of its prompt (image + prompt, the target removed), greedy unless
+        ``decoding`` says otherwise, through :func:`~ett_lightning.models.generation.generate_text`."""
+        decoding = decoding or Decoding(max_new_tokens=max_new_tokens)
         image_embeds = self.projector(self.encode_images(batch.images).embeddings)
-        lm = self.language_model
-        length = int(batch.target_starts.max())
-        input_ids = torch.full((len(batch), length), lm.tokenizer.pad_token_id, device=self.device)
-        slots = torch.zeros_like(input_ids, dtype=torch.bool)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, start in enumerate(batch.target_starts.tolist()):
-            input_ids[row, length - start:] = batch.input_ids[row, :start]
-            slots[row, length - start:] = batch.image_slots[row, :start]
-            attention_mask[row, length - start:] = 1
-        inputs_embeds = lm.splice(lm.embed(input_ids), image_embeds, slots)
-        generated = lm.model.generate(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-            do_sample=False, use_cache=True, eos_token_id=lm.tokenizer.eos_token_id,
-            pad_token_id=lm.tokenizer.pad_token_id,
-        )
-        return [text.strip() for text in lm.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        return generate_text(self.language_model, image_embeds, batch.input_ids, batch.image_slots,
+                             batch.target_starts, decoding)
 
     def predict_step(self, batch: ETTBatch, batch_idx: int) -> list[dict[str, object]]:
         """Generated text for every sample (the caption or answer the model gives), with its key and references."""

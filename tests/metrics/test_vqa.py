@@ -9,12 +9,29 @@ from ett_lightning.metrics import CodebookUsage, VQAAccuracy, normalize_answer, 
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "vqa_official_scores.json").read_text())["rows"]
 
 
-def test_soft_accuracy_equals_the_official_scorer_on_every_stored_case():
+def test_official_option_equals_the_official_scorer_on_every_stored_case():
     """Rows scored by the official VQAv2 evaluation code (run outside this repository under Python 2.7)."""
     assert len(OFFICIAL) > 4000
-    wrong = [(p, refs, expected, soft_accuracy(p, refs)) for p, refs, expected in OFFICIAL
-             if soft_accuracy(p, refs) != pytest.approx(expected, abs=1e-12)]
+    wrong = [(p, refs, expected, soft_accuracy(p, refs, "official")) for p, refs, expected in OFFICIAL
+             if soft_accuracy(p, refs, "official") != pytest.approx(expected, abs=1e-12)]
     assert not wrong, f"{len(wrong)} of {len(OFFICIAL)} differ, e.g. {wrong[:5]}"
+
+
+def test_default_equals_lmms_evals_vqav2_scorer_on_every_stored_case():
+    """lmms-eval's own VQAv2 ``process_results`` (installed with the ``eval`` extra), called on the stored cases
+    with distinct ``answer_id`` s, as VQAv2's references have them."""
+    utils = pytest.importorskip("lmms_eval.tasks.vqav2.utils")
+
+    def lmms_eval_score(prediction, references):
+        doc = {"question_id": 0, "answers": [{"answer": r, "answer_id": i} for i, r in enumerate(references)]}
+        return utils.vqav2_process_results(doc, [prediction])["exact_match"]
+
+    wrong = [(p, refs) for p, refs, _ in OFFICIAL
+             if soft_accuracy(p, refs) != pytest.approx(lmms_eval_score(p, refs), abs=1e-12)]
+    assert not wrong, f"{len(wrong)} of {len(OFFICIAL)} differ, e.g. {wrong[:5]}"
+    differs_from_official = sum(soft_accuracy(p, refs) != pytest.approx(expected) for p, refs, expected in OFFICIAL)
+    assert differs_from_official > 0  # the table holds cases where the two conventions disagree
+    assert soft_accuracy("Yes", ["yes"] * 10) == 1.0 and soft_accuracy("Yes", ["yes"] * 10, "official") == 0.0
 
 
 @pytest.mark.parametrize("prediction,references,expected", [
@@ -26,7 +43,12 @@ def test_soft_accuracy_equals_the_official_scorer_on_every_stored_case():
 ])
 def test_official_quirks(prediction, references, expected):
     assert [prediction, references, expected] in OFFICIAL
-    assert soft_accuracy(prediction, references) == pytest.approx(expected)
+    assert soft_accuracy(prediction, references, "official") == pytest.approx(expected)
+
+
+def test_unknown_normalization_is_refused():
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        VQAAccuracy("lenient")
 
 
 @pytest.mark.parametrize("raw,expected", [

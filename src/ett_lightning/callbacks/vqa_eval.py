@@ -15,6 +15,7 @@ from ett_lightning.callbacks.run_dir import run_dir
 from ett_lightning.callbacks.synced_metrics import gather_objects, log_synced
 from ett_lightning.data.batch import ETTBatch
 from ett_lightning.metrics import VQAAccuracy
+from ett_lightning.metrics.vqa import Normalization
 
 ANSWERED_TASKS = ("vqa", "conversation")
 
@@ -34,6 +35,9 @@ class VQAEvaluation(L.Callback):
     ``val/vqa_acc_blind`` (and ``val/vqa_acc_blind_<type>``): what the answer priors alone score. A
     ``val/vqa_acc`` no higher than it means the model is not using the image.
 
+    ``normalization`` is :class:`VQAAccuracy`'s: ``"always"`` normalises predictions and references as lmms-eval
+    and published numbers do, ``"official"`` as the original vqaEval.py (only where the references disagree).
+
     After each validation the answers of all ranks are written by rank 0 as ``<run dir>/<results_file>``, in the
     official VQA results format ``[{"question_id": ..., "answer": ...}]`` (the sample's json ``question_id``, else
     its key), so they can be submitted to the evaluation server or rescored by other tools.
@@ -41,14 +45,14 @@ class VQAEvaluation(L.Callback):
 
     def __init__(self, max_new_tokens: int = 16, max_batches: int | None = None,
                  answer_types: list[str] | None = None, blind: bool = False,
-                 results_file: str | None = "vqa_results.json") -> None:
+                 results_file: str | None = "vqa_results.json", normalization: Normalization = "always") -> None:
         super().__init__()
         self.max_new_tokens = max_new_tokens
         self.max_batches = max_batches
         self.kinds = [kind.replace("/", "_") for kind in answer_types or []]
         prefixes = ["vqa_acc", "vqa_acc_blind"] if blind else ["vqa_acc"]
         names = [f"{prefix}{suffix}" for prefix in prefixes for suffix in ["", *(f"_{k}" for k in self.kinds)]]
-        self.metrics = nn.ModuleDict({name: VQAAccuracy() for name in names})
+        self.metrics = nn.ModuleDict({name: VQAAccuracy(normalization) for name in names})
         self.blind = blind
         self.results_file = results_file
         self.results: list[dict[str, Any]] = []

@@ -1,8 +1,10 @@
-"""VQA soft accuracy (Antol et al. 2015), scored exactly as the official VQAv2 evaluation, as a torchmetrics Metric."""
+"""VQA soft accuracy (Antol et al. 2015) as a torchmetrics Metric, with the answer normalisation of published
+numbers (lmms-eval, EvalAI post-processing, LLaVA) or exactly that of the original VQAv2 evaluation code."""
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -79,41 +81,56 @@ def normalize_answer(answer: str) -> str:
     return normalize_words(strip_punctuation(clean(answer)))
 
 
-def soft_accuracy(prediction: str, references: list[str]) -> float:
-    """The VQAv2 accuracy of one answer, equal to the official scorer's.
+Normalization = Literal["always", "official"]
+NORMALIZATIONS = ("always", "official")
 
-    For each reference, ``min(#other references equal to the prediction / 3, 1)``, averaged over the references.
-    As in the official scorer, answers are normalised (:func:`normalize_answer`) only when the references, cleaned,
-    are not all the same; unanimous references are compared with the cleaned prediction as they are (so "Yes"
-    scores 0 against ten "yes"). One reference is scored as exact match after normalisation, where the official
-    scorer, which assumes ten, gives 0.
+
+def soft_accuracy(prediction: str, references: list[str], normalization: Normalization = "always") -> float:
+    """The VQAv2 accuracy of one answer: for each reference, ``min(#other references equal to the prediction / 3,
+    1)``, averaged over the references.
+
+    ``normalization="always"`` (the default) normalises the prediction and every reference
+    (:func:`normalize_answer`) before comparing, as lmms-eval's VQAv2 task, EvalAI-style post-processing and LLaVA
+    do; published numbers are computed this way. ``"official"`` is the original vqaEval.py to the digit: it
+    normalises only when the cleaned references are not all the same, so unanimous references are compared with
+    the cleaned prediction as they are ("Yes" scores 0 against ten "yes"). Either way one reference is scored as
+    exact match after normalisation, where both scorers, which assume ten, give 0.
     """
     if not references:
         raise ValueError("VQA accuracy needs at least one reference answer per question")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     pred, refs = clean(prediction), [clean(r) for r in references]
     if len(refs) == 1:
         return float(normalize_answer(pred) == normalize_answer(refs[0]))
-    if len(set(refs)) > 1:
+    if normalization == "always" or len(set(refs)) > 1:
         pred, refs = normalize_words(strip_punctuation(pred)), [normalize_words(strip_punctuation(r)) for r in refs]
     matches = sum(ref == pred for ref in refs)
     return sum(min(1.0, (matches - (ref == pred)) / 3.0) for ref in refs) / len(refs)
 
 
 class VQAAccuracy(Metric):
-    """Mean VQA soft accuracy; the sums are reduced across DDP ranks."""
+    """Mean VQA soft accuracy (:func:`soft_accuracy`); the sums are reduced across DDP ranks.
+
+    Args:
+        normalization: ``"always"`` (published numbers, lmms-eval) or ``"official"`` (original vqaEval.py).
+    """
 
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, normalization: Normalization = "always", **kwargs) -> None:
         super().__init__(**kwargs)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.normalization = normalization
         self.add_state("score", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: list[str], targets: list[list[str]]) -> None:
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions for {len(targets)} reference lists")
-        self.score += sum(soft_accuracy(p, t) for p, t in zip(preds, targets))
+        self.score += sum(soft_accuracy(p, t, self.normalization) for p, t in zip(preds, targets))
         self.count += len(preds)
 
     def compute(self) -> Tensor:

@@ -1,0 +1,148 @@
+"""``ett ask``: answers from an export, for one image or a file of questions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ett_lightning.evaluation.inference import PROMPT_STYLES, InferenceModel
+from ett_lightning.models.generation import Decoding
+
+
+@dataclass
+class Question:
+    """One line of a questions file: its ``question_id`` (the line number when the line has none)."""
+
+    question_id: Any
+    question: str
+    image: Path
+
+
+class QuestionsFile:
+    """Reads ``image`` / ``question`` / ``question_id`` JSON lines; a line that cannot be answered (not JSON, a
+    field missing, an image outside ``image_root`` or missing or undecodable) is skipped and counted by reason.
+
+    Image paths are relative to ``image_root`` (default: the file's folder) and must resolve inside it, links
+    followed: a questions file from elsewhere cannot make ``ett ask`` read other files on the machine.
+    """
+
+    def __init__(self, path: Path, image_root: Path | None = None) -> None:
+        self.path = path
+        self.image_root = (image_root or path.parent).resolve()
+        self.skipped: Counter[str] = Counter()
+
+    def questions(self) -> list[Question]:
+        found = []
+        with self.path.open("rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                if raw.strip():
+                    question = self.parse(number, raw)
+                    if question is not None:
+                        found.append(question)
+        return found
+
+    def parse(self, number: int, raw: bytes) -> Question | None:
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return self.skip("not a JSON line in UTF-8")
+        if not isinstance(entry, dict) or not isinstance(entry.get("question"), str) or not entry["question"].strip():
+            return self.skip("no question text")
+        if not isinstance(entry.get("image"), str):
+            return self.skip("no image path")
+        image = (self.image_root / entry["image"]).resolve()
+        if not image.is_relative_to(self.image_root):
+            return self.skip(f"image outside {self.image_root}")
+        return Question(entry.get("question_id", number), entry["question"], image)
+
+    def open_image(self, question: Question) -> Image.Image | None:
+        try:
+            image = Image.open(question.image)
+            image.load()
+        except FileNotFoundError:
+            return self.skip("image not found")
+        except Exception:  # PIL raises many types for broken or foreign files
+            return self.skip("unreadable image")
+        return image
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+        return None
+
+
+def answer_file(model: InferenceModel, questions: QuestionsFile, output: Path, batch_size: int,
+                decoding: Decoding) -> int:
+    """Writes one JSON line per answerable question to ``output``, in the file's order; returns how many."""
+    pending = questions.questions()
+    answered = 0
+    with output.open("w", encoding="utf-8") as out:
+        for start in range(0, len(pending), batch_size):
+            chunk = [(q, questions.open_image(q)) for q in pending[start:start + batch_size]]
+            chunk = [(q, image) for q, image in chunk if image is not None]
+            answers = model.answer([image for _, image in chunk], [q.question for q, _ in chunk], decoding)
+            for (question, _), answer in zip(chunk, answers):
+                out.write(json.dumps({"question_id": question.question_id, "question": question.question,
+                                      "answer": answer}, ensure_ascii=False) + "\n")
+            answered += len(chunk)
+    return answered
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ett ask", description="Answers questions about images with an exported model "
+                                "(`ett export`). Runs offline: it loads the export's files and nothing else.")
+    p.add_argument("--export", required=True, help="directory written by `ett export`")
+    p.add_argument("--image", help="one image to ask about (with --question)")
+    p.add_argument("--question", help="the question about --image; the answer is printed")
+    p.add_argument("--questions", help="JSON lines with image, question and optionally question_id")
+    p.add_argument("--output", help="JSON lines to write, one per question: question_id, question, answer")
+    p.add_argument("--image-root", help="folder the questions' image paths are relative to and must stay inside "
+                                        "(default: the questions file's folder)")
+    p.add_argument("--batch-size", type=int, default=8, help="questions answered together (left-padded)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in LLM tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument("--prompt", choices=PROMPT_STYLES, default="vqa",
+                   help="vqa: the run's vqa template; chat: one user turn through the LLM's chat template")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast the weights (default: as saved)")
+    p.add_argument("--image-size", type=int, help="override the image size the export records")
+    return p
+
+
+def main(args: list[str] | None = None) -> None:
+    """``ett ask --export DIR --image PATH --question TEXT`` or ``... --questions IN.jsonl --output OUT.jsonl``."""
+    options = parser().parse_args(args)
+    single, many = options.image or options.question, options.questions or options.output
+    if bool(single) == bool(many) or (single and not (options.image and options.question)) or (
+            many and not (options.questions and options.output)):
+        parser().error("give --image and --question, or --questions and --output")
+    if options.batch_size < 1:
+        parser().error("--batch-size must be at least 1")
+    decoding = Decoding(options.max_new_tokens, options.temperature, options.top_p)
+    torch.manual_seed(options.seed)
+    model = InferenceModel.from_export(options.export, options.device, options.dtype, options.prompt,
+                                       options.image_size)
+    if single:
+        image = Image.open(options.image)
+        print(model.answer([image], [options.question], decoding)[0])
+        return
+    questions = QuestionsFile(Path(options.questions), Path(options.image_root) if options.image_root else None)
+    if not questions.path.is_file():
+        parser().error(f"questions file not found: {questions.path}")
+    answered = answer_file(model, questions, Path(options.output), options.batch_size, decoding)
+    skipped = ", ".join(f"{reason}: {count}" for reason, count in questions.skipped.most_common())
+    print(f"answered {answered} questions into {options.output}; skipped {questions.skipped.total()}"
+          + (f" ({skipped})" if skipped else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""A tuned model loaded for answering questions about images, and nothing that only training needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from PIL import Image
+from torch import nn
+
+from ett_lightning.data.batch import ETTBatch
+from ett_lightning.data.collate import Collator
+from ett_lightning.data.input_spec import InputSpec
+from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.skips import SkipCounter
+from ett_lightning.data.token_sequence import IGNORE_INDEX
+from ett_lightning.data.transforms import ImageTransform
+from ett_lightning.export import load_export
+from ett_lightning.models import LanguageModel
+from ett_lightning.models.generation import Decoding, generate_text
+from ett_lightning.tokenizer import VisionTokenizer
+
+PROMPT_STYLES = ("vqa", "chat")
+
+
+class InferenceModel(nn.Module):
+    """Tokenizer, projector and LLM of an export, in eval mode, with the image and prompt preparation the export
+    records (:class:`InputSpec`): no loss, no LPIPS or discriminator, nothing downloaded.
+
+    Questions are laid out as in training: ``prompt="vqa"`` through the ``vqa`` template (``Question: {question}
+    Answer:`` unless the run set its own), ``prompt="chat"`` as one user turn ``<image>\\n{question}`` through the
+    LLM's chat template with the generation prompt. Answers come from
+    :func:`~ett_lightning.models.generation.generate_text`, the function ``VQAEvaluation`` answers through, and
+    batches are collated by the training data's collator, so an answer does not depend on the path that asked.
+
+    Args:
+        tokenizer: the vision tokenizer.
+        projector: the code-to-LLM projector.
+        language_model: the LLM with its text tokenizer.
+        inputs: how images and prompts are prepared.
+        prompt: ``"vqa"`` or ``"chat"`` (see above).
+    """
+
+    def __init__(self, tokenizer: VisionTokenizer, projector: nn.Module, language_model: LanguageModel,
+                 inputs: InputSpec, prompt: str = "vqa") -> None:
+        super().__init__()
+        if prompt not in PROMPT_STYLES:
+            raise ValueError(f"prompt must be one of {PROMPT_STYLES}, got {prompt!r}")
+        if inputs.layout != "image_first":
+            raise ValueError(f"this export reads {inputs.layout} sequences (image generation); only image_first models "
+                             "answer questions")
+        self.tokenizer, self.projector, self.language_model = tokenizer, projector, language_model
+        self.inputs, self.prompt = inputs, prompt
+        num_image_tokens = tokenizer.num_tokens(inputs.image_size)
+        self.builder = SequenceBuilder(language_model.tokenizer, num_image_tokens, inputs.all_templates,
+                                       inputs.max_text_tokens)
+        self.transform = ImageTransform(inputs.image_size)
+        self.collate = Collator(language_model.tokenizer.pad_token_id, SkipCounter(), num_image_tokens)
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_export(cls, directory: str, device: str | torch.device = "cpu", dtype: str | None = None,
+                    prompt: str = "vqa", image_size: int | None = None) -> InferenceModel:
+        """The model of an ``ett export`` directory on ``device`` (weights cast to ``dtype``, e.g. ``"bfloat16"``,
+        when given). ``image_size`` overrides the recorded one (for exports that predate recording it)."""
+        parts = load_export(directory)
+        inputs = parts["inputs"]
+        if image_size is not None:
+            inputs = InputSpec(image_size, inputs.templates, inputs.max_text_tokens, inputs.layout)
+        model = cls(parts["tokenizer"], parts["projector"], parts["language_model"], inputs, prompt)
+        return model.to(device=device, dtype=getattr(torch, dtype) if dtype else None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def sample(self, image: Image.Image, question: str, target: str = "") -> dict:
+        """One decoded sample, as the training data's decoder makes it: the prepared image and the token sequence of
+        the question with ``target`` as its answer (what generation is fed stops before the answer)."""
+        if self.prompt == "chat":
+            messages = [{"role": "user", "content": f"<image>\n{question.strip()}"},
+                        {"role": "assistant", "content": target.strip() or "?"}]
+            sequence = self.builder.build("conversation", {"messages": messages}, target)
+        else:
+            sequence = self.builder.build("vqa", {"question": question.strip()}, target or "?")
+        return {"image": self.transform(image), "sequence": sequence, "answers": [target], "task": "vqa",
+                "key": question}
+
+    def batch(self, images: Sequence[Image.Image], questions: Sequence[str],
+              targets: Sequence[str] | None = None) -> ETTBatch:
+        """The collated batch of these questions on the model's device, images in the tokenizer's range."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions")
+        targets = targets or [""] * len(questions)
+        batch = self.collate([self.sample(i, q, t) for i, q, t in zip(images, questions, targets)])
+        return move_data_to_device(batch, self.device).normalized()
+
+    @torch.no_grad()
+    def generate(self, batch: ETTBatch, decoding: Decoding = Decoding()) -> list[str]:
+        image_embeds = self.projector(self.tokenizer.encode(batch.images.to(self.dtype)).embeddings)
+        return generate_text(self.language_model, image_embeds, batch.input_ids, batch.image_slots,
+                             batch.target_starts, decoding)
+
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str],
+               decoding: Decoding = Decoding()) -> list[str]:
+        """One answer per (image, question), decoded as ``decoding`` says, all in one left-padded batch."""
+        if not questions:
+            return []
+        return self.generate(self.batch(images, questions), decoding)
+
+    @torch.no_grad()
+    def log_likelihood(self, images: Sequence[Image.Image], questions: Sequence[str],
+                       continuations: Sequence[str]) -> list[tuple[float, bool]]:
+        """For each question, the summed log-probability of ``continuation`` as the answer (its tokens, not the
+        end of turn after them) and whether greedy decoding would produce exactly those tokens."""
+        batch = self.batch(images, questions, continuations)
+        image_embeds = self.projector(self.tokenizer.encode(batch.images.to(self.dtype)).embeddings)
+        logits = self.language_model(batch.input_ids, batch.attention_mask, image_embeds, batch.image_slots).logits
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        targets = batch.labels[:, 1:]
+        results = []
+        for row in range(len(batch)):
+            positions = (targets[row] != IGNORE_INDEX).nonzero().flatten()[:-1]  # the answer without its end token
+            tokens = targets[row, positions]
+            row_log_probs = log_probs[row, positions]
+            total = float(row_log_probs.gather(-1, tokens[:, None]).sum())
+            results.append((total, bool((row_log_probs.argmax(-1) == tokens).all())))
+        return results
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
