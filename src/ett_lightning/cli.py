@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ett_lightning.callbacks.prediction_writer import PredictionWriter
 from ett_lightning.callbacks.run_config_saver import RunConfigSaver
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.experiments.demo import main as demo_main
@@ -39,11 +40,24 @@ class CheckedLightningCLI(LightningCLI):
         ``default_root_dir``, one ``--trainer.default_root_dir`` moves all of them, and a restart finds its
         checkpoint. A logger set in the config or on the command line is used as given.
         """
+        if self.subcommand == "predict":
+            kwargs = with_prediction_writer(kwargs, self._get(self.config_init, "trainer", default={}))
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="")
         return super().instantiate_trainer(**kwargs)
+
+
+def with_prediction_writer(kwargs: dict[str, Any], trainer_config: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` whose callbacks (the configured ones, which ``kwargs`` replace) include a
+    :class:`PredictionWriter` unless one is configured: a ``predict`` run writes ``<run dir>/predictions.jsonl``
+    instead of discarding what it predicts."""
+    configured = kwargs.get("callbacks", trainer_config.get("callbacks")) or []
+    configured = list(configured) if isinstance(configured, list | tuple) else [configured]
+    if any(isinstance(callback, BasePredictionWriter) for callback in configured):
+        return kwargs
+    return {**kwargs, "callbacks": [*configured, PredictionWriter()]}
 
 
 def export_command(args: list[str] | None = None) -> None:
@@ -80,11 +94,18 @@ def ask_command(args: list[str]) -> None:
     ask_main(args)
 
 
+def lmms_task_command(args: list[str]) -> None:
+    """``ett lmms-task``: VQA shards as a local lmms-eval task (needs the ``eval`` extra's ``datasets``)."""
+    from ett_lightning.evaluation.lmms_task import main as lmms_task_main
+
+    lmms_task_main(args)
+
+
 def main(args: list[str] | None = None) -> None:
     """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config), and
-    ``ett export --ckpt run.ckpt --out DIR``, ``ett ask --export DIR ...`` and ``ett demo``."""
+    ``ett export --ckpt run.ckpt --out DIR``, ``ett ask --export DIR ...``, ``ett lmms-task`` and ``ett demo``."""
     argv = sys.argv[1:] if args is None else args
-    commands = {"export": export_command, "demo": demo_main, "ask": ask_command}
+    commands = {"export": export_command, "demo": demo_main, "ask": ask_command, "lmms-task": lmms_task_command}
     if argv[:1] and argv[0] in commands:
         commands[argv[0]](argv[1:])
         return

@@ -18,7 +18,7 @@ from ett_lightning.data.token_sequence import IGNORE_INDEX
 from ett_lightning.data.transforms import ImageTransform
 from ett_lightning.export import load_export
 from ett_lightning.models import LanguageModel
-from ett_lightning.models.generation import Decoding, generate_text
+from ett_lightning.models.generation import GREEDY, Decoding, generate_text
 from ett_lightning.tokenizer import VisionTokenizer
 
 PROMPT_STYLES = ("vqa", "chat")
@@ -98,13 +98,13 @@ class InferenceModel(nn.Module):
         return move_data_to_device(batch, self.device).normalized()
 
     @torch.no_grad()
-    def generate(self, batch: ETTBatch, decoding: Decoding = Decoding()) -> list[str]:
+    def generate(self, batch: ETTBatch, decoding: Decoding = GREEDY) -> list[str]:
         image_embeds = self.projector(self.tokenizer.encode(batch.images.to(self.dtype)).embeddings)
         return generate_text(self.language_model, image_embeds, batch.input_ids, batch.image_slots,
                              batch.target_starts, decoding)
 
     def answer(self, images: Sequence[Image.Image], questions: Sequence[str],
-               decoding: Decoding = Decoding()) -> list[str]:
+               decoding: Decoding = GREEDY) -> list[str]:
         """One answer per (image, question), decoded as ``decoding`` says, all in one left-padded batch."""
         if not questions:
             return []

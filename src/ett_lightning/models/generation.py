@@ -47,6 +47,10 @@ class Decoding:
         return text.strip()
 
 
+GREEDY = Decoding()
+"""Greedy decoding of up to 16 tokens: what validation and ``ett ask`` use unless told otherwise."""
+
+
 def left_padded_prompts(input_ids: Tensor, image_slots: Tensor, prompt_lengths: Tensor,
                         pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """The first ``prompt_lengths[r]`` tokens of each right-padded row, moved to the right end of a row as long as
@@ -64,7 +68,7 @@ def left_padded_prompts(input_ids: Tensor, image_slots: Tensor, prompt_lengths: 
 
 @torch.no_grad()
 def generate_text(language_model: LanguageModel, image_embeds: Tensor, input_ids: Tensor, image_slots: Tensor,
-                  prompt_lengths: Tensor, decoding: Decoding = Decoding(), synced_gpus: bool = False) -> list[str]:
+                  prompt_lengths: Tensor, decoding: Decoding = GREEDY, synced_gpus: bool = False) -> list[str]:
     """Continues each row's prompt (its first ``prompt_lengths[r]`` tokens, image slots included) with the KV
     cache, until EOS or ``decoding.max_new_tokens``, and returns the decoded continuations cut at the stop strings.
 
