@@ -206,3 +206,46 @@ def test_folder_without_a_known_column_asks_for_one(tmp_path):
     main(["folder", "--images", str(tmp_path), "--captions", str(tmp_path / "captions.csv"), "--image-column",
           "picture", "--caption-column", "words", "--output", str(tmp_path / "out")])
     assert summary(tmp_path / "out")["written"] == 1
+
+
+def secret_and_links(tmp_path: Path, root: Path) -> bytes:
+    """A readable image outside ``root``, a link in ``root`` pointing at it, and a link that stays inside."""
+    secret = write_image(tmp_path / "secret" / "secret.png", (7, 7, 7))
+    (root / "out_link.png").symlink_to(tmp_path / "secret" / "secret.png")
+    write_image(root / "inner" / "kept.png", (9, 9, 9))
+    (root / "in_link.png").symlink_to(root / "inner" / "kept.png")
+    return secret
+
+
+def stored_bytes(folder: Path, split: str = "train") -> list[bytes]:
+    return [value for s in read_shards(folder, split) for key, value in s.items() if key in ("png", "jpg", "webp")]
+
+
+def test_llava_and_folder_read_no_file_outside_the_image_root(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    secret = secret_and_links(tmp_path, root)
+    names = ["../secret/secret.png", str(tmp_path / "secret" / "secret.png"), "out_link.png",
+             "inner/../../secret/secret.png", "in_link.png", "inner/kept.png"]
+    entries = [{"id": str(i), "image": name, "conversations": TURNS} for i, name in enumerate(names)]
+    (tmp_path / "llava.json").write_text(json.dumps(entries))
+    convert_llava(tmp_path / "llava.json", root, tmp_path / "llava_out")
+    rows = "\n".join(json.dumps({"file_name": name, "caption": "a grey square"}) for name in names)
+    (tmp_path / "captions.jsonl").write_text(rows)
+    main(["folder", "--images", str(root), "--captions", str(tmp_path / "captions.jsonl"),
+          "--output", str(tmp_path / "folder_out")])
+    for out in (tmp_path / "llava_out", tmp_path / "folder_out"):
+        assert secret not in stored_bytes(out)
+        assert len(stored_bytes(out)) == 2  # the link that stays inside is followed, like the file itself
+        assert summary(out)["skipped_by_reason"] == {"image path outside the image root": 4}
+
+
+def test_vqav2_follows_no_link_out_of_the_image_root(tmp_path):
+    questions, annotations, root = vqav2_files(tmp_path)
+    (root / "COCO_val2014_000000000099.png").symlink_to(tmp_path / "secret" / "secret.png")
+    secret = write_image(tmp_path / "secret" / "secret.png", (7, 7, 7))
+    main(["vqav2", "--questions", str(questions), "--annotations", str(annotations), "--image-root", str(root),
+          "--output", str(tmp_path / "out"), "--split", "val"])
+    assert secret not in stored_bytes(tmp_path / "out", "val")
+    assert summary(tmp_path / "out", "val")["skipped_by_reason"] == {"image path outside the image root": 1,
+                                                                     "question without an annotation": 1}

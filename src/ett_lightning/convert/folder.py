@@ -67,5 +67,5 @@ def sample(row: Any, root: Path, image_key: str, caption_key: str) -> dict[str, 
         raise SkipSample("row without a caption")
     if not isinstance(row.get(image_key), str) or not row[image_key]:
         raise SkipSample("row without an image file name")
-    ext, data = image_member(root / row[image_key])
+    ext, data = image_member(root / row[image_key], root)
     return {ext: data, "txt": caption.strip(), "json": {"file_name": row[image_key], "caption": caption.strip()}}

@@ -45,6 +45,6 @@ def sample(entry: Any, root: Path) -> dict[str, Any]:
         raise SkipSample("text-only entry (no image)")
     if not isinstance(entry["image"], str):
         raise SkipSample("image is not a single path (one image per sample)")
-    ext, data = image_member(root / entry["image"])
+    ext, data = image_member(root / entry["image"], root)
     meta = {"id": entry.get("id"), "image": entry["image"], "conversations": entry["conversations"]}
     return {ext: data, "json": meta}

@@ -30,10 +30,11 @@ def convert_vqav2(questions_file: str | Path, annotations_file: str | Path, imag
     questions = load_section(questions_file, "questions")
     annotations = {a["question_id"]: a for a in load_section(annotations_file, "annotations")
                    if isinstance(a, dict) and "question_id" in a}
-    images = index_images(Path(image_root))
+    root = Path(image_root)
+    images = index_images(root)
     for index, question in enumerate(progress(questions, "vqav2")):
         try:
-            output.write(index, sample(question, annotations, images))
+            output.write(index, sample(question, annotations, images, root))
         except SkipSample as reason:
             output.skip(reason, f"question {index}")
     return output.close()
@@ -62,7 +63,7 @@ def index_images(root: Path) -> dict[int, Path]:
     return images
 
 
-def sample(question: Any, annotations: dict[int, dict], images: dict[int, Path]) -> dict[str, Any]:
+def sample(question: Any, annotations: dict[int, dict], images: dict[int, Path], root: Path) -> dict[str, Any]:
     if not isinstance(question, dict) or not {"question_id", "image_id", "question"} <= question.keys():
         raise SkipSample("question entry without question_id, image_id and question")
     annotation = annotations.get(question["question_id"])
@@ -73,7 +74,7 @@ def sample(question: Any, annotations: dict[int, dict], images: dict[int, Path])
         raise SkipSample("annotation without answers")
     if question["image_id"] not in images:
         raise SkipSample("missing image file")
-    ext, data = image_member(images[question["image_id"]])
+    ext, data = image_member(images[question["image_id"]], root)
     meta = {"question_id": question["question_id"], "image_id": question["image_id"],
             "question": question["question"], "answers": answers,
             "answer_type": annotation.get("answer_type", ""), "question_type": annotation.get("question_type", ""),
