@@ -153,8 +153,8 @@ def test_ett_ask_skips_and_counts_lines_it_cannot_answer(export_dir, tmp_path, c
              json.dumps({"image": "img/broken.png", "question": "q"}).encode(),
              json.dumps({"image": "img/a.png", "question": questions[1]}).encode()]
     (root / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    ask_main(["--export", str(export_dir), "--questions", str(root / "in.jsonl"), "--output", str(tmp_path / "out.jsonl"),
-              "--batch-size", "8", "--max-new-tokens", "8"])
+    ask_main(["--export", str(export_dir), "--questions", str(root / "in.jsonl"),
+              "--output", str(tmp_path / "out.jsonl"), "--batch-size", "8", "--max-new-tokens", "8"])
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(r["question_id"], r["question"]) for r in rows] == [("q1", questions[0]), (11, questions[1])]
     expected = InferenceModel.from_export(str(export_dir)).answer([images[0]] * 2, questions, Decoding(8))
@@ -174,7 +174,8 @@ def test_lmms_eval_generation_arguments_become_a_decoding():
     assert decoding_of({}) == Decoding(16)
     assert decoding_of({"until": "\n", "max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9}) == Decoding(
         4, 0.7, 0.9, ("\n",))
-    assert decoding_of({"until": ["A", "B"], "temperature": 0.7, "do_sample": False}) == Decoding(16, 0.0, 1.0, ("A", "B"))
+    unsampled = decoding_of({"until": ["A", "B"], "temperature": 0.7, "do_sample": False})
+    assert unsampled == Decoding(16, 0.0, 1.0, ("A", "B"))
     greedy, short = Decoding(16), Decoding(4)
     runs = list(lmms_eval_model.batches([(1, greedy), (2, greedy), (3, greedy), (4, short), (5, greedy)], 2))
     assert runs == [([1, 2], greedy), ([3], greedy), ([4], short), ([5], greedy)]
