@@ -249,3 +249,47 @@ def test_vqav2_follows_no_link_out_of_the_image_root(tmp_path):
     assert secret not in stored_bytes(tmp_path / "out", "val")
     assert summary(tmp_path / "out", "val")["skipped_by_reason"] == {"image path outside the image root": 1,
                                                                      "question without an annotation": 1}
+
+
+def test_text_that_is_not_unicode_is_skipped_and_counted(llava_source, tmp_path):
+    source, root, _ = llava_source
+    surrogate = '[{"id": "bad", "image": "b.jpg", "conversations": [{"from": "human", "value": "<image>\\ud800?"},' \
+                ' {"from": "gpt", "value": "x"}]}, {"id": "good", "image": "b.jpg", "conversations": ' \
+                + json.dumps(TURNS) + "}]"
+    (tmp_path / "surrogate.json").write_text(surrogate)
+    convert_llava(tmp_path / "surrogate.json", root, tmp_path / "out")
+    assert summary(tmp_path / "out")["skipped_by_reason"] == {"text that is not valid Unicode (a lone surrogate)": 1}
+    assert [json.loads(s["json"])["id"] for s in read_shards(tmp_path / "out")] == ["good"]
+    assert not list((tmp_path / "out").glob("*.partial"))
+    good = json.dumps({"id": "ok", "image": "b.jpg", "conversations": TURNS}).encode()
+    latin = '{"id": "caf\xe9", "image": "b.jpg"}'.encode("latin-1")
+    (tmp_path / "mixed.jsonl").write_bytes(good + b"\n" + latin + b"\n" + good + b"\n")
+    convert_llava(tmp_path / "mixed.jsonl", root, tmp_path / "out2")
+    assert summary(tmp_path / "out2")["written"] == 2 and summary(tmp_path / "out2")["skipped"] == 1
+
+
+@pytest.mark.parametrize("name", ["all_latin.jsonl", "latin.json", "captions.csv"])
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path, name):
+    (tmp_path / name).write_bytes("file_name,caption \xe9\na.png,caf\xe9\n".encode("latin-1"))
+    command = ["folder", "--images", str(tmp_path), "--captions"] if name.endswith("csv") else ["llava", "--json"]
+    extra = [] if name.endswith("csv") else ["--image-root", str(tmp_path)]
+    with pytest.raises(ValueError, match=f"{name} is not UTF-8 text"):
+        main([*command, str(tmp_path / name), *extra, "--output", str(tmp_path / "out")])
+
+
+def test_an_interrupted_run_leaves_only_complete_shards(tmp_path):
+    from ett_lightning.convert.shard_output import ShardOutput
+
+    output = ShardOutput(tmp_path / "out", samples_per_shard=2)
+    for index in range(3):
+        output.write(index, {"txt": f"caption {index}"})
+    # the process dies here: no close()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train-000000.tar", "train-000001.tar.partial"]
+    assert len(read_shards(tmp_path / "out")) == 2
+    with pytest.raises(FileExistsError, match="already holds train shards"):
+        ShardOutput(tmp_path / "out")
+    (tmp_path / "out" / "train-000000.tar").unlink()
+    rerun = ShardOutput(tmp_path / "out", samples_per_shard=2)
+    assert not list((tmp_path / "out").glob("*.partial"))
+    rerun.write(0, {"txt": "again"})
+    assert rerun.close()["shards"] == ["train-000000.tar"]

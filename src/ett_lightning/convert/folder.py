@@ -8,10 +8,11 @@ first of ``caption``, ``text``, ``txt``, unless named.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
-from ett_lightning.convert.entries import progress, read_json_entries
+from ett_lightning.convert.entries import progress, read_json_entries, read_utf8
 from ett_lightning.convert.images import image_member
 from ett_lightning.convert.shard_output import ShardOutput
 from ett_lightning.data.skips import SkipSample
@@ -42,8 +43,8 @@ def read_rows(path: Path) -> list[Any]:
         return read_json_entries(path)
     if path.suffix not in (".csv", ".tsv"):
         raise ValueError(f"{path}: captions must be .jsonl, .csv or .tsv")
-    with path.open(newline="", encoding="utf-8") as file:
-        return list(csv.DictReader(file, delimiter="\t" if path.suffix == ".tsv" else ","))
+    text = read_utf8(path)
+    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ","))
 
 
 def pick_column(named: str | None, candidates: tuple[str, ...], columns: set[str], source: str | Path,

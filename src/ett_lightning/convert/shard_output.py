@@ -14,6 +14,7 @@ import webdataset as wds
 from ett_lightning.data.skips import SkipSample
 
 log = logging.getLogger(__name__)
+PARTIAL = ".partial"
 
 
 class ShardOutput:
@@ -23,7 +24,10 @@ class ShardOutput:
     Samples get the key ``{index:09d}`` (their entry's position in the source: stable, and free of the dots that
     webdataset reads as extensions), and every tar member a fixed owner and mtime, so the same input gives the same
     bytes. The first shard is opened by the first sample, and a folder that already holds shards of the split is
-    refused. :meth:`skip` counts a bad entry by reason; :meth:`close` writes ``<split>-summary.json``.
+    refused. A shard is written as ``<name>.tar.partial`` and renamed when it is complete, so an interrupted run
+    leaves only complete shards (and partial files, which the next run removes). A sample whose text cannot be
+    written as UTF-8 (a lone surrogate, which a JSON escape can hold) is skipped before anything of it is written.
+    :meth:`skip` counts a bad entry by reason; :meth:`close` writes ``<split>-summary.json``.
     """
 
     def __init__(self, out: str | Path, split: str = "train", samples_per_shard: int = 10000,
@@ -37,7 +41,10 @@ class ShardOutput:
             raise FileExistsError(f"{self.out} already holds {split} shards ({existing[0].name}, ...): choose an "
                                   f"empty --output or another --split, so no old shard mixes with the new ones")
         self.out.mkdir(parents=True, exist_ok=True)
-        self.pattern = str(self.out / f"{split}-%06d.tar")
+        for stale in self.out.glob(f"{split}-*.tar{PARTIAL}"):
+            log.warning("removing %s, left by an interrupted run", stale)
+            stale.unlink()
+        self.pattern = str(self.out / f"{split}-%06d.tar{PARTIAL}")
         self.summary_file = self.out / f"{split}-summary.json"
         self.shard_names: list[str] = []
         self.samples_per_shard, self.max_shard_bytes = samples_per_shard, max_shard_bytes
@@ -47,13 +54,21 @@ class ShardOutput:
 
     def write(self, index: int, members: dict[str, bytes | str | dict[str, Any]]) -> None:
         """Writes one sample: ``members`` maps extensions (``jpg``, ``txt``, ``json``) to bytes, text or a dict."""
-        encoded = {ext: encode(value) for ext, value in members.items()}
+        try:
+            encoded = {ext: encode(value) for ext, value in members.items()}
+        except UnicodeEncodeError as err:
+            raise SkipSample("text that is not valid Unicode (a lone surrogate)") from err
         if self.writer is None:
             self.writer = wds.ShardWriter(self.pattern, maxcount=self.samples_per_shard,
-                                          maxsize=self.max_shard_bytes, verbose=0, mtime=0.0,
-                                          post=lambda name: self.shard_names.append(Path(name).name))
+                                          maxsize=self.max_shard_bytes, verbose=0, mtime=0.0, post=self.complete)
         self.writer.write({"__key__": f"{index:09d}", **encoded})
         self.written += 1
+
+    def complete(self, partial_name: str) -> None:
+        """A shard is full: it gets its final name."""
+        final = Path(partial_name.removesuffix(PARTIAL))
+        Path(partial_name).rename(final)
+        self.shard_names.append(final.name)
 
     def skip(self, reason: SkipSample | str, where: str = "") -> None:
         reason = str(reason)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ett_lightning.convert.entries import progress
+from ett_lightning.convert.entries import progress, read_utf8
 from ett_lightning.convert.images import image_member
 from ett_lightning.convert.shard_output import ShardOutput
 from ett_lightning.data.samples import IMAGE_EXTENSIONS
@@ -44,7 +44,7 @@ def load_section(path: str | Path, section: str) -> list[Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    content = json.loads(path.read_text(encoding="utf-8"))
+    content = json.loads(read_utf8(path))
     if not isinstance(content, dict) or not isinstance(content.get(section), list):
         raise ValueError(f"{path} has no {section!r} list: is it the VQAv2 {section} file?")
     return content[section]
