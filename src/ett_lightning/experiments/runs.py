@@ -150,7 +150,9 @@ def cli_in_child(argv: list[str], log: str, cwd: str, threads: int | None = None
 
 def redirect_output(fd: int) -> None:
     """stdout, stderr and the logging handlers that write to them -> ``fd``: the file descriptors and Python's
-    stream objects both (a server's streams are what its own parent had)."""
+    stream objects both (a server's streams are what its own parent had). Handlers of the ``logging.lastResort``
+    kind, which libraries sometimes attach (lmms-eval's dependencies do), read ``sys.stderr`` on every record
+    and need no redirect; their stream cannot be set."""
     names = {id(sys.stdout): "stdout", id(sys.stderr): "stderr"}
     sys.stdout.flush()
     sys.stderr.flush()
@@ -159,7 +161,8 @@ def redirect_output(fd: int) -> None:
     streams = {"stdout": open(1, "w", buffering=1, closefd=False), "stderr": open(2, "w", buffering=1, closefd=False)}
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, logging.StreamHandler) and id(handler.stream) in names:
+            if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, type(logging.lastResort))
+                    and id(handler.stream) in names):
                 handler.setStream(streams[names[id(handler.stream)]])
     sys.stdout, sys.stderr = streams["stdout"], streams["stderr"]
 
