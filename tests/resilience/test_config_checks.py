@@ -74,3 +74,18 @@ def test_a_vit_tokenizer_must_match_the_data_image_size():
     config["data"]["init_args"]["image_size"] = 32
     with pytest.raises(ValueError, match=r"image_size: 32 but the ViT tokenizer is built for 64px images"):
         check_config(config)
+
+
+@pytest.mark.parametrize("recipe", ["ett_align", "ett_sft", "ett_posttrain", "ett_t2i"])
+def test_every_placeholder_of_a_real_recipe_is_caught_before_anything_is_built(recipe):
+    import re
+
+    import yaml
+
+    text = (ROOT / "recipes" / f"{recipe}.yaml").read_text()
+    placeholders = set(re.findall(r"<[A-Z0-9_]+>", yaml.safe_dump(yaml.safe_load(text))))
+    assert "<LLM_DIR>" in placeholders
+    with pytest.raises(ValueError) as caught:
+        check_config(yaml.safe_load(text))
+    named = set(re.findall(r"placeholder (<[A-Z0-9_]+>) was not replaced", str(caught.value)))
+    assert named == placeholders

@@ -46,11 +46,14 @@ def negative_weights(loss: dict[str, Any], where: str) -> Iterator[str]:
 
 
 def missing_files(node: Any, where: str) -> Iterator[str]:
-    """Every weight-file key anywhere in the config, and LanguageModel local paths, must exist."""
+    """Every weight-file key anywhere in the config, and LanguageModel local paths, must exist; no value anywhere may
+    still be a recipe placeholder such as ``<LLM_DIR>``."""
     if isinstance(node, dict):
         for key, value in node.items():
             path = f"{where}.{key}" if where else key
-            if key in FILE_KEYS and isinstance(value, str):
+            if isinstance(value, str) and is_placeholder(value):
+                yield placeholder_problem(path, value)
+            elif key in FILE_KEYS and isinstance(value, str):
                 yield from missing_path(path, value)
             elif key in ("pretrained", "tokenizer") and isinstance(value, str) and value.startswith(LOCAL_PREFIXES):
                 yield from missing_path(path, value)
@@ -61,10 +64,16 @@ def missing_files(node: Any, where: str) -> Iterator[str]:
             yield from missing_files(value, f"{where}[{index}]")
 
 
+def is_placeholder(value: str) -> bool:
+    return len(value) > 2 and value.startswith("<") and value.endswith(">")
+
+
+def placeholder_problem(key: str, value: str) -> str:
+    return f"{key}: placeholder {value} was not replaced; set it to a local path (see the recipe's header)"
+
+
 def missing_path(key: str, value: str) -> Iterator[str]:
-    if value.startswith("<") and value.endswith(">"):
-        yield f"{key}: placeholder {value} was not replaced; set it to a local path (see the recipe's header)"
-    elif "://" not in value and not Path(value).expanduser().exists():
+    if "://" not in value and not Path(value).expanduser().exists():
         yield f"{key}: {value} does not exist; fix the path or copy the file to this machine"
 
 
