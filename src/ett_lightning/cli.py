@@ -28,8 +28,14 @@ class CheckedLightningCLI(LightningCLI):
     before instantiating anything, so a typo costs seconds, not an LLM load."""
 
     def before_instantiate_classes(self) -> None:
+        """Configuration problems end the command like a parser error: the list on stderr, exit status 2, no
+        traceback."""
         config = self.config[self.subcommand] if self.subcommand else self.config
-        check_config(config.as_dict())
+        try:
+            check_config(config.as_dict())
+        except ValueError as problems:
+            print(f"error: {problems}", file=sys.stderr)
+            sys.exit(2)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Without a configured logger, a TensorBoard logger writing into ``default_root_dir`` itself.

@@ -62,10 +62,13 @@ def test_all_problems_are_reported_at_once():
         check_config(config)
 
 
-def test_the_cli_checks_before_building_anything(tmp_path):
-    with pytest.raises(ValueError, match="init_from: /absent/last.ckpt does not exist"):
+def test_the_cli_checks_before_building_anything_and_exits_like_a_parser_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
         cli_main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"),
                   "--model.init_args.init_from=/absent/last.ckpt"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "init_from: /absent/last.ckpt does not exist" in error and "Traceback" not in error
 
 
 def test_a_vit_tokenizer_must_match_the_data_image_size():
