@@ -210,6 +210,9 @@ def test_a_relative_pattern_that_matches_nothing_says_where_it_looked_and_how_de
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=rf"relative to the working directory {tmp_path}.*`make shards`"):
         expand_shards("data/synthetic/caption/train-*.tar")
+    with pytest.raises(FileNotFoundError, match=r"missing shard file.*`ett-convert`") as caught:
+        expand_shards("/data/cc12m/000000.tar")  # a real recipe's data: the demo's recipe for it would mislead
+    assert "make shards" not in str(caught.value)
 
 
 def test_byte_level_tokenizer_round_trips_any_text():

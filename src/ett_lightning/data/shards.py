@@ -46,10 +46,13 @@ def expand_local(url: str, pattern: str) -> list[str]:
 
 
 def where(path: str) -> str:
-    """What to check next: the directory a relative path is read from, and how the demo's shards are made."""
+    """What to check next: the directory a relative path is read from, and how such shards are made (the demo's
+    synthetic ones by ``make shards``, anyone else's by ``ett-convert``)."""
     relative = "" if Path(path).is_absolute() else f" (relative to the working directory {Path.cwd()})"
-    return f"{relative}. The demo recipes read data/synthetic: `make shards` (or `ett-make-shards data/synthetic`) " \
-           "writes it"
+    if "data/synthetic" in path:
+        return f"{relative}. The demo recipes read data/synthetic: `make shards` (or `ett-make-shards " \
+               "data/synthetic`) writes it"
+    return f"{relative}. Shards are made from your data with `ett-convert` (llava, vqav2, folder; docs/data.md)"
 
 
 def assigned_shards(urls: list[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
