@@ -46,9 +46,9 @@ class CheckedLightningCLI(LightningCLI):
         ``default_root_dir``, one ``--trainer.default_root_dir`` moves all of them, and a restart finds its
         checkpoint. A logger set in the config or on the command line is used as given.
         """
-        if self.subcommand == "predict":
-            kwargs = with_prediction_writer(kwargs, self._get(self.config_init, "trainer", default={}))
         trainer_config = self._get(self.config_init, "trainer", default={})
+        if self.subcommand == "predict":
+            kwargs = with_prediction_writer(kwargs, trainer_config)
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="")

@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from ett_lightning.data.skips import SkipSample
+from ett_lightning.utils import resolved_inside
 
 STORED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -16,7 +17,9 @@ def image_member(path: Path, root: Path) -> tuple[str, bytes]:
     """(extension, bytes) for a shard: JPEG, PNG and WebP files as they are (no re-encoding loss), any other
     format PIL reads (GIF, BMP, TIFF, ...) re-encoded as PNG. Raises :class:`SkipSample` for a file outside
     ``root`` and for a missing or undecodable file."""
-    path = inside(path, root)
+    path = resolved_inside(path, root)
+    if path is None:
+        raise SkipSample("image path outside the image root")
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:
@@ -34,12 +37,3 @@ def image_member(path: Path, root: Path) -> tuple[str, bytes]:
     image.convert("RGB").save(converted, format="PNG")
     return "png", converted.getvalue()
 
-
-def inside(path: Path, root: Path) -> Path:
-    """``path`` resolved (``..`` and links followed), or :class:`SkipSample` when that leaves ``root``: paths in a
-    dataset file are untrusted, and one naming ``../../home/me/.ssh/id_rsa.png`` or a link pointing out of the
-    image folder must not put another file's bytes into the shards."""
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise SkipSample("image path outside the image root")
-    return resolved

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ett_lightning.evaluation.inference import PROMPT_STYLES, InferenceModel
 from ett_lightning.models.generation import Decoding
+from ett_lightning.utils import resolved_inside
 
 
 @dataclass
@@ -58,8 +59,8 @@ class QuestionsFile:
             return self.skip("no question text")
         if not isinstance(entry.get("image"), str):
             return self.skip("no image path")
-        image = (self.image_root / entry["image"]).resolve()
-        if not image.is_relative_to(self.image_root):
+        image = resolved_inside(self.image_root / entry["image"], self.image_root)
+        if image is None:
             return self.skip(f"image outside {self.image_root}")
         return Question(entry.get("question_id", number), entry["question"], image)
 

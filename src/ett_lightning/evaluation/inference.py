@@ -97,10 +97,13 @@ class InferenceModel(nn.Module):
         batch = self.collate([self.sample(i, q, t) for i, q, t in zip(images, questions, targets)])
         return move_data_to_device(batch, self.device).normalized()
 
+    def image_embeddings(self, batch: ETTBatch) -> torch.Tensor:
+        """The batch's images as projected codebook embeddings, the LLM's image tokens."""
+        return self.projector(self.tokenizer.encode(batch.images.to(self.dtype)).embeddings)
+
     @torch.no_grad()
     def generate(self, batch: ETTBatch, decoding: Decoding = GREEDY) -> list[str]:
-        image_embeds = self.projector(self.tokenizer.encode(batch.images.to(self.dtype)).embeddings)
-        return generate_text(self.language_model, image_embeds, batch.input_ids, batch.image_slots,
+        return generate_text(self.language_model, self.image_embeddings(batch), batch.input_ids, batch.image_slots,
                              batch.target_starts, decoding)
 
     def answer(self, images: Sequence[Image.Image], questions: Sequence[str],
@@ -116,8 +119,8 @@ class InferenceModel(nn.Module):
         """For each question, the summed log-probability of ``continuation`` as the answer (its tokens, not the
         end of turn after them) and whether greedy decoding would produce exactly those tokens."""
         batch = self.batch(images, questions, continuations)
-        image_embeds = self.projector(self.tokenizer.encode(batch.images.to(self.dtype)).embeddings)
-        logits = self.language_model(batch.input_ids, batch.attention_mask, image_embeds, batch.image_slots).logits
+        logits = self.language_model(batch.input_ids, batch.attention_mask, self.image_embeddings(batch),
+                                     batch.image_slots).logits
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = batch.labels[:, 1:]
         results = []

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +122,7 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length the task asks for")
     options = parser.parse_args(args)
     count, skips = write_task(options.shards, Path(options.out), options.name, options.max_new_tokens)
-    reasons = Counter(skips.by_reason)
+    reasons = skips.by_reason
     print(f"wrote task {options.name} with {count} questions to {options.out}; skipped {skips.total}"
           + (f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common())})" if reasons else ""), file=sys.stderr)
 
