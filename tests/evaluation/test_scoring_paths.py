@@ -36,7 +36,7 @@ def trained(tmp_path_factory, synthetic_shards) -> dict[str, Path]:
     cli_main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"), *SMALL,
               f"--data.train_shards=[{vqa}/train-*.tar,{vqa}/val-*.tar]", f"--data.val_shards={vqa}/val-*.tar",
               f"--trainer.default_root_dir={run}", "--trainer.max_steps=300", "--trainer.val_check_interval=300",
-              "--trainer.limit_val_batches=null", "--data.init_args.pack_length=null",
+              "--trainer.limit_val_batches=null",
               "--model.init_args.warmup_steps=5",
               "--trainer.callbacks+=ett_lightning.callbacks.VQAEvaluation"])
     cli_main(["export", "--ckpt", str(run / "checkpoints/last.ckpt"), "--out", str(work / "export")])
