@@ -92,3 +92,10 @@ def test_every_placeholder_of_a_real_recipe_is_caught_before_anything_is_built(r
         check_config(yaml.safe_load(text))
     named = set(re.findall(r"placeholder (<[A-Z0-9_]+>) was not replaced", str(caught.value)))
     assert named == placeholders
+
+
+def test_a_placeholder_shard_pattern_is_reported_once():
+    config = with_change("data.init_args.train_shards", "<TRAIN_SHARDS>")
+    with pytest.raises(ValueError) as caught:
+        check_config(config)
+    assert str(caught.value).count("<TRAIN_SHARDS>") == 1
