@@ -21,6 +21,7 @@ from ett_lightning.experiments.demo import main as demo_main
 from ett_lightning.export import ORIGINAL_FILES, export_module
 from ett_lightning.module import ETTModule
 from ett_lightning.resilience import check_config
+from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameters, checkpoint_mismatch
 
 
 class CheckedLightningCLI(LightningCLI):
@@ -36,6 +37,31 @@ class CheckedLightningCLI(LightningCLI):
         except ValueError as problems:
             print(f"error: {problems}", file=sys.stderr)
             sys.exit(2)
+
+    def _parse_ckpt_path(self) -> None:
+        """``--ckpt_path``: a file that is no readable checkpoint, or a checkpoint of another module class (or, for
+        ``fit``, another stage), ends the command like a parser error before anything is built. Otherwise the
+        checkpoint's hyperparameters update the configuration as in LightningCLI, but read memory-mapped: Lightning
+        loads the whole checkpoint here (all weights and optimizer state, on every rank) only to read them."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        path = config and checkpoint_file(config.get("ckpt_path"), config.get("trainer.default_root_dir"))
+        if not path:
+            return
+        try:
+            hyperparameters = checkpoint_hyperparameters(path)
+            model = config.get("model")
+            problem = checkpoint_mismatch(path, hyperparameters, model.as_dict() if model else {}, subcommand)
+        except ValueError as unreadable:
+            problem = str(unreadable)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        hyperparameters.pop("_instantiator", None)
+        if "_class_path" in hyperparameters:
+            hyperparameters = {"class_path": hyperparameters.pop("_class_path"), "dict_kwargs": hyperparameters}
+        if hyperparameters:
+            self.config = self.parser.parse_object({subcommand: {"model": hyperparameters}}, self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Without a configured logger, a TensorBoard logger writing into ``default_root_dir`` itself.
@@ -53,6 +79,15 @@ class CheckedLightningCLI(LightningCLI):
             root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="")
         return super().instantiate_trainer(**kwargs)
+
+
+def checkpoint_file(ckpt_path: str | None, root: str | None) -> Path | None:
+    """The file ``--ckpt_path`` names: a path, or ``last`` (the run directory's ``checkpoints/last.ckpt``, where
+    this CLI's runs keep it); None when there is none to check (no ``--ckpt_path``, ``best``, or nothing yet)."""
+    if not ckpt_path:
+        return None
+    path = Path(root or os.getcwd()) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    return path if path.is_file() else None
 
 
 def with_prediction_writer(kwargs: dict[str, Any], trainer_config: dict[str, Any]) -> dict[str, Any]:

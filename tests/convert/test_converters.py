@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ from PIL import Image
 
 from ett_lightning.convert.cli import main
 from ett_lightning.data.samples import read_text_fields
+from ett_lightning.data.tar_stream import iter_tar_members
 
 
 def write_image(path: Path, colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:
@@ -107,7 +112,7 @@ def test_shard_byte_limit_closes_shards(llava_source, tmp_path):
 def test_an_output_that_already_holds_the_split_is_refused(llava_source, tmp_path):
     source, root, _ = llava_source
     convert_llava(source, root, tmp_path / "out")
-    with pytest.raises(FileExistsError, match="already holds train shards"):
+    with pytest.raises(SystemExit, match="already holds train shards"):
         convert_llava(source, root, tmp_path / "out")
     convert_llava(source, root, tmp_path / "out", "--split", "val")
     assert summary(tmp_path / "out", "val")["written"] == 3
@@ -124,7 +129,7 @@ def test_jsonl_source_with_a_broken_line(llava_source, tmp_path):
 
 def test_a_source_that_is_not_a_list_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "bad.json").write_text('{"conversations": []}')
-    with pytest.raises(ValueError, match="bad.json holds a JSON dict; expected a list"):
+    with pytest.raises(SystemExit, match="bad.json holds a JSON dict; expected a list"):
         convert_llava(tmp_path / "bad.json", tmp_path, tmp_path / "out")
 
 
@@ -170,7 +175,7 @@ def test_vqav2_keeps_question_id_answer_type_and_all_ten_answers(tmp_path):
 
 def test_vqav2_files_of_the_wrong_kind_are_named(tmp_path):
     questions, annotations, root = vqav2_files(tmp_path)
-    with pytest.raises(ValueError, match="no 'annotations' list"):
+    with pytest.raises(SystemExit, match="no 'annotations' list"):
         main(["vqav2", "--questions", str(questions), "--annotations", str(questions), "--image-root", str(root),
               "--output", str(tmp_path / "out")])
 
@@ -199,7 +204,7 @@ def test_folder_with_a_captions_file_becomes_caption_shards(tmp_path, fmt):
 
 def test_folder_without_a_known_column_asks_for_one(tmp_path):
     (tmp_path / "captions.csv").write_text("picture,words\na.png,hi\n")
-    with pytest.raises(ValueError, match="--image-column"):
+    with pytest.raises(SystemExit, match="--image-column"):
         main(["folder", "--images", str(tmp_path), "--captions", str(tmp_path / "captions.csv"),
               "--output", str(tmp_path / "out")])
     write_image(tmp_path / "a.png", (0, 0, 0))
@@ -273,7 +278,7 @@ def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path, name):
     (tmp_path / name).write_bytes("file_name,caption \xe9\na.png,caf\xe9\n".encode("latin-1"))
     command = ["folder", "--images", str(tmp_path), "--captions"] if name.endswith("csv") else ["llava", "--json"]
     extra = [] if name.endswith("csv") else ["--image-root", str(tmp_path)]
-    with pytest.raises(ValueError, match=f"{name} is not UTF-8 text"):
+    with pytest.raises(SystemExit, match=f"{name} is not UTF-8 text"):
         main([*command, str(tmp_path / name), *extra, "--output", str(tmp_path / "out")])
 
 
@@ -293,3 +298,31 @@ def test_an_interrupted_run_leaves_only_complete_shards(tmp_path):
     assert not list((tmp_path / "out").glob("*.partial"))
     rerun.write(0, {"txt": "again"})
     assert rerun.close()["shards"] == ["train-000000.tar"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_shard_leaves_complete_shards_and_the_rerun_says_what_to_do(tmp_path):
+    root = tmp_path / "images"
+    write_image(root / "a.png", (255, 0, 0))
+    entries = [{"id": str(i), "image": "a.png", "conversations": TURNS} for i in range(3000)]
+    (tmp_path / "llava.json").write_text(json.dumps(entries))
+    out = tmp_path / "out"
+    command = [str(Path(sys.executable).with_name("ett-convert")), "llava", "--json", str(tmp_path / "llava.json"),
+               "--image-root", str(root), "--output", str(out), "--samples-per-shard", "200"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "train-000001.tar").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the conversion ended before it could be killed"
+    assert not (out / "train-summary.json").exists()
+    complete = sorted(out.glob("train-*.tar"))
+    assert len(complete) >= 2
+    for shard in complete:
+        with shard.open("rb") as stream:
+            assert len(list(iter_tar_members(stream))) == 2 * 200  # jpg/png + json per sample, nothing cut
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 1 and "Traceback" not in rerun.stderr
+    assert rerun.stderr.strip().splitlines()[-1].startswith(f"ett-convert: error: {out} already holds train shards")
+    assert "choose an empty --output" in rerun.stderr

@@ -71,6 +71,19 @@ def test_the_cli_checks_before_building_anything_and_exits_like_a_parser_error(t
     assert "init_from: /absent/last.ckpt does not exist" in error and "Traceback" not in error
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--config", "absent.yaml"], "absent.yaml"),
+    (["--config", str(ROOT / "recipes/demo/ett_sft.yaml"), "--model.class_path=ett_lightning.NoSuchModule"],
+     "NoSuchModule"),
+    (["--config", str(ROOT / "recipes/demo/ett_sft.yaml"), "--model.init_args.no_such_option=3"], "no_such_option"),
+], ids=["missing config file", "wrong class_path", "unknown key"])
+def test_parser_errors_name_the_problem_without_a_traceback(args, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli_main(["fit", *args])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in error and "Traceback" not in error
+
+
 def test_a_vit_tokenizer_must_match_the_data_image_size():
     config = with_change("model.init_args.tokenizer.init_args", {"image_size": 64, "patch_size": 8})
     check_config(config)

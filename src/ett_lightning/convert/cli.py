@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from ett_lightning.convert.folder import convert_folder
 from ett_lightning.convert.llava import convert_llava
@@ -37,8 +38,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Runs one conversion; a source or output it cannot use ends it with one line saying why, exit status 1."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        convert(args)
+    except (OSError, ValueError) as problem:
+        sys.exit(f"ett-convert: error: {problem}")
+
+
+def convert(args: argparse.Namespace) -> None:
     output = ShardOutput(args.output, args.split, args.samples_per_shard, args.max_shard_bytes)
     if args.format == "llava":
         summary = convert_llava(args.json, args.image_root, output)

@@ -26,7 +26,7 @@ def convert_folder(images: str | Path, captions_file: str | Path, output: ShardO
     """One sample per captions row, in file order; rows with no caption, or a missing or undecodable image, are
     skipped and counted. Returns the summary."""
     rows = read_rows(Path(captions_file))
-    columns = set().union(*(row.keys() for row in rows if isinstance(row, dict)))
+    columns = {key for row in rows if isinstance(row, dict) for key in row if isinstance(key, str)}
     image_key = pick_column(image_column, IMAGE_COLUMNS, columns, captions_file, "--image-column")
     caption_key = pick_column(caption_column, CAPTION_COLUMNS, columns, captions_file, "--caption-column")
     root = Path(images)

@@ -29,7 +29,7 @@ def convert_vqav2(questions_file: str | Path, annotations_file: str | Path, imag
     whose image is missing or undecodable. Returns the summary."""
     questions = load_section(questions_file, "questions")
     annotations = {a["question_id"]: a for a in load_section(annotations_file, "annotations")
-                   if isinstance(a, dict) and "question_id" in a}
+                   if isinstance(a, dict) and is_id(a.get("question_id"))}
     root = Path(image_root)
     images = index_images(root)
     for index, question in enumerate(progress(questions, "vqav2")):
@@ -63,13 +63,21 @@ def index_images(root: Path) -> dict[int, Path]:
     return images
 
 
+def is_id(value: Any) -> bool:
+    """Question and image ids are numbers (or strings, in derived datasets); anything else is a malformed entry."""
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
 def sample(question: Any, annotations: dict[int, dict], images: dict[int, Path], root: Path) -> dict[str, Any]:
-    if not isinstance(question, dict) or not {"question_id", "image_id", "question"} <= question.keys():
+    if (not isinstance(question, dict) or not is_id(question.get("question_id"))
+            or not is_id(question.get("image_id")) or not isinstance(question.get("question"), str)):
         raise SkipSample("question entry without question_id, image_id and question")
     annotation = annotations.get(question["question_id"])
     if annotation is None:
         raise SkipSample("question without an annotation")
-    answers = [str(a["answer"]) for a in annotation.get("answers", []) if isinstance(a, dict) and "answer" in a]
+    answers = annotation.get("answers")
+    answers = [str(a["answer"]) for a in answers if isinstance(a, dict) and "answer" in a] if isinstance(
+        answers, list) else []
     if not answers:
         raise SkipSample("annotation without answers")
     if question["image_id"] not in images:

@@ -1,0 +1,56 @@
+"""``--ckpt_path`` checks before anything is built: the file reads as a checkpoint, and it belongs to the recipe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
+    """The ``hyper_parameters`` a Lightning checkpoint records, read memory-mapped (no tensor is loaded, so a 7B
+    model's checkpoint costs no memory here). Raises one-line ValueError for a file that is no readable checkpoint,
+    naming an older checkpoint of the same folder to resume from instead."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch reports truncation, foreign files and bad pickles in many types
+        reason = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt: {reason})"
+                         + older_checkpoint_hint(path)) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a Lightning checkpoint (it has no state_dict)" + older_checkpoint_hint(path))
+    return dict(checkpoint.get("hyper_parameters") or {})
+
+
+def older_checkpoint_hint(path: Path) -> str:
+    """``; the same folder holds an older checkpoint ...`` when it does, else nothing."""
+    mtime = path.stat().st_mtime
+    others = sorted((p for p in path.parent.glob("*.ckpt") if p != path and p.stat().st_mtime <= mtime),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    return f"; the same folder holds an older checkpoint: --ckpt_path {others[0]}" if others else ""
+
+
+def checkpoint_mismatch(path: Path, hyperparameters: dict[str, Any], model: dict[str, Any], subcommand: str
+                        ) -> str | None:
+    """Why the checkpoint at ``path`` does not belong to the configured ``model`` (``{class_path, init_args}``), or
+    None. Lightning would otherwise rebuild the model from the checkpoint's own class and arguments and silently
+    run another task, or (``fit``) resume one stage with another stage's frozen parts and optimizer state."""
+    stored, configured = hyperparameters.get("_class_path"), model.get("class_path")
+    if stored and configured and loaded_class(stored) is not loaded_class(configured):
+        return (f"{path} is a checkpoint of {stored}, but the configured model is {configured}: give a checkpoint "
+                f"of a {configured.rpartition('.')[2]} run, or the config of the run that wrote it")
+    stored_stage, stage = hyperparameters.get("stage"), (model.get("init_args") or {}).get("stage")
+    if subcommand == "fit" and stored_stage and stage and stored_stage != stage:
+        return (f"{path} was written by stage {stored_stage!r}, but the configuration trains stage {stage!r}; "
+                f"--ckpt_path resumes the same stage. To start stage {stage!r} from its weights, use "
+                f"--model.init_args.init_from={path} instead")
+    return None
+
+
+def loaded_class(class_path: str) -> Any:
+    """The object ``class_path`` names among modules already imported (the configured class always is, having been
+    parsed), so a name read from a checkpoint imports nothing; the path itself when it is not loaded."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(sys.modules.get(module), name, class_path)
