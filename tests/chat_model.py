@@ -25,18 +25,29 @@ CORPUS = [
 ] * 20
 
 
-def make_chat_model_dir(directory: Path, hidden_size: int = 128, vocab_size: int = 400) -> Path:
-    """Writes tokenizer + tiny model to ``directory``; returns it. ``eos`` is the end-of-turn token, as in
-    instruction-tuned Qwen models."""
+def make_tokenizer_dir(directory: Path, chat_template: str, special_tokens: list[str], eos: str, pad: str | None = None,
+                       bos: str | None = None, added_tokens: tuple[str, ...] = (), vocab_size: int = 400) -> Path:
+    """A small byte-level BPE carrying a model family's special tokens (``added_tokens``: atomic but not special,
+    like Qwen3's ``<think>``) and chat template, written with ``save_pretrained``; returns ``directory``."""
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     backend.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, pad_token=pad, bos_token=bos)
+    tokenizer.add_tokens(list(added_tokens))
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+def make_chat_model_dir(directory: Path, hidden_size: int = 128, vocab_size: int = 400) -> Path:
+    """Writes tokenizer + tiny model to ``directory``; returns it. ``eos`` is the end-of-turn token, as in
+    instruction-tuned Qwen models."""
+    make_tokenizer_dir(directory, CHATML_TEMPLATE, SPECIAL_TOKENS, eos="<|im_end|>", pad="<|endoftext|>",
+                       vocab_size=vocab_size)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
     config = AutoConfig.for_model("qwen2", hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   vocab_size=len(tokenizer) + 8, max_position_embeddings=1024,

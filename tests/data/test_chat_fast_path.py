@@ -92,7 +92,7 @@ def test_skeleton_spans_are_the_rendered_prefixes():
     builder = ChatSequenceBuilder(tokenizer, N, 1024)
     assert builder.template == DEFAULT_CHAT_TEMPLATE
     messages = read_messages({"messages": CONVERSATIONS[0]})
-    skeleton = ChatSkeleton.of(builder.render, [m["role"] for m in messages])
+    skeleton = ChatSkeleton.of(builder.render, [m["role"] for m in messages], tokenizer.eos_token)
     text, spans = skeleton.fill([m["content"] for m in messages])
     assert text == builder.render(messages)
     assert [text[first:end] for first, end in spans] == [" hello<|endoftext|>\n", " It is red.<|endoftext|>\n"]

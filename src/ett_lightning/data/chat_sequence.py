@@ -4,9 +4,11 @@ The text is exactly what ``tokenizer.apply_chat_template(messages)`` renders and
 placeholder replaced by the image markers and N image slots between them. Labels are the assistant turns' tokens
 through their end-of-turn token (the tokenizer's EOS); system and user turns, the template's own text and the
 image are -100. Each assistant turn is found by rendering the conversation up to it with the generation prompt:
-what follows that prefix, up to the end of the turn, is the answer. Those renders are done once per sequence of
-roles (:class:`ChatSkeleton`) and the text is tokenized between its special tokens with a memo
-(:class:`SegmentEncoder`): a conversation costs one render and the tokenization of its new text.
+what follows that prefix, up to the end of the turn, is the answer; where the template renders history
+differently from the last turn (Qwen3), it is the turn as the full render shows it (:func:`answer_spans`). Those
+renders are done once per sequence of roles (:class:`ChatSkeleton`) and the text is tokenized between its special
+tokens with a memo (:class:`SegmentEncoder`): a conversation costs one render and the tokenization of its new
+text.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from bisect import bisect_left
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import chat_template_utils
 
-from ett_lightning.data.chat_skeleton import ChatSkeleton
+from ett_lightning.data.chat_skeleton import ChatSkeleton, answer_spans
 from ett_lightning.data.conversation import IMAGE_PLACEHOLDER
 from ett_lightning.data.segment_encoder import SegmentEncoder
 from ett_lightning.data.skips import SkipSample
@@ -121,7 +123,7 @@ class ChatSequenceBuilder:
         by rendering the conversation up to each answer."""
         roles = tuple(m["role"] for m in marked)
         if roles not in self.skeletons:
-            self.skeletons[roles] = ChatSkeleton.of(self.render, roles)
+            self.skeletons[roles] = ChatSkeleton.of(self.render, roles, self.tokenizer.eos_token)
         skeleton = self.skeletons[roles]
         if skeleton is not None:
             filled, spans = skeleton.fill([m["content"] for m in marked])
@@ -130,15 +132,10 @@ class ChatSequenceBuilder:
         return self.rendered_answer_spans(marked, text)
 
     def rendered_answer_spans(self, marked: list[dict[str, str]], text: str) -> list[tuple[int, int]]:
-        spans = []
-        for index, message in enumerate(marked):
-            if message["role"] != "assistant":
-                continue
-            prompt = self.render(marked[:index], generation_prompt=True)
-            turn = text if index == len(marked) - 1 else self.render(marked[: index + 1])
-            if not (text.startswith(prompt) and text.startswith(turn)):
-                raise SkipSample("the chat template renders earlier turns differently once later turns follow")
-            spans.append((len(prompt), len(turn)))
+        spans = answer_spans(self.render, marked, text, self.tokenizer.eos_token)
+        if spans is None:
+            raise SkipSample("the chat template renders earlier turns differently once later turns follow, and no "
+                             "end-of-turn token closes the answer")
         return spans
 
     def through_end_of_turn(self, ids: list[int], first: int, turn_end: int) -> int:
@@ -157,3 +154,4 @@ class ChatSequenceBuilder:
         if not fitting:
             raise SkipSample("conversation longer than max_text_tokens up to its first answer")
         return max(fitting), True
+
