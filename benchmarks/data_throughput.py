@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ett_lightning.data import ImageTextDataModule
-from ett_lightning.data.shards import expand_shards
+from ett_lightning.data.streaming.shards import expand_shards
 from ett_lightning.models import load_text_tokenizer
 
 

@@ -31,11 +31,11 @@ from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from ett_lightning.data.collate import Collator
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.batching.collate import Collator
+from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
-from ett_lightning.module import adamw_with_schedule, parameter_groups
 from ett_lightning.profiling import HostSyncRecorder
+from ett_lightning.training.optimizer import adamw_with_schedule, parameter_groups
 
 H100_BF16_DENSE_TFLOPS = 989.0
 

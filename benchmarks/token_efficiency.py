@@ -26,7 +26,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from throughput import optimizer_for, plain_step
 
-from ett_lightning.data.collate import Collator
+from ett_lightning.data.batching.collate import Collator
 from ett_lightning.data.skips import SkipCounter
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ett_lightning import ETTLoss, ETTModule, IndexBackpropQuantizer, LanguageModel, MLPProjector, VQTokenizer
-from ett_lightning.data.synthetic import make_shards
+from ett_lightning.convert.synthetic import make_shards
 from ett_lightning.models import load_text_tokenizer
 from tests.chat_model import make_chat_model_dir
 
@@ -58,8 +58,8 @@ def synthetic_shards(tmp_path_factory) -> Path:
 def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0, pack_length: int | None = None):
     """A collated batch through the real data-side sequence builder and collator, normalised as on the device;
     packed into rows of ``pack_length`` tokens when given."""
-    from ett_lightning.data.collate import Collator
-    from ett_lightning.data.sequence import SequenceBuilder
+    from ett_lightning.data.batching.collate import Collator
+    from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
     from ett_lightning.data.skips import SkipCounter
 
     generator = torch.Generator().manual_seed(seed)

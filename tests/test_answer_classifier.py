@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from ett_lightning import ETTLoss, ETTModule, ImageTextDataModule, LanguageModel, MLPProjector
-from ett_lightning.data.collate import Collator
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.batching.collate import Collator
+from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from tests.conftest import IMAGE_SIZE, TINY_LLM, tiny_tokenizer
 

@@ -33,8 +33,8 @@ def test_ett_caption_loss_alone_reaches_encoder_and_codebook():
 
 
 def test_caption_loss_without_a_mask_equals_the_masked_loss_on_right_padded_batches():
-    from ett_lightning.data.collate import Collator
-    from ett_lightning.data.sequence import SequenceBuilder
+    from ett_lightning.data.batching.collate import Collator
+    from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
     from ett_lightning.data.skips import SkipCounter
 
     module = tiny_module("ett").eval()
@@ -130,8 +130,8 @@ def test_lightning_checkpoint_reloads_to_identical_outputs(tmp_path):
 
 
 def vqa_batch(module: ETTModule, questions: list[str]):
-    from ett_lightning.data.collate import Collator
-    from ett_lightning.data.sequence import SequenceBuilder
+    from ett_lightning.data.batching.collate import Collator
+    from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
     from ett_lightning.data.skips import SkipCounter
 
     builder = SequenceBuilder(module.text_tokenizer, module.num_image_tokens(32))

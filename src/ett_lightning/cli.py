@@ -17,7 +17,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ett_lightning.callbacks.prediction_writer import PredictionWriter
 from ett_lightning.callbacks.run_config_saver import RunConfigSaver
 from ett_lightning.data.input_spec import InputSpec
-from ett_lightning.experiments.demo import main as demo_main
 from ett_lightning.export import ORIGINAL_FILES, export_module
 from ett_lightning.module import ETTModule
 from ett_lightning.resilience import check_config
@@ -142,11 +141,18 @@ def lmms_task_command(args: list[str]) -> None:
     lmms_task_main(args)
 
 
+def demo_command(args: list[str]) -> None:
+    """``ett demo``: the experiments (and their plotting) are imported only when asked, never by a training run."""
+    from ett_lightning.experiments.demo import main as demo_main
+
+    demo_main(args)
+
+
 def main(args: list[str] | None = None) -> None:
     """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config), and
     ``ett export --ckpt run.ckpt --out DIR``, ``ett ask --export DIR ...``, ``ett lmms-task`` and ``ett demo``."""
     argv = sys.argv[1:] if args is None else args
-    commands = {"export": export_command, "demo": demo_main, "ask": ask_command, "lmms-task": lmms_task_command}
+    commands = {"export": export_command, "demo": demo_command, "ask": ask_command, "lmms-task": lmms_task_command}
     if argv[:1] and argv[0] in commands:
         commands[argv[0]](argv[1:])
         return

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-import math
 import warnings
-from functools import partial
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.distributed.fsdp import FullyShardedDataParallel
-from torch.optim.lr_scheduler import LambdaLR
 
-from ett_lightning.data.batch import ETTBatch
+from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.export import load_export
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.models.generation import Decoding, generate_text
 from ett_lightning.tokenizer import TokenizerOutput, VisionTokenizer
-from ett_lightning.utils import load_state_dict_file, load_strict
+from ett_lightning.training.clipping import clip_by_player
+from ett_lightning.training.component_weights import load_component_weights
+from ett_lightning.training.optimizer import adamw_with_schedule, discriminator_groups, parameter_groups
+from ett_lightning.training.step_logging import evaluation_rows, log_split, writes_step_logs
 
-log = logging.getLogger(__name__)
 Stage = Literal["align", "ett", "posttrain"]
 COMPONENTS = ("tokenizer", "projector", "language_model")
 STAGE_TRAINABLE: dict[str, frozenset[str]] = {
@@ -30,9 +27,7 @@ STAGE_TRAINABLE: dict[str, frozenset[str]] = {
     "ett": frozenset(COMPONENTS),
     "posttrain": frozenset({"projector", "language_model"}),
 }
-DISCRIMINATOR = "discriminator"
 DEFAULT_LEARNING_RATES = {"tokenizer": 1e-5, "projector": 1e-3, "language_model": 2e-5}
-FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
 class ETTModule(L.LightningModule):
@@ -248,60 +243,6 @@ class ETTModule(L.LightningModule):
         clip_by_player(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
-def load_component_weights(module: nn.Module, path: str, names: tuple[str, ...]) -> list[str]:
-    """Loads ``module.<name>`` strictly from the ``<name>.*`` entries of a checkpoint for each of ``names`` the
-    checkpoint holds; returns the names loaded. A checkpoint holding none of them is an error."""
-    state = load_state_dict_file(path)
-    loaded = []
-    for name in names:
-        prefix = f"{name}."
-        part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        if part:
-            load_strict(getattr(module, name), part, f"{path} [{name}]")
-            loaded.append(name)
-    if not loaded:
-        raise ValueError(f"{path} holds weights for none of {list(names)}: not an ett_lightning checkpoint?")
-    log.info("init_from %s loaded %s", path, ", ".join(loaded))
-    return loaded
-
-
-def evaluation_rows(batch: ETTBatch) -> tuple[ETTBatch, int]:
-    """What an evaluation step computes on, and the weight its logged means get: the real rows and their count,
-    or, for a batch that is all padding, the batch itself with weight 0. Logging it anyway keeps every DDP rank
-    logging the same names, which the epoch-end reduction needs; the weight keeps it out of the means."""
-    real = batch.without_padding()
-    return (real, len(real)) if len(real) else (batch, 0)
-
-
-def log_split(module: L.LightningModule, split: str, parts: dict[str, Tensor], batch_size: int) -> None:
-    """Logs ``parts`` as ``<split>/<name>``: per step while training, epoch means synced across ranks otherwise.
-
-    The training step's parts also stay on ``module.train_parts``, where NonFiniteGuard finds which went bad.
-    Training steps whose metrics the loggers will not write are not logged at all (see :func:`writes_step_logs`).
-    """
-    training = split == "train"
-    detached = {name: value.detach() for name, value in parts.items()}
-    if training:
-        module.train_parts = detached
-        if not writes_step_logs(module):
-            return
-    values = {f"{split}/{name}": value for name, value in detached.items()}
-    module.log_dict(values, on_step=training, on_epoch=not training, sync_dist=not training, batch_size=batch_size)
-
-
-def writes_step_logs(module: L.LightningModule) -> bool:
-    """Whether the loggers write step metrics this step (every ``log_every_n_steps``).
-
-    Lightning accepts ``self.log`` on every step but writes only at the interval, and each call costs about 2 ms
-    of Python bookkeeping: 7 % of a 70 ms step for the demo's five training metrics. Outside a fit, True.
-    """
-    try:
-        connector = module.trainer._logger_connector
-    except RuntimeError:
-        return True
-    return connector.should_update_logs
-
-
 def resolve_trainable(
     stage: str,
     overrides: dict[str, bool] | None,
@@ -331,89 +272,3 @@ def check_dimensions(tokenizer: VisionTokenizer, projector: MLPProjector, langua
             f"projector.out_dim={projector.out_dim} but the LLM hidden size is {language_model.hidden_size}; "
             f"set model.projector.init_args.out_dim: {language_model.hidden_size}"
         )
-
-
-def parameter_groups(name: str, module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Two AdamW groups for ``module``: matrices/convs with weight decay, biases/norm/scalars without."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return [
-        {"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay},
-        {"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
-    ]
-
-
-def discriminator_groups(loss: ETTLoss) -> list[dict]:
-    """The discriminator's AdamW group (its own learning rate and betas, no weight decay), if there is one."""
-    adversarial = loss.adversarial
-    if adversarial is None:
-        return []
-    params = [p for p in adversarial.parameters() if p.requires_grad]
-    return [{"name": DISCRIMINATOR, "params": params, "lr": adversarial.learning_rate, "betas": adversarial.betas,
-             "weight_decay": 0.0}]
-
-
-def clip_by_player(module: L.LightningModule, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None,
-                   gradient_clip_algorithm: str | None) -> None:
-    """The trainer's gradient clipping, by norm separately for the discriminator and for everything else, so
-    the discriminator's gradients never shrink the tokenizer's step (nor the reverse).
-
-    It clips here rather than through Lightning's precision plugin, which refuses to clip under ``bf16-mixed``
-    or ``16-mixed`` when the optimizer is fused (the AdamW :func:`adamw_with_schedule` builds): with a gradient
-    scaler (``16-mixed``) the gradients are unscaled first, which a fused step then accounts for. Under FSDP each
-    rank holds a shard of every gradient, so the norm must come from FSDP's own ``clip_grad_norm_`` on the root
-    module; it clips all parameters together.
-    """
-    if not gradient_clip_val:
-        return
-    root = module.trainer.model
-    if gradient_clip_algorithm != "value" and isinstance(root, FullyShardedDataParallel):
-        root.clip_grad_norm_(gradient_clip_val)
-        return
-    unscale_for_clipping(module.trainer, optimizer)
-    groups = optimizer.param_groups
-    for is_discriminator in (False, True):
-        params = [p for g in groups if (g.get("name") == DISCRIMINATOR) == is_discriminator for p in g["params"]]
-        if not params:
-            continue
-        if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-
-
-def unscale_for_clipping(trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> None:
-    """Divides the gradients by the loss scale of ``16-mixed`` where Lightning has not (it unscales before the
-    clipping hook only for optimizers that do not unscale inside their own step, i.e. not for fused ones)."""
-    scaler = loss_scaler(trainer)
-    if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
-        scaler.unscale_(optimizer)
-
-
-def loss_scaler(trainer: L.Trainer) -> torch.amp.GradScaler | None:
-    """The precision plugin's GradScaler when it scales the loss (``16-mixed``), else None."""
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    return scaler if scaler is not None and scaler.is_enabled() else None
-
-
-def adamw_with_schedule(
-    groups: list[dict], betas: tuple[float, float], warmup: int, total: int, floor: float, device: torch.device
-) -> dict:
-    """AdamW with a per-step warmup + cosine schedule, in Lightning's optimizer-config form.
-
-    Fused on CUDA and CPU: one kernel per step, and it accepts GradScaler's ``found_inf`` flag, which lets
-    :class:`NonFiniteGuard` skip a bad step without reading anything back to the host.
-    """
-    fused = True if device.type in FUSED_ADAMW_DEVICES else None
-    optimizer = torch.optim.AdamW(groups, betas=tuple(betas), fused=fused)
-    schedule = partial(warmup_cosine, warmup=warmup, total=total, floor=floor)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
-
-
-def warmup_cosine(step: int, warmup: int, total: int, floor: float) -> float:
-    """Learning-rate multiplier: linear warmup to 1, then cosine decay to ``floor`` at ``total`` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -16,8 +16,8 @@ import webdataset as wds
 from PIL import Image
 
 from ett_lightning.convert.cli import main
-from ett_lightning.data.samples import read_text_fields
-from ett_lightning.data.tar_stream import iter_tar_members
+from ett_lightning.data.streaming.decoding import read_text_fields
+from ett_lightning.data.streaming.tar_stream import iter_tar_members
 
 
 def write_image(path: Path, colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:

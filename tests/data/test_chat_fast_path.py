@@ -9,10 +9,10 @@ import pickle
 import pytest
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-from ett_lightning.data.chat_sequence import DEFAULT_CHAT_TEMPLATE, ChatSequenceBuilder
-from ett_lightning.data.chat_skeleton import ChatSkeleton
-from ett_lightning.data.conversation import read_messages
-from ett_lightning.data.segment_encoder import SegmentEncoder
+from ett_lightning.data.sequences.chat_sequence import DEFAULT_CHAT_TEMPLATE, ChatSequenceBuilder
+from ett_lightning.data.sequences.chat_skeleton import ChatSkeleton
+from ett_lightning.data.sequences.conversation import read_messages
+from ett_lightning.data.sequences.segment_encoder import SegmentEncoder
 from ett_lightning.models import load_text_tokenizer
 
 N = 4

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ett_lightning.data.collate import Collator
-from ett_lightning.data.conversation import read_messages
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.batching.collate import Collator
+from ett_lightning.data.sequences.conversation import read_messages
+from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.models import load_text_tokenizer
 from tests.chat_model import make_tokenizer_dir

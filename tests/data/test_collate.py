@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from ett_lightning.data import IGNORE_INDEX
-from ett_lightning.data.collate import Collator
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.batching.collate import Collator
+from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.models import load_text_tokenizer
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END

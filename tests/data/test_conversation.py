@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ett_lightning.data.chat_sequence import ChatSequenceBuilder
-from ett_lightning.data.conversation import read_messages
-from ett_lightning.data.sequence import IGNORE_INDEX, SequenceBuilder
+from ett_lightning.data.sequences.chat_sequence import ChatSequenceBuilder
+from ett_lightning.data.sequences.conversation import read_messages
+from ett_lightning.data.sequences.sequence_builder import IGNORE_INDEX, SequenceBuilder
 from ett_lightning.data.skips import SkipSample
 from ett_lightning.models import load_text_tokenizer
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from ett_lightning.data import IGNORE_INDEX, ImageTextDataModule
-from ett_lightning.data.seeded_shuffle import SeededShuffle
-from ett_lightning.data.shards import ResampledShardStream, expand_shards
+from ett_lightning.data.streaming.seeded_shuffle import SeededShuffle
+from ett_lightning.data.streaming.shards import ResampledShardStream, expand_shards
 from ett_lightning.models import byte_level_tokenizer, load_text_tokenizer
 from tests.conftest import IMAGE_SIZE
 
@@ -139,7 +139,7 @@ def test_validation_splits_by_sample_evenly_over_ranks_and_workers(tmp_path, mon
 
 
 def test_padding_rows_are_dropped_from_every_field():
-    from ett_lightning.data.batch import ETTBatch
+    from ett_lightning.data.batching.batch import ETTBatch
 
     batch = ETTBatch(images=torch.arange(3).view(3, 1, 1, 1), input_ids=torch.arange(6).view(3, 2),
                      attention_mask=torch.ones(3, 2), labels=torch.zeros(3, 2), image_slots=torch.zeros(3, 2),
@@ -265,7 +265,7 @@ def test_the_shuffle_buffer_is_seeded_and_still_shuffles():
 
 def test_the_shuffle_order_does_not_depend_on_the_process_hash_seed():
     """Two interpreters with different string-hash seeds (as two runs have) give one order."""
-    program = ("from ett_lightning.data.seeded_shuffle import SeededShuffle; "
+    program = ("from ett_lightning.data.streaming.seeded_shuffle import SeededShuffle; "
                "print([s['k'] for s in SeededShuffle(20, 10, seed=3)(iter([{'k': i} for i in range(60)]))])")
     orders = [subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": str(hash_seed)}).stdout for hash_seed in (1, 2)]

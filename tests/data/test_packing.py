@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from ett_lightning.data.collate import Collator
-from ett_lightning.data.packing import pack_rows
-from ett_lightning.data.sequence import IGNORE_INDEX, SequenceBuilder
+from ett_lightning.data.batching.collate import Collator
+from ett_lightning.data.batching.packing import pack_rows
+from ett_lightning.data.sequences.sequence_builder import IGNORE_INDEX, SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from tests.conftest import IMAGE_SIZE, tiny_module
 
@@ -168,7 +168,8 @@ def test_segment_maps_match_the_position_id_restarts():
 
 
 def test_segment_attention_equals_masked_sdpa_with_grouped_heads_and_trailing_pads():
-    from ett_lightning.models.segment_attention import PackedSegments, segment_sdpa_attention
+    from ett_lightning.data.batching.packed_segments import PackedSegments
+    from ett_lightning.models.segment_attention import segment_sdpa_attention
 
     torch.manual_seed(0)
     query = torch.randn(2, 4, 12, 8, requires_grad=True)
@@ -232,7 +233,7 @@ def test_long_tail_caption_shards_have_web_like_lengths(tmp_path):
 
     import webdataset as wds
 
-    from ett_lightning.data.synthetic import make_shards
+    from ett_lightning.convert.synthetic import make_shards
 
     make_shards(tmp_path, num_train=200, num_val=8, image_size=16, samples_per_shard=200, long_tail_captions=True)
     lengths = [len(s["txt"]) for s in wds.WebDataset(str(tmp_path / "caption" / "train-000000.tar"),

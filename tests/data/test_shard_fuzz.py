@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ett_lightning.data.samples import SampleDecoder
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
-from ett_lightning.data.tar_stream import BLOCK, tar_samples
-from ett_lightning.data.transforms import ImageTransform
+from ett_lightning.data.streaming.decoding import SampleDecoder
+from ett_lightning.data.streaming.tar_stream import BLOCK, tar_samples
+from ett_lightning.data.streaming.transforms import ImageTransform
 from tests.conftest import IMAGE_SIZE, tiny_module
 
 LONG_DIRECTORY = "d" * 160  # member names beyond 100 bytes: pax records or GNU long-name members

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ett_lightning.data.synthetic import make_sample, sample_scene
+from ett_lightning.convert.synthetic import make_sample, sample_scene
 
 SIZE = 64
 

@@ -3,7 +3,7 @@ import tarfile
 
 import pytest
 
-from ett_lightning.data.tar_stream import TarStreamError, expand_tar_streams, iter_tar_members, parse_number
+from ett_lightning.data.streaming.tar_stream import TarStreamError, expand_tar_streams, iter_tar_members, parse_number
 
 MEMBERS = {
     "000000.png": b"\x89PNG" + bytes(range(256)) * 3,

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ett_lightning.data.transforms import ImageTransform, to_model_range, to_rgb
+from ett_lightning.data.streaming.transforms import ImageTransform, to_model_range, to_rgb
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "CMYK", "P", "I;16", "1"])

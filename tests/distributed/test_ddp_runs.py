@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ett_lightning.data.synthetic import make_shards
+from ett_lightning.convert.synthetic import make_shards
 from tests.distributed.cli_runs import ROOT, run_lightning, two_processes
 
 RECIPES = {"tokenizer": "tokenizer", "align": "ett_align", "ett": "ett_sft", "posttrain": "ett_posttrain",

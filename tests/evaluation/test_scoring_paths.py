@@ -14,8 +14,8 @@ import pytest
 import webdataset as wds
 
 from ett_lightning.cli import main as cli_main
-from ett_lightning.data.shards import OrderedShardStream, expand_shards
-from ett_lightning.data.tar_stream import tar_to_samples
+from ett_lightning.data.streaming.shards import OrderedShardStream, expand_shards
+from ett_lightning.data.streaming.tar_stream import tar_to_samples
 from ett_lightning.export import EXPORT_FILE
 from ett_lightning.metrics import VQAAccuracy
 

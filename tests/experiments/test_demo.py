@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from ett_lightning import ETTModule
-from ett_lightning.data.synthetic import make_shards
+from ett_lightning.convert.synthetic import make_shards
 from ett_lightning.experiments import demo as demo_module
 from ett_lightning.experiments.demo import DemoPlan, main, run_arm
 from ett_lightning.experiments.report import answer_type_lines, blind_lines

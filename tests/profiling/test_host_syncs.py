@@ -4,9 +4,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ett_lightning import ETTLoss
-from ett_lightning.module import writes_step_logs
 from ett_lightning.profiling import HostSyncRecorder
 from ett_lightning.resilience import NonFiniteGuard
+from ett_lightning.training.step_logging import writes_step_logs
 from tests.conftest import make_batch, tiny_module
 from tests.losses.test_adversarial import small_adversarial
 

@@ -12,9 +12,9 @@ from PIL import Image
 from ett_lightning import ETTLoss, ImageTextDataModule, LanguageModel, MLPProjector
 from ett_lightning.callbacks import GeneratedImageWriter, GenerationMetrics
 from ett_lightning.data import PromptBatch
-from ett_lightning.data.collate import Collator
-from ett_lightning.data.prompts import PromptCollator
-from ett_lightning.data.sequence import IGNORE_INDEX, SequenceBuilder
+from ett_lightning.data.batching.collate import Collator
+from ett_lightning.data.batching.prompts import PromptCollator
+from ett_lightning.data.sequences.sequence_builder import IGNORE_INDEX, SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.tasks import TextToImage
 from tests.conftest import IMAGE_SIZE, TINY_LLM, tiny_module, tiny_tokenizer

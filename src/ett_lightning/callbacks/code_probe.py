@@ -17,9 +17,9 @@ import webdataset as wds
 from PIL import Image
 from torch import Tensor, nn
 
-from ett_lightning.data.samples import IMAGE_EXTENSIONS
-from ett_lightning.data.shards import expand_shards
-from ett_lightning.data.transforms import ImageTransform, to_model_range
+from ett_lightning.data.streaming.decoding import IMAGE_EXTENSIONS
+from ett_lightning.data.streaming.shards import expand_shards
+from ett_lightning.data.streaming.transforms import ImageTransform, to_model_range
 
 
 class CodeProbe(L.Callback):

@@ -12,7 +12,7 @@ from ett_lightning.callbacks.image_grid import save_step_grid
 from ett_lightning.callbacks.reconstruction import build_fid, to_unit
 from ett_lightning.callbacks.run_dir import run_dir
 from ett_lightning.callbacks.synced_metrics import log_synced
-from ett_lightning.data.batch import ETTBatch
+from ett_lightning.data.batching.batch import ETTBatch
 
 
 class GenerationMetrics(L.Callback):

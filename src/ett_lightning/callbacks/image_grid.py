@@ -13,7 +13,7 @@ from torchvision.utils import make_grid, save_image
 
 from ett_lightning.callbacks.reconstruction import to_unit
 from ett_lightning.callbacks.run_dir import run_dir
-from ett_lightning.data.batch import ETTBatch
+from ett_lightning.data.batching.batch import ETTBatch
 
 
 class ReconstructionGrid(L.Callback):

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchmetrics.image import FrechetInceptionDistance, PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ett_lightning.callbacks.synced_metrics import log_synced
-from ett_lightning.data.batch import ETTBatch
+from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.metrics import CodebookUsage, MeanImagePSNR
 
 

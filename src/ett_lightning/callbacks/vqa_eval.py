@@ -13,7 +13,7 @@ from torch import nn
 from ett_lightning.callbacks.metrics_json import write_json_atomically
 from ett_lightning.callbacks.run_dir import run_dir
 from ett_lightning.callbacks.synced_metrics import gather_objects, log_synced
-from ett_lightning.data.batch import ETTBatch
+from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.metrics import VQAAccuracy
 from ett_lightning.metrics.vqa import Normalization
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ett_lightning.confined_paths import resolved_inside
 from ett_lightning.data.skips import SkipSample
-from ett_lightning.utils import resolved_inside
 
 STORED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 

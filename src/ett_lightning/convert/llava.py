@@ -3,7 +3,7 @@
 The source is LLaVA's JSON (LLaVA-Instruct, ShareGPT4V, ...): a list of
 ``{"id": ..., "image": "relative/path.jpg", "conversations": [{"from": "human" | "gpt", "value": ...}]}``.
 Each entry becomes a sample holding the image file's bytes and a json with the entry's ``id``, ``image`` and
-``conversations`` as they are, which :mod:`~ett_lightning.data.conversation` reads at training time.
+``conversations`` as they are, which :mod:`~ett_lightning.data.sequences.conversation` reads at training time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from ett_lightning.convert.entries import progress, read_json_entries
 from ett_lightning.convert.images import image_member
 from ett_lightning.convert.shard_output import ShardOutput
-from ett_lightning.data.conversation import read_messages
+from ett_lightning.data.sequences.conversation import read_messages
 from ett_lightning.data.skips import SkipSample
 
 

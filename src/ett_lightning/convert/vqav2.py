@@ -17,8 +17,8 @@ from typing import Any
 from ett_lightning.convert.entries import progress, read_utf8
 from ett_lightning.convert.images import image_member
 from ett_lightning.convert.shard_output import ShardOutput
-from ett_lightning.data.samples import IMAGE_EXTENSIONS
 from ett_lightning.data.skips import SkipSample
+from ett_lightning.data.streaming.decoding import IMAGE_EXTENSIONS
 
 TRAILING_ID = re.compile(r"(\d+)$")
 

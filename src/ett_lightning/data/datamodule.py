@@ -10,17 +10,17 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from webdataset.utils import pytorch_worker_info
 
-from ett_lightning.data.batch import ETTBatch
-from ett_lightning.data.collate import Collator
-from ett_lightning.data.even_split import EvenSplit
-from ett_lightning.data.prompts import PromptBatch, PromptCollator, read_prompts
-from ett_lightning.data.samples import SampleDecoder
-from ett_lightning.data.seeded_shuffle import SeededShuffle
-from ett_lightning.data.sequence import Layout, SequenceBuilder
-from ett_lightning.data.shards import OrderedShardStream, ResampledShardStream, expand_shards
+from ett_lightning.data.batching.batch import ETTBatch
+from ett_lightning.data.batching.collate import Collator
+from ett_lightning.data.batching.prompts import PromptBatch, PromptCollator, read_prompts
+from ett_lightning.data.sequences.sequence_builder import Layout, SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
-from ett_lightning.data.tar_stream import tar_to_samples
-from ett_lightning.data.transforms import ImageTransform
+from ett_lightning.data.streaming.decoding import SampleDecoder
+from ett_lightning.data.streaming.even_split import EvenSplit
+from ett_lightning.data.streaming.seeded_shuffle import SeededShuffle
+from ett_lightning.data.streaming.shards import OrderedShardStream, ResampledShardStream, expand_shards
+from ett_lightning.data.streaming.tar_stream import tar_to_samples
+from ett_lightning.data.streaming.transforms import ImageTransform
 
 
 class ImageTextDataModule(L.LightningDataModule):
@@ -37,7 +37,7 @@ class ImageTextDataModule(L.LightningDataModule):
     ``lightning predict`` generate images from those prompts instead of reading the validation shards.
 
     ``pack_length`` packs each training batch's samples into rows of up to that many LLM tokens (see
-    :mod:`~ett_lightning.data.packing`): the same samples and loss, without the LLM computing on padding.
+    :mod:`~ett_lightning.data.batching.packing`): the same samples and loss, without the LLM computing on padding.
     Validation batches keep one sample per row, as generation needs.
     """
 

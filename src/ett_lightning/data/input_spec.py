@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ett_lightning.data.sequence import DEFAULT_TEMPLATES
+from ett_lightning.data.sequences.sequence_builder import DEFAULT_TEMPLATES
 
 IMAGE_PREPARATION = {"resize": "shorter side to size, bicubic", "crop": "centre square", "channels": "RGB",
                      "range": [-1.0, 1.0], "scale": "uint8 / 127.5 - 1"}

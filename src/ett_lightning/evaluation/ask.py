@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ett_lightning.confined_paths import resolved_inside
 from ett_lightning.evaluation.inference import PROMPT_STYLES, InferenceModel
 from ett_lightning.models.generation import Decoding
-from ett_lightning.utils import resolved_inside
 
 
 @dataclass

@@ -9,13 +9,13 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
 from torch import nn
 
-from ett_lightning.data.batch import ETTBatch
-from ett_lightning.data.collate import Collator
+from ett_lightning.data.batching.batch import ETTBatch
+from ett_lightning.data.batching.collate import Collator
 from ett_lightning.data.input_spec import InputSpec
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
+from ett_lightning.data.sequences.token_sequence import IGNORE_INDEX
 from ett_lightning.data.skips import SkipCounter
-from ett_lightning.data.token_sequence import IGNORE_INDEX
-from ett_lightning.data.transforms import ImageTransform
+from ett_lightning.data.streaming.transforms import ImageTransform
 from ett_lightning.export import load_export
 from ett_lightning.models import LanguageModel
 from ett_lightning.models.generation import GREEDY, Decoding, generate_text

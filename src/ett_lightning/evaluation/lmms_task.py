@@ -18,10 +18,10 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
-from ett_lightning.data.samples import IMAGE_EXTENSIONS, read_text_fields
-from ett_lightning.data.shards import OrderedShardStream, expand_shards
 from ett_lightning.data.skips import SkipCounter, SkipSample
-from ett_lightning.data.tar_stream import tar_to_samples
+from ett_lightning.data.streaming.decoding import IMAGE_EXTENSIONS, read_text_fields
+from ett_lightning.data.streaming.shards import OrderedShardStream, expand_shards
+from ett_lightning.data.streaming.tar_stream import tar_to_samples
 
 VQAV2_REFERENCES = 10
 UTILS = '''"""lmms-eval functions of this task, from ett_lightning (written by `ett lmms-task`)."""

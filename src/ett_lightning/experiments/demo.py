@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ett_lightning.data.synthetic import GLYPHS, make_shards
+from ett_lightning.convert.synthetic import GLYPHS, make_shards
 from ett_lightning.experiments.interval import paired_interval, question_scores, reference_answers, score_matrix
 from ett_lightning.experiments.report import write_figure, write_markdown
 from ett_lightning.experiments.runs import LightningRun

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from ett_lightning.data.shards import expand_shards
+from ett_lightning.data.streaming.shards import expand_shards
 from ett_lightning.metrics.vqa import soft_accuracy
 
 

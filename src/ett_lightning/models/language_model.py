@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ett_lightning.models.segment_attention import SEGMENT_SDPA, PackedSegments
+from ett_lightning.data.batching.packed_segments import PackedSegments
+from ett_lightning.models.segment_attention import SEGMENT_SDPA
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END, load_text_tokenizer
 
 

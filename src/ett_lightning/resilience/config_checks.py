@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ett_lightning.data.shards import expand_shards
+from ett_lightning.data.streaming.shards import expand_shards
 
 STAGES = ("align", "ett", "posttrain")
 FILE_KEYS = ("weights", "backbone_weights", "fid_weights", "fid_feature_extractor", "init_from", "predict_prompts")

@@ -9,7 +9,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ett_lightning.module import loss_scaler, writes_step_logs
+from ett_lightning.training.clipping import loss_scaler
+from ett_lightning.training.step_logging import writes_step_logs
 
 log = logging.getLogger(__name__)
 

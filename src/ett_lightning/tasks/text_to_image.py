@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.generation import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from ett_lightning.data.batch import ETTBatch
-from ett_lightning.data.prompts import PromptBatch, left_pad
+from ett_lightning.data.batching.batch import ETTBatch
+from ett_lightning.data.batching.prompts import PromptBatch, left_pad
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.module import COMPONENTS, DEFAULT_LEARNING_RATES, STAGE_TRAINABLE, ETTModule, Stage

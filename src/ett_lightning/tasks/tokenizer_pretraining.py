@@ -8,19 +8,14 @@ import lightning as L
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from ett_lightning.data.batch import ETTBatch
+from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import load_text_tokenizer
-from ett_lightning.module import (
-    adamw_with_schedule,
-    clip_by_player,
-    discriminator_groups,
-    evaluation_rows,
-    load_component_weights,
-    log_split,
-    parameter_groups,
-)
 from ett_lightning.tokenizer import VisionTokenizer
+from ett_lightning.training.clipping import clip_by_player
+from ett_lightning.training.component_weights import load_component_weights
+from ett_lightning.training.optimizer import adamw_with_schedule, discriminator_groups, parameter_groups
+from ett_lightning.training.step_logging import evaluation_rows, log_split
 
 
 class TokenizerPretraining(L.LightningModule):

@@ -94,7 +94,7 @@ class VisionTokenizer(nn.Module):
         """Images in [-1, 1], [B, 3, H, W] -> codebook embeddings [B, (H/f)*(W/f), D] and the rest."""
         if not images.is_floating_point():
             raise TypeError(f"{type(self).__name__}.encode expects float images in [-1, 1], got {images.dtype}; "
-                            "scale uint8 pixels with ett_lightning.data.transforms.to_model_range "
+                            "scale uint8 pixels with ett_lightning.data.streaming.transforms.to_model_range "
                             "(ETTBatch.normalized)")
         quant = self.quantize(self.quant_conv(self.encoder(images)))
         embeddings = quant.quantized.flatten(2).transpose(1, 2)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from PIL import Image
 
-from ett_lightning.data.conversation import is_conversation, last_assistant_answer, read_messages
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.sequences.conversation import is_conversation, last_assistant_answer, read_messages
 from ett_lightning.data.skips import SkipCounter, SkipSample
-from ett_lightning.data.transforms import ImageTransform
+
+if TYPE_CHECKING:  # decoding itself needs neither; the converters import this module for its readers
+    from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
+    from ett_lightning.data.streaming.transforms import ImageTransform
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -43,8 +45,9 @@ def read_text_fields(sample: dict[str, Any]) -> TextFields:
     """(task, template fields, training target, reference answers, answer type) from ``json`` and/or ``txt``.
 
     A conversation when the json has ``conversations`` (LLaVA) or ``messages`` (chat messages): the fields hold the
-    messages, the reference answer is the last assistant turn (:mod:`~ett_lightning.data.conversation`), and the
-    question id the json's ``question_id`` or else its ``id`` (LLaVA's entry id).
+    messages, the reference answer is the last assistant turn
+    (:mod:`~ett_lightning.data.sequences.conversation`), and the question id the json's ``question_id`` or else its
+    ``id`` (LLaVA's entry id).
     VQA when the json has a ``question``: the target is the most common of ``answers`` (first on ties) or
     ``answer``; all answers are kept, and ``answer_type`` (VQAv2's field, e.g. ``yes/no``) if present.
     Otherwise a caption task on ``txt`` (or the json's ``caption``).

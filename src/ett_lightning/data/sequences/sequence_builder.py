@@ -6,12 +6,12 @@ from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from ett_lightning.data.chat_sequence import ChatSequenceBuilder
+from ett_lightning.data.sequences.chat_sequence import ChatSequenceBuilder
+from ett_lightning.data.sequences.token_sequence import IGNORE_INDEX, TokenSequence
 from ett_lightning.data.skips import SkipSample
-from ett_lightning.data.token_sequence import IGNORE_INDEX, Sequence
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
 
-__all__ = ["IGNORE_INDEX", "Sequence", "SequenceBuilder"]
+__all__ = ["IGNORE_INDEX", "SequenceBuilder", "TokenSequence"]
 DEFAULT_TEMPLATES = {
     "caption": "Describe the image.",
     "vqa": "Question: {question} Answer:",
@@ -61,7 +61,7 @@ class SequenceBuilder:
             raise KeyError(f"no prompt template for task {task!r}; templates exist for {sorted(self.templates)}")
         return self.templates[task].format(**fields)
 
-    def build(self, task: str, fields: dict[str, Any], target: str) -> Sequence:
+    def build(self, task: str, fields: dict[str, Any], target: str) -> TokenSequence:
         if self.layout == "text_first":
             return self.build_text_first(task, target)
         if task == "conversation":
@@ -73,15 +73,15 @@ class SequenceBuilder:
         target_ids = target_ids[: budget] + [self.tokenizer.eos_token_id]
         context = self.bos + [self.begin_id, self.end_id] + prompt_ids
         labels = [IGNORE_INDEX] * len(context) + target_ids
-        return Sequence(context + target_ids, labels, len(self.bos) + 1, self.num_image_tokens,
+        return TokenSequence(context + target_ids, labels, len(self.bos) + 1, self.num_image_tokens,
                         len(context) + self.num_image_tokens, self.tokenizer.pad_token_id, truncated)
 
-    def build_text_first(self, task: str, caption: str) -> Sequence:
+    def build_text_first(self, task: str, caption: str) -> TokenSequence:
         if task != "caption":
             raise SkipSample(f"a {task} sample has no caption to generate from (text_first layout)")
         prefix = self.generation_prefix(caption)
         text_ids = prefix + [self.end_id, self.tokenizer.eos_token_id]
-        return Sequence(text_ids, [IGNORE_INDEX] * len(text_ids), len(prefix), self.num_image_tokens, len(prefix),
+        return TokenSequence(text_ids, [IGNORE_INDEX] * len(text_ids), len(prefix), self.num_image_tokens, len(prefix),
                         self.tokenizer.pad_token_id)
 
     def generation_prefix(self, caption: str) -> list[int]:

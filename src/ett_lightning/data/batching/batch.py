@@ -7,8 +7,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from ett_lightning.data.transforms import to_model_range
-from ett_lightning.models.segment_attention import PackedSegments
+from ett_lightning.data.batching.packed_segments import PackedSegments
+from ett_lightning.data.streaming.transforms import to_model_range
 
 TENSOR_FIELDS = ("images", "input_ids", "attention_mask", "labels", "image_slots", "target_starts")
 LIST_FIELDS = ("answers", "tasks", "answer_types", "keys", "question_ids", "padding")

@@ -9,12 +9,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ett_lightning.data.batch import ETTBatch
-from ett_lightning.data.packing import pack_rows
+from ett_lightning.data.batching.batch import ETTBatch
+from ett_lightning.data.batching.packed_segments import PackedSegments
+from ett_lightning.data.batching.packing import pack_rows
+from ett_lightning.data.sequences.token_sequence import IGNORE_INDEX, TokenSequence
 from ett_lightning.data.skips import SkipCounter
-from ett_lightning.data.token_sequence import IGNORE_INDEX
-from ett_lightning.data.token_sequence import Sequence as TokenSequence
-from ett_lightning.models.segment_attention import PackedSegments
 
 
 class Collator:

@@ -7,7 +7,7 @@ from typing import Any
 
 import webdataset as wds
 
-from ett_lightning.data.shards import slot_generator
+from ett_lightning.data.streaming.shards import slot_generator
 
 SALT = 7_919
 """Keeps this generator's sequence apart from the shard stream's (same seed tuple otherwise)."""

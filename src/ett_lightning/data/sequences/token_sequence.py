@@ -8,7 +8,7 @@ IGNORE_INDEX = -100
 
 
 @dataclass
-class Sequence:
+class TokenSequence:
     """Token ids and labels as plain lists (tensors are made once per batch by the collator), with the image's
     ``num_slots`` slots kept as a count: ``text_ids`` / ``text_labels`` hold every other token, and the slots stand
     before ``text_ids[slot_start]``. A slot is the pad id with label -100 (the model overwrites its embedding), so

@@ -18,11 +18,11 @@ from bisect import bisect_left
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import chat_template_utils
 
-from ett_lightning.data.chat_skeleton import ChatSkeleton, answer_spans
-from ett_lightning.data.conversation import IMAGE_PLACEHOLDER
-from ett_lightning.data.segment_encoder import SegmentEncoder
+from ett_lightning.data.sequences.chat_skeleton import ChatSkeleton, answer_spans
+from ett_lightning.data.sequences.conversation import IMAGE_PLACEHOLDER
+from ett_lightning.data.sequences.segment_encoder import SegmentEncoder
+from ett_lightning.data.sequences.token_sequence import IGNORE_INDEX, TokenSequence
 from ett_lightning.data.skips import SkipSample
-from ett_lightning.data.token_sequence import IGNORE_INDEX, Sequence
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END
 
 DEFAULT_CHAT_TEMPLATE = (
@@ -51,7 +51,7 @@ def compiled_template(template: str):
 
 
 class ChatSequenceBuilder:
-    """Builds :class:`Sequence` s for conversations; ``max_text_tokens`` bounds the templated text (image slots
+    """Builds :class:`TokenSequence` s for conversations; ``max_text_tokens`` bounds the templated text (image slots
     not counted). A longer conversation is cut after the last assistant turn that fits, never before the image;
     one whose first answer does not fit is skipped."""
 
@@ -96,7 +96,7 @@ class ChatSequenceBuilder:
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(encoding["input_ids"]), [start for start, _ in encoding["offset_mapping"]]
 
-    def build(self, messages: list[dict[str, str]]) -> Sequence:
+    def build(self, messages: list[dict[str, str]]) -> TokenSequence:
         marked = [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, IMAGE_BEGIN + IMAGE_END)} for m in messages]
         text = self.render(marked)
         ids, starts = self.encode(text)
@@ -114,7 +114,7 @@ class ChatSequenceBuilder:
         keep, truncated = self.kept_length(answers, len(ids), image_at)
         target_start = max(first for first, end in answers if end <= keep)
         shift = self.num_image_tokens if target_start > image_at else 0
-        return Sequence(ids[:keep], labels[:keep], image_at + 1, self.num_image_tokens, target_start + shift,
+        return TokenSequence(ids[:keep], labels[:keep], image_at + 1, self.num_image_tokens, target_start + shift,
                         self.pad_id, truncated)
 
     def answer_spans(self, marked: list[dict[str, str]], text: str) -> list[tuple[int, int]]:

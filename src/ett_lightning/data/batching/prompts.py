@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 
 
 @dataclass

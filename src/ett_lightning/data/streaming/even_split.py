@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import get_worker_info
 
-from ett_lightning.data.sequence import SequenceBuilder
+from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 
 
 class EvenSplit:

@@ -1,0 +1,1 @@
+"""Text samples to token sequences: conversations and templates, the chat template, labels, image slots."""
