@@ -21,7 +21,6 @@ RECIPE_CLASSES = [
     "ett_lightning.resilience.AtomicCheckpointIO", "ett_lightning.resilience.NonFiniteGuard",
     "ett_lightning.resilience.PreemptionCheckpoint", "ett_lightning.resilience.RNGState",
     "ett_lightning.tasks.TextToImage", "ett_lightning.tasks.TokenizerPretraining",
-    "ett_lightning.distributed.ETTFSDPStrategy",
 ]
 
 

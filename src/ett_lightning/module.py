@@ -46,6 +46,22 @@ class ETTModule(L.LightningModule):
     :meth:`encode_images`, :meth:`caption_loss` and :meth:`compute_losses`, not the whole step. A task that adds
     a trained part (e.g. an output head) names it in ``component_names``, ``stage_trainable`` and
     ``default_learning_rates``, and sets it after ``super().__init__`` (see :class:`TextToImage`).
+
+    Args:
+        tokenizer: the vision tokenizer (encoder, quantizer, decoder) whose codebook embeddings the LLM reads.
+        projector: maps codebook embeddings to the LLM's hidden size.
+        language_model: the Hugging Face causal LM and its text tokenizer.
+        loss: weights of the caption, reconstruction, perceptual, quantizer and adversarial terms (default ETTLoss()).
+        stage: ``align`` (stage 1), ``ett`` (stage 2) or ``posttrain`` (stage 3): which components train.
+        trainable: per-component overrides of the stage, e.g. ``{"language_model": false}``.
+        learning_rates: per-component learning rates; unnamed components keep the defaults (tokenizer 1e-5, projector
+            1e-3, language_model 2e-5).
+        weight_decay: AdamW weight decay of matrices and convolutions (biases and norms get none).
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps before the cosine decay.
+        min_lr_ratio: the cosine schedule's floor, as a fraction of each learning rate.
+        init_from: checkpoint whose component weights start this run (a new stage; ``--ckpt_path`` resumes a run).
+        torch_compile: compile the LLM and the tokenizer's encoder and decoder: True, or ``torch.compile`` options.
     """
 
     component_names: tuple[str, ...] = COMPONENTS

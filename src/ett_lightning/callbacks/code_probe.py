@@ -32,6 +32,20 @@ class CodeProbe(L.Callback):
     gradients and the MLP has its own optimizer, so the model being evaluated is never changed. By default it runs
     in ``lightning validate`` only (``during_fit: true`` also probes at fit's validations). Deterministic by
     ``seed``.
+
+    Args:
+        fields: json fields of the samples to predict from the codes.
+        train_shards: shards the probe trains on (default: the datamodule's training shards).
+        val_shards: shards it is scored on (default: the datamodule's validation shards).
+        num_train: training images read from ``train_shards``.
+        num_val: held-out images read from ``val_shards``.
+        steps: optimizer steps of the probe.
+        batch_size: probe batch size.
+        hidden: width of the probe MLP.
+        learning_rate: the probe's AdamW learning rate.
+        seed: seed of the probe's initialisation and batches.
+        during_fit: also probe at the validations of ``lightning fit``.
+        image_size: image side (default: the datamodule's).
     """
 
     def __init__(self, fields: tuple[str, ...] = ("word", "colour"), train_shards: str | None = None,

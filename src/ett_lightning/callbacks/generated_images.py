@@ -29,6 +29,10 @@ class GeneratedImageWriter(BasePredictionWriter):
 
     ``output_dir`` defaults to ``<run dir>/predictions``. Expects predictions as :class:`TextToImage` returns
     them: ``{"images": [B, 3, H, W] in [-1, 1], "prompts": [...], "keys": [...]}``.
+
+    Args:
+        output_dir: folder of the PNGs (default ``<run dir>/predictions``).
+        grid: also write one grid image per batch.
     """
 
     def __init__(self, output_dir: str | None = None, grid: bool = True) -> None:

@@ -24,6 +24,14 @@ class GenerationMetrics(L.Callback):
     the first batch as ``<run dir>/samples/step_NNNNNNN.png`` with their captions in a ``.txt`` beside it (and as
     image ``val/samples`` with a TensorBoard logger). The module must provide ``generate_images(batch, seed)``,
     as :class:`TextToImage` does. Skipped during the sanity check.
+
+    Args:
+        fid: compute ``val/gfid``.
+        fid_weights: local Inception weights file for FID (``pt_inception-2015-12-05-6726825d.pth``).
+        fid_feature_extractor: a feature extractor module instead of Inception (tests).
+        max_batches: validation batches whose captions are generated from.
+        num_images: generations saved as the sample grid.
+        seed: seed of the sampling, per batch.
     """
 
     def __init__(self, fid: bool = True, fid_weights: str | None = None, fid_feature_extractor: nn.Module | None = None,

@@ -19,7 +19,11 @@ from ett_lightning.data.batching.batch import ETTBatch
 class ReconstructionGrid(L.Callback):
     """At each validation, the first ``num_images`` images of the first batch: inputs in odd columns, their
     reconstructions right of them. Saved as ``<run dir>/reconstructions/step_NNNNNNN.png`` and, with a
-    TensorBoard logger, as image ``val/reconstructions``."""
+    TensorBoard logger, as image ``val/reconstructions``.
+
+    Args:
+        num_images: images of the first validation batch shown with their reconstructions.
+    """
 
     def __init__(self, num_images: int = 8) -> None:
         super().__init__()

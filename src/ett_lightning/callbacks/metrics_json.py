@@ -15,7 +15,11 @@ from ett_lightning.callbacks.run_dir import run_dir
 
 class MetricsJSON(L.Callback):
     """``metrics.json`` holds the latest value of every logged scalar plus ``step`` and ``epoch``; written
-    atomically (temp file, then rename) so a reader never sees half a file."""
+    atomically (temp file, then rename) so a reader never sees half a file.
+
+    Args:
+        filename: name of the file in the run directory.
+    """
 
     def __init__(self, filename: str = "metrics.json") -> None:
         super().__init__()

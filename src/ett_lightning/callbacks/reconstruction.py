@@ -45,6 +45,12 @@ class ReconstructionMetrics(L.Callback):
 
     Images are compared in [0, 1]. Everything runs in validation only; the training step is untouched. FID is
     built in ``setup``, so missing weights fail before training starts, with the fix in the message.
+
+    Args:
+        fid: compute ``val/rfid``.
+        fid_weights: local Inception weights file for FID (``pt_inception-2015-12-05-6726825d.pth``).
+        fid_feature_extractor: a feature extractor module instead of Inception (tests).
+        max_batches: validation batches reconstructed (None: all).
     """
 
     def __init__(self, fid: bool = True, fid_weights: str | None = None, fid_feature_extractor: nn.Module | None = None,

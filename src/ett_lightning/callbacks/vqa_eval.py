@@ -41,6 +41,14 @@ class VQAEvaluation(L.Callback):
     After each validation the answers of all ranks are written by rank 0 as ``<run dir>/<results_file>``, in the
     official VQA results format ``[{"question_id": ..., "answer": ...}]`` (the sample's json ``question_id``, else
     its key), so they can be submitted to the evaluation server or rescored by other tools.
+
+    Args:
+        max_new_tokens: longest generated answer, in tokens.
+        max_batches: validation batches answered (None: all).
+        answer_types: VQAv2 answer types to report separately, e.g. ``["yes/no", "number", "other"]``.
+        blind: also answer with a grey image and log ``val/vqa_acc_blind``.
+        results_file: answers in the official results format, in the run directory (None: not written).
+        normalization: ``always`` (lmms-eval, published numbers) or ``official`` (vqaEval.py).
     """
 
     def __init__(self, max_new_tokens: int = 16, max_batches: int | None = None,

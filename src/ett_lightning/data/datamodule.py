@@ -39,6 +39,21 @@ class ImageTextDataModule(L.LightningDataModule):
     ``pack_length`` packs each training batch's samples into rows of up to that many LLM tokens (see
     :mod:`~ett_lightning.data.batching.packing`): the same samples and loss, without the LLM computing on padding.
     Validation batches keep one sample per row, as generation needs.
+
+    Args:
+        train_shards: training shards: a brace pattern (``train-{000000..000099}.tar``), a glob, or a list of them.
+        val_shards: validation shards, in the same forms; None for no validation.
+        batch_size: samples per batch on each rank.
+        num_workers: DataLoader worker processes per rank.
+        image_size: side of the square images fed to the tokenizer (resized on the short side, then cropped).
+        shuffle_buffer: samples held in the training shuffle buffer.
+        seed: seed of shard resampling and shuffling (combined with rank, worker and the step a run starts at).
+        samples_per_epoch: training samples per epoch over all ranks.
+        max_text_tokens: bound on a sample's text tokens (image slots not counted); longer texts are cut and counted.
+        templates: prompt templates per task (``caption``, ``vqa``), e.g. ``{"vqa": "Question: {question} Answer:"}``.
+        pin_memory: page-locked host batches for faster copies to the GPU.
+        predict_prompts: text-to-image prompts for ``lightning predict``: a list, or a file with one prompt per line.
+        pack_length: pack each training batch into rows of up to this many LLM tokens; None keeps one sample per row.
     """
 
     def __init__(

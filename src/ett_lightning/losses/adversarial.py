@@ -34,6 +34,19 @@ class AdversarialLoss(nn.Module):
     layer), else ``weight``. ``lecam_weight`` > 0 adds LeCam regularisation (Tseng et al. 2021) to the
     discriminator, against EMAs of its real and fake logits. ``learning_rate`` and ``betas`` are the
     discriminator's optimizer settings.
+
+    Args:
+        discriminator: the discriminator network (default: a PatchGAN).
+        weight: generator term weight (set by ETTLoss from its ``adversarial_weight``).
+        loss: GAN loss: ``hinge`` or ``non_saturating``.
+        start_step: global step from which the discriminator trains and the generator term counts.
+        adaptive_weight: balance the generator term by the ratio of gradient norms at the decoder's last layer.
+        max_adaptive_weight: upper clamp of that ratio.
+        lecam_weight: weight of the LeCam regulariser on the discriminator (0 switches it off).
+        lecam_decay: EMA decay of the real and fake logits LeCam compares against.
+        learning_rate: the discriminator's AdamW learning rate.
+        betas: the discriminator's AdamW betas.
+        discriminator_weight: weight of the discriminator's own loss.
     """
 
     def __init__(

@@ -22,6 +22,17 @@ class ETTLoss(nn.Module):
     generator's ``d_weight * g_adv`` joins the VQ loss, and the discriminator's own term ``d_term`` is added to
     the total unscaled (see :class:`AdversarialLoss` for how one backward trains both). The discriminator
     exists only then; it sees images, never the caption loss.
+
+    Args:
+        caption_weight: weight of the LLM's caption (next-token) loss.
+        alpha: weight of the whole VQ part (reconstruction, perceptual, quantizer, adversarial).
+        reconstruction_weight: weight of the pixel reconstruction term.
+        reconstruction_loss: ``l1`` or ``l2`` pixel loss.
+        perceptual_weight: weight of the LPIPS term (0 switches it off and builds no LPIPS).
+        quantizer_weight: weight of the quantizer's codebook and commitment terms.
+        perceptual: the perceptual loss module (default: VGG LPIPS when ``perceptual_weight`` > 0).
+        adversarial_weight: weight of the GAN generator term (0: no discriminator).
+        adversarial: the adversarial loss and its discriminator (default: a PatchGAN when ``adversarial_weight`` > 0).
     """
 
     def __init__(

@@ -18,6 +18,11 @@ class LPIPSLoss(nn.Module):
     ``backbone_weights`` (a local torchvision state dict such as ``vgg16-397923af.pth``) or, when that is None,
     from torchvision's cache / download. ``random_backbone`` keeps a randomly initialised backbone: only for
     tests, never for training.
+
+    Args:
+        net: LPIPS backbone: ``vgg``, ``alex`` or ``squeeze``.
+        backbone_weights: local torchvision state dict of the backbone; None uses torchvision's cache or download.
+        random_backbone: keep a randomly initialised backbone (tests only).
     """
 
     def __init__(self, net: str = "vgg", backbone_weights: str | None = None, random_backbone: bool = False) -> None:

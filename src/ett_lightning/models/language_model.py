@@ -24,6 +24,16 @@ class LanguageModel(nn.Module):
     ``attn_implementation`` is Hugging Face's; ``"sdpa"`` runs as :mod:`~ett_lightning.models.segment_attention`
     (PyTorch SDPA, packed rows attended sample by sample), ``"flash_attention_2"`` packs with its variable-length
     kernel.
+
+    Args:
+        pretrained: local directory (or hub id) of a Hugging Face causal LM.
+        config: a model config dict instead (e.g. ``{"model_type": "qwen2", ...}``) for a randomly initialised LLM.
+        tokenizer: directory or hub id of the text tokenizer (default: ``pretrained``; byte-level when both are None).
+        dtype: parameter dtype to load in (``bfloat16``, ``float16``, ``float32``); None keeps the checkpoint's.
+        attn_implementation: Hugging Face attention: ``sdpa`` (packed rows attended sample by sample),
+            ``flash_attention_2`` or ``eager``.
+        trust_remote_code: allow model code from the checkpoint directory to run (off unless set).
+        gradient_checkpointing: recompute decoder layers in the backward pass to save activation memory.
     """
 
     def __init__(

@@ -9,6 +9,12 @@ class MLPProjector(nn.Sequential):
     """``depth`` linear layers with GELU between them (LLaVA-1.5 style; the paper uses depth 2).
 
     Hidden width defaults to ``out_dim``. Applied token-wise to [B, N, D] codebook embeddings.
+
+    Args:
+        in_dim: codebook embedding dimension (the tokenizer's ``code_dim``).
+        out_dim: the LLM's hidden size.
+        depth: number of linear layers.
+        hidden_dim: width between them (default: ``out_dim``).
     """
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 2, hidden_dim: int | None = None) -> None:

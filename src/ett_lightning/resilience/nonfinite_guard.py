@@ -33,6 +33,10 @@ class NonFiniteGuard(Callback):
     halving from its ``init_scale``, 2**16 by default). Those steps are counted apart, in
     ``train/overflow_steps``, and stop the run only at ``max_consecutive_overflows`` in a row (the scale then
     has fallen 2**30-fold by default: a float16 overflow in the backward that no scale fixes).
+
+    Args:
+        max_consecutive: bad steps in a row that stop the run.
+        max_consecutive_overflows: ``16-mixed`` overflow steps in a row that stop the run.
     """
 
     def __init__(self, max_consecutive: int = 10, max_consecutive_overflows: int = 30) -> None:

@@ -21,6 +21,9 @@ class PreemptionCheckpoint(Callback):
     stops at the end of an epoch, without a checkpoint. Other signals get a handler here unless one is already
     installed (Lightning's SLURM auto-requeue owns SIGUSR1 when enabled). Ranks agree before saving, so a signal
     that reached only some ranks cannot deadlock DDP.
+
+    Args:
+        signals: signal names besides SIGTERM that checkpoint and stop (SLURM's ``--signal=USR1@120``).
     """
 
     def __init__(self, signals: tuple[str, ...] = ("SIGUSR1",)) -> None:

@@ -39,6 +39,24 @@ class TextToImage(ETTModule):
     ``cond + (guidance_scale - 1) * (cond - uncond)`` and then applies ``temperature``, ``top_k`` and ``top_p``
     (0 and 1 switch them off; ``temperature`` 0 is greedy). ``sample_seed`` makes prediction reproducible.
     Default stage ``posttrain``: the tokenizer stays frozen, as in the paper's third stage.
+
+    Args:
+        tokenizer: the vision tokenizer whose codes are generated.
+        projector: maps codebook embeddings to the LLM's hidden size.
+        language_model: the Hugging Face causal LM.
+        loss: loss weights (the caption weight scales the image-token cross-entropy).
+        stage: which components train, as for :class:`ETTModule`.
+        image_size: side of the generated images.
+        image_vocabulary: ``head`` (projected codebook embeddings in, a linear head out) or ``extended`` (one new
+            vocabulary row per code).
+        caption_dropout: probability of dropping a training caption (for classifier-free guidance).
+        guidance_scale: classifier-free guidance scale (1 switches guidance off).
+        temperature: sampling temperature (0 is greedy).
+        top_k: sample among the k most likely codes (0: all).
+        top_p: nucleus sampling threshold (1: off).
+        sample_seed: seed of prediction-time sampling.
+        init_from: checkpoint whose component weights start this run.
+        kwargs: the other :class:`ETTModule` options (learning rates, schedule, ``trainable``, ``torch_compile``).
     """
 
     component_names = (*COMPONENTS, IMAGE_HEAD)

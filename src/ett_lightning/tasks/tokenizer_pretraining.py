@@ -26,6 +26,16 @@ class TokenizerPretraining(L.LightningModule):
     so ``ETTModule(init_from=...)`` starts stage 1 from it. ``init_from`` loads the tokenizer of any
     ett_lightning checkpoint (this task's or an ``ETTModule`` stage's), e.g. to validate a tuned tokenizer's
     reconstruction with ``lightning validate``.
+
+    Args:
+        tokenizer: the vision tokenizer to train.
+        loss: the VQ loss terms and weights (the caption term is unused).
+        learning_rate: AdamW learning rate of the tokenizer.
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay of matrices and convolutions.
+        warmup_steps: linear warmup steps before the cosine decay.
+        min_lr_ratio: the cosine schedule's floor, as a fraction of the learning rate.
+        init_from: checkpoint whose tokenizer weights start this run.
     """
 
     def __init__(

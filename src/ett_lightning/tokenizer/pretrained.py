@@ -59,6 +59,16 @@ class PretrainedVQTokenizer(VQTokenizer):
     an entropy term for further tuning). Loading is strict after dropping training-only entries (``loss.*``,
     EMA copies, usage buffers); any other mismatch is one error listing the keys. ``source_format`` is kept so
     export can write the tuned weights back in the original layout.
+
+    Args:
+        weights: the public checkpoint (safetensors or torch pickle).
+        format: its key layout (``taming``, ``ibq``, ``llamagen``, ``ett``), or ``auto`` to guess it from key names.
+        preset: a name in :data:`PRESETS` fixing the architecture; None infers it from the weights.
+        resolution: the image side the architecture is built for.
+        use_ema: load the EMA copy of the weights when the checkpoint has one.
+        quantizer: overrides the family's default quantizer (e.g. IBQ with an entropy term).
+        gradient_checkpointing: recompute encoder and decoder blocks in the backward pass to save activation memory.
+        channels_last: run the convolutions in channels-last memory format.
     """
 
     def __init__(

@@ -90,6 +90,19 @@ class ViTVQTokenizer(VisionTokenizer):
 
     ``decoder_depth`` defaults to ``depth``. ``encoder_weights``: a local timm checkpoint for the encoder;
     ``weights``: a state dict of the whole tokenizer in this package's layout.
+
+    Args:
+        quantizer: the quantizer and its codebook.
+        image_size: the fixed image side.
+        patch_size: pixels per token side.
+        encoder_model: timm model name of the encoder architecture.
+        width: transformer width of encoder and decoder.
+        depth: encoder blocks.
+        num_heads: attention heads.
+        decoder_depth: decoder blocks (default: ``depth``).
+        encoder_weights: local timm checkpoint for the encoder.
+        weights: state dict of the whole tokenizer in this package's layout.
+        gradient_checkpointing: recompute transformer blocks in the backward pass to save activation memory.
     """
 
     def __init__(

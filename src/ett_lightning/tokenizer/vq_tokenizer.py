@@ -21,6 +21,19 @@ class VQTokenizer(VisionTokenizer):
     (:class:`~ett_lightning.tokenizer.PretrainedVQTokenizer` maps the layouts that differ).
     The downsampling factor is ``2 ** (len(ch_mult) - 1)``: 8 for four levels, 16 for five. ``weights`` loads
     a state dict in this layout (safetensors or torch pickle) strictly, reporting any mismatched keys.
+
+    Args:
+        quantizer: the quantizer and its codebook (VectorQuantizer, IndexBackpropQuantizer).
+        ch: base channel count of encoder and decoder.
+        ch_mult: channel multiplier per resolution level; the image is downsampled ``2 ** (len(ch_mult) - 1)``-fold.
+        num_res_blocks: residual blocks per level.
+        attn_resolutions: feature-map sides at which self-attention blocks are added.
+        resolution: the image side the architecture is built for.
+        z_channels: channels of the latent before ``quant_conv``.
+        dropout: dropout in the residual blocks.
+        weights: state dict in this layout (safetensors or torch pickle), loaded strictly.
+        gradient_checkpointing: recompute encoder and decoder blocks in the backward pass to save activation memory.
+        channels_last: run the convolutions in channels-last memory format.
     """
 
     def __init__(

@@ -26,6 +26,12 @@ class Quantizer(nn.Module):
     Subclasses implement :meth:`quantize_flat`. :meth:`forward` runs it in float32 with autocast off: under
     ``bf16-mixed`` autocast would otherwise compute the latent-code products in bf16 (8 mantissa bits), and a few
     per cent of tokens would pick another code than in float32.
+
+    Args:
+        codebook_size: number of codes.
+        code_dim: dimension of each code.
+        beta: weight of the commitment term.
+        l2_norm: compare latents and codes on the unit sphere (LlamaGen style).
     """
 
     def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, l2_norm: bool = False) -> None:

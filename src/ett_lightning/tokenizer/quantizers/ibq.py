@@ -19,6 +19,14 @@ class IndexBackpropQuantizer(Quantizer):
 
     ``entropy_weight`` > 0 adds the entropy regulariser: per-token entropy minimised, codebook-average entropy
     maximised, on logits sharpened by ``entropy_temperature``.
+
+    Args:
+        codebook_size: number of codes.
+        code_dim: dimension of each code.
+        beta: weight of the commitment term.
+        l2_norm: compare latents and codes on the unit sphere.
+        entropy_weight: weight of the entropy regulariser (0 switches it off).
+        entropy_temperature: temperature that sharpens the logits of the entropy terms.
     """
 
     def __init__(

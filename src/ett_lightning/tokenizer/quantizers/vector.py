@@ -13,6 +13,12 @@ class VectorQuantizer(Quantizer):
     The output has the value of the nearest code. Its gradient reaches the encoder (straight-through, as in
     VQ-VAE) *and* the selected codebook rows, so that a downstream loss (ETT's caption loss) tunes the codebook
     embeddings the LLM reads, not only the encoder. The codebook and commitment terms are returned as losses.
+
+    Args:
+        codebook_size: number of codes.
+        code_dim: dimension of each code.
+        beta: weight of the commitment term.
+        l2_norm: compare latents and codes on the unit sphere (LlamaGen style).
     """
 
     def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
