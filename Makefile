@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU machines of this project need this pair (PyPI's torchvision does not import beside the local torch 2.13.0).
+# The pinned pair: torch 2.14.1 with the torchvision built for it (PyPI's newest torchvision may not import beside it).
 # GPU users: make install TORCH_SPEC="torch==2.5.1 torchvision==0.20.1 --index-url https://download.pytorch.org/whl/cu124"
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DATA ?= data/synthetic
