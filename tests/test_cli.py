@@ -2,22 +2,17 @@
 checkpoints, validate, predict and text-to-image are tested on `ett demo`'s outputs, tests/experiments)."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from ett_lightning.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-LIGHTNING = str(Path(sys.executable).with_name("lightning"))
+from tests.cli_runs import ROOT, run_lightning
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([LIGHTNING, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_lightning(list(args), cwd, timeout=300)
 
 
 @pytest.mark.parametrize(("recipe", "module"), [("ett_align", "ETTModule"), ("ett_sft", "ETTModule"),
@@ -68,7 +63,7 @@ def test_fit_streams_img2dataset_layout_shards(tmp_path):
                  "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
                  "--model.init_args.tokenizer.init_args.image_size=32", cwd=tmp_path)
     checkpoint = torch.load(tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt", weights_only=False)
-    assert checkpoint["global_step"] == 5, result.stderr[-2000:]
+    assert checkpoint["global_step"] == 5, result.stdout[-2000:]
 
 
 @pytest.mark.slow

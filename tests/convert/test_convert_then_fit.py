@@ -15,7 +15,7 @@ from PIL import Image
 
 from ett_lightning.convert.cli import main as ett_convert
 from tests.chat_model import make_chat_model_dir
-from tests.distributed.cli_runs import ROOT, run_lightning
+from tests.cli_runs import ROOT, run_lightning
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 

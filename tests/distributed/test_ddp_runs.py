@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ett_lightning.convert.synthetic import make_shards
-from tests.distributed.cli_runs import ROOT, run_lightning, two_processes
+from tests.cli_runs import ROOT, run_lightning, two_processes
 
 RECIPES = {"tokenizer": "tokenizer", "align": "ett_align", "ett": "ett_sft", "posttrain": "ett_posttrain",
            "t2i": "t2i", "ett_gan": "ett_sft"}

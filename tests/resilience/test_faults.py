@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ett_lightning import ETTModule
+from tests.cli_runs import LIGHTNING
 
 ROOT = Path(__file__).resolve().parents[2]
-LIGHTNING = str(Path(sys.executable).with_name("lightning"))
 CHECKPOINTS = textwrap.dedent("""
     trainer:
       plugins:

@@ -6,7 +6,7 @@ experiment can be read and rerun by hand. Logs go to ``<out>/metrics.csv``; Metr
 ``<out>/metrics.json``; checkpoints land in ``<out>/checkpoints`` (the logger's directory is ``<out>``, and
 ModelCheckpoint writes under the logger's directory). Where the platform has fork servers, each run is forked
 from one server process that imported the CLI once, so it starts with torch, Lightning and transformers loaded
-(on a 2-core machine that import is 10-15 s of every run); elsewhere it is a fresh ``python -m ett_lightning.cli``.
+(seconds of every run on a small machine); elsewhere it is a fresh ``python -m ett_lightning.cli``.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ def log_split(module: L.LightningModule, split: str, parts: dict[str, Tensor], b
 def writes_step_logs(module: L.LightningModule) -> bool:
     """Whether the loggers write step metrics this step (every ``log_every_n_steps``).
 
-    Lightning accepts ``self.log`` on every step but writes only at the interval, and each call costs about 2 ms
-    of Python bookkeeping: 7 % of a 70 ms step for the demo's five training metrics. Outside a fit, True.
+    Lightning accepts ``self.log`` on every step but writes only at the interval, and each call costs
+    milliseconds of Python bookkeeping (measured in docs/performance.md). Outside a fit, True.
     """
     try:
         connector = module.trainer._logger_connector

@@ -1,11 +1,11 @@
 """Streaming tar reading for the data pipeline, without :mod:`tarfile`'s per-member Python overhead.
 
-``tarfile`` spends about 75 us of Python on every member header (pax parsing, object construction); a shard
-sample has two or three members, which made header parsing a quarter of the whole pipeline's time on small
-images. This reader parses only what webdataset shards use: ustar/pax/GNU regular files, pax ``path`` and GNU
-long names, octal and base-256 sizes, and it checks each header's checksum so corruption is an error, not
-garbage data. Everything else (directories, links, devices) is skipped. A corrupt size field cannot make it
-allocate more than the shard holds, nor more than :data:`MAX_MEMBER_BYTES`.
+``tarfile`` spends tens of microseconds of Python on every member header (pax parsing, object construction), and a
+shard sample has two or three members: on small images header parsing was a large share of the whole pipeline's
+time (docs/data.md, Throughput). This reader parses only what webdataset shards use: ustar/pax/GNU regular files,
+pax ``path`` and GNU long names, octal and base-256 sizes, and it checks each header's checksum so corruption is an
+error, not garbage data. Everything else (directories, links, devices) is skipped. A corrupt size field cannot make
+it allocate more than the shard holds, nor more than :data:`MAX_MEMBER_BYTES`.
 """
 
 from __future__ import annotations
