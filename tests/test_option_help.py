@@ -30,14 +30,14 @@ def load(path: str) -> type:
 
 
 def undocumented(path: str) -> list[str]:
-    """The class's own init parameters whose ``--help`` entry has no description."""
+    """The class's own init parameters that ``--help`` shows without a description, or not at all."""
     cls = load(path)
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(cls, "x", fail_untyped=False, sub_configs=True)
     helps = {action.dest.removeprefix("x."): action.help for action in parser._actions if action.dest.startswith("x.")}
     own = [name for name, parameter in inspect.signature(cls.__init__).parameters.items()
            if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
-    return [name for name in own if name in helps and not helps[name]]
+    return [name for name in own if not helps.get(name)]
 
 
 @pytest.mark.parametrize("path", RECIPE_CLASSES)

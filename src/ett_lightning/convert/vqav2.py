@@ -75,9 +75,9 @@ def sample(question: Any, annotations: dict[int, dict], images: dict[int, Path],
     annotation = annotations.get(question["question_id"])
     if annotation is None:
         raise SkipSample("question without an annotation")
-    answers = annotation.get("answers")
-    answers = [str(a["answer"]) for a in answers if isinstance(a, dict) and "answer" in a] if isinstance(
-        answers, list) else []
+    listed = annotation.get("answers")
+    listed = listed if isinstance(listed, list) else []
+    answers = [str(a["answer"]) for a in listed if isinstance(a, dict) and "answer" in a]
     if not answers:
         raise SkipSample("annotation without answers")
     if question["image_id"] not in images:
