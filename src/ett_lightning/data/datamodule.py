@@ -13,6 +13,7 @@ from webdataset.utils import pytorch_worker_info
 from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.data.batching.collate import Collator
 from ett_lightning.data.batching.prompts import PromptBatch, PromptCollator, read_prompts
+from ett_lightning.data.loader_workers import ignore_stop_signals
 from ett_lightning.data.sequences.sequence_builder import Layout, SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.data.streaming.decoding import SampleDecoder
@@ -151,6 +152,7 @@ class ImageTextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=ignore_stop_signals,
         )
 
     def on_after_batch_transfer(self, batch: ETTBatch | PromptBatch, dataloader_idx: int) -> ETTBatch | PromptBatch:

@@ -1,4 +1,5 @@
-"""Preemption: a signal becomes a checkpoint and a clean exit, and ``ckpt_path=last`` picks the run up again."""
+"""Preemption: a signal to any of the processes becomes one checkpoint and a clean exit of every rank, and
+``--ckpt_path=last`` picks the run up again."""
 
 from __future__ import annotations
 
@@ -7,55 +8,97 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ett_lightning.resilience.recorded_signals import RecordedSignalConnector
 
 log = logging.getLogger(__name__)
 
 
 class PreemptionCheckpoint(Callback):
-    """On SIGTERM (and ``signals``, SIGUSR1 by default: what SLURM sends with ``--signal=USR1@120``) the current
-    step finishes, ``last.ckpt`` is written where the ModelCheckpoint callback writes it, and training stops.
+    """SIGTERM, SIGINT and ``signals`` (SIGUSR1 by default: SLURM's ``--signal=USR1@120``) reaching any subset of
+    the processes, in any phase, end the run the same way on every rank: the current batch finishes, the ranks agree
+    at the next batch boundary (one small all-reduce per batch), ``last.ckpt`` is written where the ModelCheckpoint
+    callback writes it, and every rank leaves ``fit`` with Lightning's ``SIGTERMException`` (exit status 0).
 
-    SIGTERM is received through Lightning's own handler (``trainer.received_sigterm``), which otherwise only
-    stops at the end of an epoch, without a checkpoint. Other signals get a handler here unless one is already
-    installed (Lightning's SLURM auto-requeue owns SIGUSR1 when enabled). Ranks agree before saving, so a signal
-    that reached only some ranks cannot deadlock DDP.
+    The signal handlers only record (:class:`RecordedSignalConnector`, installed in place of Lightning's, whose
+    SIGTERM handler runs a collective inside the handler and deadlocks DDP). Training agrees after each optimizer
+    step; validation, test and predict after each batch. A signal during validation inside ``fit`` saves the
+    state of the last finished training step; the resumed run goes on training and does not repeat that
+    validation. Outside ``fit`` nothing is saved. With Lightning's SLURM auto-requeue enabled, its requeue signal
+    writes ``hpc_ckpt_<n>.ckpt`` and requeues the job instead (see docs/operations.md).
 
     Args:
-        signals: signal names besides SIGTERM that checkpoint and stop (SLURM's ``--signal=USR1@120``).
+        signals: signal names handled besides SIGTERM and SIGINT (SLURM's ``--signal=USR1@120``).
     """
 
     def __init__(self, signals: tuple[str, ...] = ("SIGUSR1",)) -> None:
         self.signals = tuple(signals)
-        self.received: str | None = None
-        self.previous: dict[int, Any] = {}
+        self.connector: RecordedSignalConnector | None = None
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for name in self.signals:
-            number = getattr(signal, name)
-            if signal.getsignal(number) in (None, signal.SIG_DFL):
-                self.previous[number] = signal.signal(number, self.notice)
-
-    def notice(self, number: int, frame: Any) -> None:
-        self.received = signal.Signals(number).name
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Replaces the trainer's signal connector before the trainer registers its handlers."""
+        self.connector = RecordedSignalConnector(trainer, tuple(getattr(signal, name) for name in self.signals))
+        trainer._signal_connector = self.connector
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if trainer.received_sigterm and self.received is None:
-            self.received = "SIGTERM"
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
-            return
-        path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
-        log.warning("%s received: saved %s at step %d and stopping; resume with --ckpt_path=last",
-                    self.received or "signal on another rank", path, trainer.global_step)
-        trainer.should_stop = True
+        if not trainer.fit_loop.epoch_loop._should_accumulate():
+            self.stop_if_signalled(trainer)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        self.previous.clear()
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.stop_if_signalled(trainer)
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.stop_if_signalled(trainer)
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.stop_if_signalled(trainer)
+
+    def stop_if_signalled(self, trainer: Trainer) -> None:
+        """All ranks learn which ranks were signalled; if any was, all save (during ``fit``) and leave together."""
+        connector = self.connector
+        if connector is None:
+            return
+        received = signals_by_rank(trainer, connector.received)
+        if not any(received):
+            return
+        if connector.received is not None:
+            log.warning("rank %d: %s received during %s", trainer.global_rank, connector.received.name,
+                        connector.received_during)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            if connector.requeue_signal is not None and connector.requeue_signal in received:
+                connector.requeue()
+            else:
+                path = last_checkpoint_path(trainer)
+                trainer.save_checkpoint(path)
+                if trainer.is_global_zero:
+                    log.warning("%s: saved %s at step %d and stopping; resume with --ckpt_path=last",
+                                describe(received), path, trainer.global_step)
+        connector.received_sigterm = True
+        raise SIGTERMException
+
+
+def signals_by_rank(trainer: Trainer, received: signal.Signals | None) -> list[int]:
+    """The signal number each rank has received (0: none), known to every rank after one all-reduce."""
+    numbers = torch.zeros(trainer.world_size, dtype=torch.int32, device=trainer.strategy.root_device)
+    numbers[trainer.global_rank] = int(received or 0)
+    if trainer.world_size > 1:
+        numbers = trainer.strategy.reduce(numbers, reduce_op="sum")
+    return numbers.tolist()
+
+
+def describe(received: list[int]) -> str:
+    """``SIGTERM on rank 1 of 2`` / ``SIGINT on ranks 0, 1 of 2``."""
+    names = sorted({signal.Signals(number).name for number in received if number})
+    ranks = [str(rank) for rank, number in enumerate(received) if number]
+    return f"{'/'.join(names)} on rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)} of {len(received)}"
 
 
 def last_checkpoint_path(trainer: Trainer) -> Path:
