@@ -32,7 +32,9 @@ def run_lightning(args: list[str], cwd: Path, timeout: float = 240, check: bool 
         pytest.fail(f"lightning {' '.join(args[:3])} did not finish in {timeout:.0f} s (hang?); the whole output is "
                     f"in {cwd / 'hung_run_output.txt'}, it ends with each process's threads:\n{output[-16000:]}")
     assert process.returncode == 0 or not check, output[-4000:]
-    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+    completed = subprocess.CompletedProcess(process.args, process.returncode, output, "")
+    completed.process_group = process.pid  # the run's session: its ranks, loader workers and their commands
+    return completed
 
 
 def end_with_stack_dumps(process: subprocess.Popen, grace: float = 20) -> str:

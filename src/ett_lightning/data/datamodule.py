@@ -13,7 +13,7 @@ from webdataset.utils import pytorch_worker_info
 from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.data.batching.collate import Collator
 from ett_lightning.data.batching.prompts import PromptBatch, PromptCollator, read_prompts
-from ett_lightning.data.loader_workers import ignore_stop_signals
+from ett_lightning.data.loader_workers import end_workers_at_exit, ignore_stop_signals
 from ett_lightning.data.sequences.sequence_builder import Layout, SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.data.streaming.decoding import SampleDecoder
@@ -146,6 +146,8 @@ class ImageTextDataModule(L.LightningDataModule):
         return rank, world_size
 
     def loader(self, dataset: wds.DataPipeline) -> DataLoader:
+        """A loader whose workers ignore stop signals (the rank saves and then ends them; data/loader_workers.py)."""
+        end_workers_at_exit()
         return DataLoader(
             dataset,
             batch_size=None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 
 IGNORED_IN_WORKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -18,3 +20,23 @@ def ignore_stop_signals(worker_id: int) -> None:
     """
     for number in IGNORED_IN_WORKERS:
         signal.signal(number, signal.SIG_IGN)
+
+
+def end_workers_at_exit() -> None:
+    """Makes the rank's exit end loader workers that are still running, with SIGKILL (once per process).
+
+    At exit Python ends a process's daemonic children with SIGTERM and waits for them; a worker that ignores SIGTERM
+    would make that wait endless whenever the rank leaves without shutting its loaders down (Lightning shuts down
+    only the active loop's loaders when a run ends with an exception). Loader workers are daemonic, so ending them
+    at exit is what Python does anyway; this only makes the signal one they cannot ignore. Registered when the first
+    loader is built, so it runs before multiprocessing's own exit handler.
+    """
+    if not getattr(end_workers_at_exit, "registered", False):
+        atexit.register(kill_daemonic_children)
+        end_workers_at_exit.registered = True
+
+
+def kill_daemonic_children() -> None:
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()

@@ -76,8 +76,7 @@ class PreemptionCheckpoint(Callback):
             if connector.requeue_signal is not None and connector.requeue_signal in received:
                 connector.requeue()
             else:
-                path = last_checkpoint_path(trainer)
-                trainer.save_checkpoint(path)
+                path = save_last(trainer)
                 if trainer.is_global_zero:
                     log.warning("%s: saved %s at step %d and stopping; resume with --ckpt_path=last",
                                 describe(received), path, trainer.global_step)
@@ -101,8 +100,19 @@ def describe(received: list[int]) -> str:
     return f"{'/'.join(names)} on rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)} of {len(received)}"
 
 
-def last_checkpoint_path(trainer: Trainer) -> Path:
-    """``last.ckpt`` in the ModelCheckpoint directory (where ``ckpt_path=last`` looks), else the run's root."""
-    checkpoint = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
-    directory = checkpoint.dirpath if checkpoint and checkpoint.dirpath else Path(trainer.default_root_dir)
-    return Path(directory) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+def save_last(trainer: Trainer) -> Path:
+    """Writes ``last.ckpt`` in the ModelCheckpoint directory (where ``ckpt_path=last`` looks), else in the run's root.
+
+    The ModelCheckpoint callbacks saving ``last`` there are told the file is theirs (``last_model_path``, part of their
+    saved state): otherwise, resumed from it, they would take it for someone else's file and write ``last-v1.ckpt``
+    beside it, and ``--ckpt_path=last`` would find the older file.
+    """
+    checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    first = checkpoints[0].dirpath if checkpoints else None
+    directory = Path(first) if first else Path(trainer.default_root_dir)
+    path = directory / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+    for checkpoint in checkpoints:
+        if checkpoint.save_last and checkpoint.dirpath and Path(checkpoint.dirpath) == directory:
+            checkpoint.last_model_path = str(path)
+    trainer.save_checkpoint(path)
+    return path
