@@ -56,6 +56,8 @@ class CheckedLightningCLI(LightningCLI):
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(2)
+        if config.get("ckpt_path") == "last" and path.name != "last.ckpt":  # a newer SLURM requeue checkpoint
+            config["ckpt_path"] = str(path)
         hyperparameters.pop("_instantiator", None)
         if "_class_path" in hyperparameters:
             hyperparameters = {"class_path": hyperparameters.pop("_class_path"), "dict_kwargs": hyperparameters}
@@ -81,12 +83,18 @@ class CheckedLightningCLI(LightningCLI):
 
 
 def checkpoint_file(ckpt_path: str | None, root: str | None) -> Path | None:
-    """The file ``--ckpt_path`` names: a path, or ``last`` (the run directory's ``checkpoints/last.ckpt``, where
-    this CLI's runs keep it); None when there is none to check (no ``--ckpt_path``, ``best``, or nothing yet)."""
+    """The file ``--ckpt_path`` names: a path, or ``last``: the newer of the run directory's ``checkpoints/last.ckpt``
+    (where this CLI's runs keep it) and the newest ``hpc_ckpt_<n>.ckpt`` (what Lightning's SLURM auto-requeue writes,
+    and resumes only when no ``--ckpt_path`` is given); None when there is none to check (no ``--ckpt_path``,
+    ``best``, or nothing yet)."""
     if not ckpt_path:
         return None
-    path = Path(root or os.getcwd()) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
-    return path if path.is_file() else None
+    if ckpt_path != "last":
+        return Path(ckpt_path) if Path(ckpt_path).is_file() else None
+    run = Path(root or os.getcwd())
+    candidates = [run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
 
 
 def with_prediction_writer(kwargs: dict[str, Any], trainer_config: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes, for every
-stage and the text-to-image task; resume from ``last.ckpt``; validation sets that do not split evenly.
+stage and the text-to-image task; validation sets that do not split evenly. Resuming under 2 processes is tested
+with preemption (tests/resilience/test_preemption_runs.py), where every run resumes the one before.
 
 Only sizes and step counts are shrunk. Each run has a hard timeout, so a DDP hang fails its test.
 """
@@ -71,23 +72,6 @@ def test_recipe_under_two_processes(tmp_path, synthetic_shards, stage):
     suffixes = (".png", ".txt") if stage == "t2i" else (".png",)
     expected = sorted(f"{pictures}/step_000000{step}{suffix}" for step in (2, 4) for suffix in suffixes)
     assert [p for p in written if p.startswith(pictures)] == expected
-
-
-def last_step(root: Path) -> int:
-    return torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
-
-
-@pytest.mark.slow
-@pytest.mark.ddp
-def test_resume_from_last_checkpoint_under_two_processes(tmp_path, synthetic_shards):
-    root = tmp_path / "run"
-    first = ["fit", *recipe("ett"), *two_processes()]
-    run_lightning([*first, *small(synthetic_shards, "caption", root, 2)], cwd=tmp_path)
-    assert last_step(root) == 2
-    resumed = run_lightning([*first, *small(synthetic_shards, "caption", root, 4), "--ckpt_path=last"], cwd=tmp_path)
-    assert "Restored all states from the checkpoint" in resumed.stdout, resumed.stdout[-3000:]
-    assert last_step(root) == 4
-    assert json.loads((root / "metrics.json").read_text())["step"] == 4
 
 
 SPLIT_METRICS = ("val/psnr", "val/ssim", "val/epoch_codebook_usage", "val/epoch_codebook_perplexity", "val/vqa_acc",
