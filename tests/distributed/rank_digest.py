@@ -15,3 +15,9 @@ class SaveRankParameters(Callback):
         state = {name: p.detach().cpu().clone() for name, p in pl_module.named_parameters()}
         torch.save({"params": state, "step": trainer.global_step, "world_size": trainer.world_size},
                    self.directory / f"rank{trainer.global_rank}.pt")
+
+
+def rank_digest(directory: Path) -> list[str]:
+    """Command-line arguments adding :class:`SaveRankParameters` to a run, writing into ``directory``."""
+    return ["--trainer.callbacks+=tests.distributed.rank_digest.SaveRankParameters",
+            f"--trainer.callbacks.directory={directory}"]

@@ -5,7 +5,8 @@ moments; then a single process with 2 workers. Every run must end within 60 s of
 with one complete ``last.ckpt`` at the step it reports.
 
 The cases form one chain: each run resumes the previous one's ``last.ckpt`` with ``--ckpt_path=last`` (so every case
-is also a resume test, across world sizes too), and a last run resumes to ``max_steps``. Each run has a hard timeout,
+is also a resume test, across world sizes too), and a last run resumes to ``max_steps``, where both ranks must hold
+identical parameters (this is also the 2-process test of the stage-2 recipe as shipped). Each run has a hard timeout,
 so a hang fails the test with every process's stack. ``ETT_SIGNAL_SEEDS=0,1,2`` draws other moments.
 """
 
@@ -21,6 +22,7 @@ import pytest
 import torch
 
 from tests.cli_runs import ROOT, run_lightning, two_processes
+from tests.distributed.rank_digest import rank_digest
 
 CASES = [("rank0", "train"), ("rank1", "train"), ("group", "train"),
          ("rank0", "validation"), ("rank1", "validation"), ("group", "validation")]
@@ -106,8 +108,16 @@ def test_stop_signals_to_any_process_in_any_phase_save_once_and_resume(tmp_path,
         assert saved > step, f"{case}: saved step {saved} after step {step}"
         step = saved
 
-    final = run_lightning(run_args(synthetic_shards, root, two_processes()), cwd=tmp_path, timeout=150)
+    ranks = tmp_path / "ranks"
+    final = run_lightning([*run_args(synthetic_shards, root, two_processes()), *rank_digest(ranks)], cwd=tmp_path,
+                          timeout=150)
     assert "Restored all states from the checkpoint" in final.stdout
+    parameters = [torch.load(ranks / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    assert all(p["world_size"] == 2 and p["step"] == MAX_STEPS for p in parameters)
+    for name, value in parameters[0]["params"].items():
+        assert torch.equal(value, parameters[1]["params"][name]), name
+    assert "val/psnr" in json.loads((root / "metrics.json").read_text())
+    assert {p.name for p in tmp_path.iterdir()} == {"run", "ranks", *(f"signal{i}" for i in range(len(chain)))}
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt"]  # not also last-v1.ckpt
     assert checkpoint_step(root) == MAX_STEPS
     assert json.loads((root / "metrics.json").read_text())["step"] == MAX_STEPS
