@@ -23,7 +23,7 @@ from ett_lightning.experiments.runs import set_dotted
 from ett_lightning.tokenizer import from_ett
 from tests.chat_model import make_chat_model_dir
 from tests.cli_runs import ROOT, run_lightning, two_processes
-from tests.distributed.test_ddp_runs import rank_digest
+from tests.distributed.rank_digest import rank_digest
 
 IMAGE_SIZE, CODES, CODE_DIM, LLM_HIDDEN, STEPS = 32, 16, 8, 64, 2
 TOKENIZER = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [16], "resolution": IMAGE_SIZE,
