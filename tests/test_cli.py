@@ -1,7 +1,9 @@
 """The console scripts as users type them: print_config on the real recipes, img2dataset shards (the demo chain's
 checkpoints, validate, predict and text-to-image are tested on `ett demo`'s outputs, tests/experiments)."""
 
+import runpy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,17 @@ def test_real_recipes_print_their_resolved_config(recipe, module, capsys, monkey
     out = capsys.readouterr().out
     assert exit_info.value.code in (0, None)
     assert f"class_path: ett_lightning.{module}" in out and "codebook_size: 131072" in out
+
+
+def test_python_dash_m_ett_lightning_is_the_same_command_line(capsys, monkeypatch):
+    """``python -m ett_lightning`` (what ``torchrun -m ett_lightning`` runs) parses a recipe like ``lightning``."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["python -m ett_lightning", "fit", "--config", "recipes/ett_sft.yaml",
+                                      "--print_config"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("ett_lightning", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code in (0, None)
+    assert "class_path: ett_lightning.ETTModule" in capsys.readouterr().out
 
 
 def write_img2dataset_shards(directory: Path, shards: int = 2, per_shard: int = 6) -> str:
