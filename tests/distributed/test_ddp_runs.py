@@ -1,7 +1,8 @@
 """The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes, for every
 stage and the text-to-image task; validation sets that do not split evenly. Resuming under 2 processes is tested
 with preemption (tests/resilience/test_preemption_runs.py), where every run resumes the one before; its last run
-is also this file's check of the stage-2 recipe (identical ranks, its metric, nothing outside the run directory).
+is also this file's check of the stage-2 recipe (identical ranks, its metric, nothing outside the run directory);
+the uneven-validation runs are the posttrain recipe's.
 
 Only sizes and step counts are shrunk. Each run has a hard timeout, so a DDP hang fails its test.
 """
@@ -46,27 +47,32 @@ def files_under(path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.ddp
-@pytest.mark.parametrize("stage", [stage for stage in RECIPES if stage != "ett"])  # ett: the preemption chain
+@pytest.mark.parametrize("stage", ["tokenizer", "align", "t2i", "ett_gan"])  # ett, posttrain: see the module doc
 def test_recipe_under_two_processes(tmp_path, synthetic_shards, stage):
     task = "vqa" if stage == "posttrain" else "caption"
     root = tmp_path / "run"
     run_lightning(["fit", *recipe(stage), *two_processes(), *small(synthetic_shards, task, root, 4),
                    *rank_digest(tmp_path / "ranks"), *EXTRA.get(stage, [])], cwd=tmp_path)
 
-    ranks = [torch.load(tmp_path / "ranks" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-    assert all(r["world_size"] == 2 and r["step"] == 4 for r in ranks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks", "run"], "a file landed outside the run directory"
+    assert_recipe_run(stage, root, tmp_path / "ranks", steps=4)
+
+
+def assert_recipe_run(stage: str, root: Path, ranks_directory: Path, steps: int) -> None:
+    """Both ranks end with identical parameters; the run directory holds the checkpoint, config, events, the
+    stage's validation metric and one picture file per validation (every 2 steps)."""
+    ranks = [torch.load(ranks_directory / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["step"] == steps for r in ranks)
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
-
     written = files_under(root)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks", "run"], "a file landed outside the run directory"
     assert "checkpoints/last.ckpt" in written and "config.yaml" in written
     assert any(name.startswith("events.out.tfevents") for name in written), written
     metrics = json.loads((root / "metrics.json").read_text())
-    assert metrics["step"] == 4 and VAL_METRICS[stage] in metrics, metrics
+    assert metrics["step"] == steps and VAL_METRICS[stage] in metrics, metrics
     pictures = "samples" if stage == "t2i" else "reconstructions"
     suffixes = (".png", ".txt") if stage == "t2i" else (".png",)
-    expected = sorted(f"{pictures}/step_000000{step}{suffix}" for step in (2, 4) for suffix in suffixes)
+    expected = sorted(f"{pictures}/step_{step:07d}{suffix}" for step in range(2, steps + 1, 2) for suffix in suffixes)
     assert [p for p in written if p.startswith(pictures)] == expected
 
 
@@ -84,7 +90,8 @@ def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, w
     common = [*recipe("posttrain"), f"--data.init_args.num_workers={workers}"]
     two = tmp_path / "two"
     run_lightning(["fit", *common, *two_processes(), *small(shards, "vqa", two, 2),
-                   "--trainer.limit_val_batches=1.0"], cwd=tmp_path)
+                   "--trainer.limit_val_batches=1.0", *rank_digest(tmp_path / "ranks")], cwd=tmp_path)
+    assert_recipe_run("posttrain", two, tmp_path / "ranks", steps=2)  # the posttrain recipe's 2-process check
     one = tmp_path / "one"
     run_lightning(["validate", *common, *small(shards, "vqa", one, 2), "--trainer.limit_val_batches=1.0",
                    f"--ckpt_path={two / 'checkpoints' / 'last.ckpt'}"], cwd=tmp_path)
