@@ -77,22 +77,21 @@ def test_rooms_stay_small():
         assert len(modules) <= 12, f"{folder} holds {len(modules)} modules"
 
 
-def imported_after(*statements: str) -> set[str] | list[set[str]]:
-    """The modules a fresh interpreter holds after each statement, run one after the other (one set for one)."""
+def imported_after(*statements: str) -> list[set[str]]:
+    """The modules a fresh interpreter holds after each statement, run one after the other."""
     steps = "".join(f"{statement}; snapshots.append(sorted(sys.modules)); " for statement in statements)
     code = f"import json, sys; snapshots = []; {steps}print(json.dumps(snapshots))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    snapshots = [set(modules) for modules in json.loads(result.stdout)]
-    return snapshots[0] if len(snapshots) == 1 else snapshots
+    return [set(modules) for modules in json.loads(result.stdout)]
 
 
 def test_the_converters_import_no_training_stack():
-    modules = imported_after("import ett_lightning.convert.cli")
+    (modules,) = imported_after("import ett_lightning.convert.cli")
     assert not {"lightning", "transformers", "timm", "lpips", "torchmetrics"} & modules
 
 
 def test_the_training_cli_imports_no_demo_and_the_package_imports_nothing_heavy():
-    modules = imported_after("import ett_lightning.cli")
+    (modules,) = imported_after("import ett_lightning.cli")
     assert not [m for m in modules if m.startswith(("ett_lightning.experiments", "ett_lightning.evaluation"))]
     package, with_module = imported_after("import ett_lightning", "from ett_lightning import ETTModule")
     assert not {"torch", "lightning", "transformers"} & package

@@ -58,11 +58,8 @@ class SignalAtMoment(Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "sent.json").write_text(json.dumps(
             {"time": time.time() + self.delay, "step": trainer.global_step, "hook": hook, "target": self.target}))
-        if self.target == "group":
-            kill = (os.killpg, os.getpgrp())
-        else:
-            kill = (os.kill, os.getpid())
-        threading.Timer(self.delay, kill[0], (kill[1], self.number)).start()
+        send, receiver = (os.killpg, os.getpgrp()) if self.target == "group" else (os.kill, os.getpid())
+        threading.Timer(self.delay, send, (receiver, self.number)).start()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.maybe_send(trainer, "on_train_batch_start")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import multiprocessing
 import signal
 
@@ -22,6 +23,7 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(number, signal.SIG_IGN)
 
 
+@functools.cache
 def end_workers_at_exit() -> None:
     """Makes the rank's exit end loader workers that are still running, with SIGKILL (once per process).
 
@@ -31,9 +33,7 @@ def end_workers_at_exit() -> None:
     at exit is what Python does anyway; this only makes the signal one they cannot ignore. Registered when the first
     loader is built, so it runs before multiprocessing's own exit handler.
     """
-    if not getattr(end_workers_at_exit, "registered", False):
-        atexit.register(kill_daemonic_children)
-        end_workers_at_exit.registered = True
+    atexit.register(kill_daemonic_children)
 
 
 def kill_daemonic_children() -> None:

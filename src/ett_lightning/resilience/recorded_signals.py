@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 from types import FrameType
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -52,9 +51,8 @@ class RecordedSignalConnector(_SignalConnector):
         self.received_sigterm = False
         self.received = self.received_during = None
         self._original_handlers = self._get_current_signal_handlers()
-        if threading.current_thread() is threading.main_thread():
-            for number in self.handled_signals():
-                signal.signal(number, self.record)
+        for number in self.handled_signals():
+            self._register_signal(number, self.record)  # Lightning's: only from the main thread
 
     def record(self, number: int, frame: FrameType | None) -> None:
         """Notes the first signal and the trainer's stage when it came; the trainer goes on undisturbed."""
