@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from ett_lightning.callbacks.prediction_writer import PredictionWriter
 from ett_lightning.callbacks.run_config_saver import RunConfigSaver
 from ett_lightning.data.input_spec import InputSpec
+from ett_lightning.distributed import fsdp2  # noqa: F401  registers --trainer.strategy=fsdp2
 from ett_lightning.export import ORIGINAL_FILES, export_module
 from ett_lightning.module import ETTModule
 from ett_lightning.resilience import check_config

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ett_lightning.data.batching.batch import ETTBatch
+from ett_lightning.distributed.fsdp2 import is_sharded
 from ett_lightning.export import load_export
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
@@ -230,15 +231,18 @@ class ETTModule(L.LightningModule):
     @torch.no_grad()
     def generate(self, batch: ETTBatch, max_new_tokens: int = 16, decoding: Decoding | None = None) -> list[str]:
         """Each sample's continuation of its prompt (image + prompt, the target removed), greedy unless
-        ``decoding`` says otherwise, through :func:`~ett_lightning.models.generation.generate_text`."""
+        ``decoding`` says otherwise, through :func:`~ett_lightning.models.generation.generate_text`. A sharded
+        module generates until every rank is done (each forward is a collective)."""
         decoding = decoding or Decoding(max_new_tokens=max_new_tokens)
         image_embeds = self.projector(self.encode_images(batch.images).embeddings)
         return generate_text(self.language_model, image_embeds, batch.input_ids, batch.image_slots,
-                             batch.target_starts, decoding)
+                             batch.target_starts, decoding, synced_gpus=is_sharded(self))
 
     def predict_step(self, batch: ETTBatch, batch_idx: int) -> list[dict[str, object]]:
         """Generated text for every sample (the caption or answer the model gives), with its key and references."""
-        batch = batch.without_padding()
+        padded, batch = batch, batch.without_padding()
+        if not len(batch) and is_sharded(self):  # generation is a collective: answer the padding, keep nothing
+            self.generate(padded)
         predictions = self.generate(batch) if len(batch) else []
         return [{"key": k, "prediction": p, "references": r} for k, p, r in zip(batch.keys, predictions, batch.answers)]
 

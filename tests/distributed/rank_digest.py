@@ -1,9 +1,11 @@
-"""A callback for the DDP tests: each rank writes its parameters after training, so the test can compare ranks."""
+"""A callback for the multi-process tests: each rank writes its parameters after training (whole, also when FSDP2
+shards them), so the test can compare ranks and runs."""
 
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
+from torch.distributed.tensor import DTensor
 
 
 class SaveRankParameters(Callback):
@@ -12,7 +14,8 @@ class SaveRankParameters(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        state = {name: p.detach().cpu().clone() for name, p in pl_module.named_parameters()}
+        state = {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
+                 for name, p in pl_module.named_parameters()}
         torch.save({"params": state, "step": trainer.global_step, "world_size": trainer.world_size},
                    self.directory / f"rank{trainer.global_rank}.pt")
 

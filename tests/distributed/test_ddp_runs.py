@@ -47,11 +47,13 @@ def files_under(path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.ddp
-@pytest.mark.parametrize("stage", ["tokenizer", "align", "t2i", "ett_gan"])  # ett, posttrain: see the module doc
-def test_recipe_under_two_processes(tmp_path, synthetic_shards, stage):
+@pytest.mark.parametrize(("stage", "strategy"), [("tokenizer", "ddp"), ("align", "fsdp2"), ("t2i", "fsdp2"),
+                                               ("ett_gan", "ddp")])  # ett, posttrain: see the module doc
+def test_recipe_under_two_processes(tmp_path, synthetic_shards, stage, strategy):
     task = "vqa" if stage == "posttrain" else "caption"
     root = tmp_path / "run"
-    run_lightning(["fit", *recipe(stage), *two_processes(), *small(synthetic_shards, task, root, 4),
+    run_lightning(["fit", *recipe(stage), *two_processes(), f"--trainer.strategy={strategy}",
+                   *small(synthetic_shards, task, root, 4),
                    *rank_digest(tmp_path / "ranks"), *EXTRA.get(stage, [])], cwd=tmp_path)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks", "run"], "a file landed outside the run directory"
@@ -82,14 +84,16 @@ SPLIT_METRICS = ("val/psnr", "val/ssim", "val/epoch_codebook_usage", "val/epoch_
 
 @pytest.mark.slow
 @pytest.mark.ddp
-@pytest.mark.parametrize("num_val,workers", [(16, 2), (1, 1)], ids=["one_shard_2x2_slots", "fewer_samples_than_ranks"])
-def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, workers):
+@pytest.mark.parametrize("num_val,workers,strategy", [(16, 2, "ddp"), (1, 1, "fsdp2")],
+                         ids=["one_shard_2x2_slots", "fewer_samples_than_ranks_fsdp2"])
+def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, workers, strategy):
     """One validation shard read by 2 ranks x 2 workers, and one validation sample for 2 ranks: the 2-process fit
-    validates without hanging, and one process validating its checkpoint gets the same metrics."""
+    validates without hanging, and one process validating its checkpoint gets the same metrics. The second case
+    runs sharded (FSDP2), where the rank holding only padding must still generate (every forward is a collective)."""
     shards = make_shards(tmp_path / "data", num_train=32, num_val=num_val, image_size=32, samples_per_shard=16, seed=3)
     common = [*recipe("posttrain"), f"--data.init_args.num_workers={workers}"]
     two = tmp_path / "two"
-    run_lightning(["fit", *common, *two_processes(), *small(shards, "vqa", two, 2),
+    run_lightning(["fit", *common, *two_processes(), f"--trainer.strategy={strategy}", *small(shards, "vqa", two, 2),
                    "--trainer.limit_val_batches=1.0", *rank_digest(tmp_path / "ranks")], cwd=tmp_path)
     assert_recipe_run("posttrain", two, tmp_path / "ranks", steps=2)  # the posttrain recipe's 2-process check
     one = tmp_path / "one"

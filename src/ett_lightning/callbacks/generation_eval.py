@@ -13,6 +13,7 @@ from ett_lightning.callbacks.reconstruction import build_fid, to_unit
 from ett_lightning.callbacks.run_dir import run_dir
 from ett_lightning.callbacks.synced_metrics import log_synced
 from ett_lightning.data.batching.batch import ETTBatch
+from ett_lightning.distributed.fsdp2 import is_sharded
 
 
 class GenerationMetrics(L.Callback):
@@ -59,9 +60,12 @@ class GenerationMetrics(L.Callback):
                                 dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking or batch_idx >= self.max_batches:
             return
-        batch = batch.without_padding()
-        if not len(batch):
+        real = batch.without_padding()
+        if not len(real):
+            if is_sharded(pl_module):  # generation is a collective: sample for the padded batch, keep nothing
+                pl_module.generate_images(batch, seed=self.seed + batch_idx)
             return
+        batch = real
         generated, captions = pl_module.generate_images(batch, seed=self.seed + batch_idx)
         generated = to_unit(generated)
         if self.fid is not None:

@@ -7,13 +7,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from ett_lightning.callbacks.reconstruction import to_unit
 from ett_lightning.callbacks.run_dir import run_dir
 from ett_lightning.data.batching.batch import ETTBatch
+from ett_lightning.training.step_logging import evaluation_rows
 
 
 class ReconstructionGrid(L.Callback):
@@ -33,18 +33,19 @@ class ReconstructionGrid(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.directory = run_dir(trainer)
 
-    @rank_zero_only
     @torch.no_grad()
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch: ETTBatch, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
+        """Every rank reconstructs (under FSDP the tokenizer's forward is a collective, and a rank's batch may be
+        all padding: it reconstructs its padding rows then); rank zero saves its real rows."""
         if batch_idx != 0 or trainer.sanity_checking:
             return
-        images = batch.without_padding().images[: self.num_images]
-        if not len(images):
-            return
+        real, _ = evaluation_rows(batch)
+        images = real.images[: self.num_images]
         reconstructions, _ = pl_module.tokenizer(images)
-        pairs = torch.stack([to_unit(images), to_unit(reconstructions)], dim=1).flatten(0, 1)
-        save_step_grid(trainer, pairs, self.directory / "reconstructions", "val/reconstructions")
+        if trainer.is_global_zero and len(real.without_padding()):
+            pairs = torch.stack([to_unit(images), to_unit(reconstructions)], dim=1).flatten(0, 1)
+            save_step_grid(trainer, pairs, self.directory / "reconstructions", "val/reconstructions")
 
 
 def image_grid(images: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from torchmetrics.image import FrechetInceptionDistance, PeakSignalNoiseRatio, S
 from ett_lightning.callbacks.synced_metrics import log_synced
 from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.metrics import CodebookUsage, MeanImagePSNR
+from ett_lightning.training.step_logging import evaluation_rows
 
 
 def build_fid(weights_path: str | None, feature_extractor: nn.Module | None) -> FrechetInceptionDistance:
@@ -76,12 +77,11 @@ class ReconstructionMetrics(L.Callback):
                                 dataloader_idx: int = 0) -> None:
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return
-        batch = batch.without_padding()
-        if not len(batch):
-            return
+        batch, weight = evaluation_rows(batch)  # a batch of padding runs too: a sharded forward is a collective
         reconstructions, encoded = pl_module.tokenizer(batch.images)
-        self.metrics["epoch_codebook"].update(encoded.indices)
-        self.update(to_unit(batch.images), to_unit(reconstructions))
+        if weight:
+            self.metrics["epoch_codebook"].update(encoded.indices)
+            self.update(to_unit(batch.images), to_unit(reconstructions))
 
     def update(self, images: Tensor, reconstructions: Tensor) -> None:
         """Images and reconstructions in [0, 1]; both are rounded to 8 bits first."""

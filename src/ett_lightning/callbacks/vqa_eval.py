@@ -14,6 +14,7 @@ from ett_lightning.callbacks.metrics_json import write_json_atomically
 from ett_lightning.callbacks.run_dir import run_dir
 from ett_lightning.callbacks.synced_metrics import gather_objects, log_synced
 from ett_lightning.data.batching.batch import ETTBatch
+from ett_lightning.distributed.fsdp2 import is_sharded
 from ett_lightning.metrics import VQAAccuracy
 from ett_lightning.metrics.vqa import Normalization
 
@@ -74,10 +75,14 @@ class VQAEvaluation(L.Callback):
                                 dataloader_idx: int = 0) -> None:
         if self.max_batches is not None and batch_idx >= self.max_batches:
             return
-        batch = batch.without_padding()
-        rows = [i for i, task in enumerate(batch.tasks) if task in ANSWERED_TASKS]
+        real = batch.without_padding()
+        rows = [i for i, task in enumerate(real.tasks) if task in ANSWERED_TASKS]
         if not rows:
+            if is_sharded(pl_module):  # generation is a collective: answer the padded batch and drop the answers
+                for _ in range(2 if self.blind else 1):
+                    pl_module.generate(batch, self.max_new_tokens)
             return
+        batch = real
         answers = pl_module.generate(batch, self.max_new_tokens)
         self.score("vqa_acc", answers, batch, rows)
         self.results += [{"question_id": question_id(batch, i), "answer": answers[i]} for i in rows]

@@ -7,6 +7,7 @@ import logging
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from ett_lightning.training.clipping import loss_scaler
@@ -90,7 +91,10 @@ class NonFiniteGuard(Callback):
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return torch.zeros((), dtype=torch.bool, device=self.counts.device)
-        nonfinite = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        shards = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+        nonfinite = ~torch.isfinite(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(shards))))
+        if any(isinstance(g, DTensor) for g in grads):  # sharded (FSDP2): each rank checked its own shard
+            nonfinite = self.any_rank(trainer, nonfinite)
         parts = getattr(pl_module, "train_parts", {})
         flags = ~torch.isfinite(torch.stack([v.float() for v in parts.values()])) if parts else nonfinite.new_zeros(0)
         overflow = torch.zeros_like(nonfinite)

@@ -12,6 +12,7 @@ from transformers.generation import LogitsProcessorList, TemperatureLogitsWarper
 
 from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.data.batching.prompts import PromptBatch, left_pad
+from ett_lightning.distributed.fsdp2 import is_sharded
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.module import COMPONENTS, DEFAULT_LEARNING_RATES, STAGE_TRAINABLE, ETTModule, Stage
@@ -118,7 +119,7 @@ class TextToImage(ETTModule):
         embeddings) carry the gradient back to a trainable tokenizer in ``head`` mode."""
         if self.image_vocabulary == "extended":
             return self.language_model.embed(indices + self.image_token_offset)
-        return self.projector(codes if codes is not None else self.tokenizer.quantize.embed(indices))
+        return self.projector(codes if codes is not None else self.tokenizer.embed_indices(indices))
 
     def image_logits(self, hidden: Tensor) -> Tensor:
         """Hidden states [..., C] -> logits over the codebook [..., K]."""
@@ -252,8 +253,10 @@ class TextToImage(ETTModule):
     def predict_step(self, batch: ETTBatch | PromptBatch, batch_idx: int) -> dict[str, Any]:
         """Generated images (float in [-1, 1], on the CPU) with their prompts and keys, seeded per batch."""
         if isinstance(batch, ETTBatch):
-            batch = batch.without_padding()
+            padded, batch = batch, batch.without_padding()
             if not len(batch):
+                if is_sharded(self):  # generation is a collective: sample for the padding, keep nothing
+                    self.generate_images(padded, seed=self.sample_seed + batch_idx)
                 size = self.image_size
                 return {"images": torch.empty(0, 3, size, size), "prompts": [], "keys": []}
         images, texts = self.generate_images(batch, seed=self.sample_seed + batch_idx)

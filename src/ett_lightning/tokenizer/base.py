@@ -110,9 +110,13 @@ class VisionTokenizer(nn.Module):
         grid = embeddings.transpose(1, 2).reshape(b, d, side, side).contiguous()
         return self.decoder(self.post_quant_conv(grid))
 
+    def embed_indices(self, indices: Tensor) -> Tensor:
+        """Codebook indices [B, N] -> their codebook embeddings [B, N, D] (what ``encode`` returns for them)."""
+        return self.quantize.embed(indices)
+
     def decode_indices(self, indices: Tensor) -> Tensor:
         """Codebook indices [B, N] -> images, for generation."""
-        return self.decode(self.quantize.embed(indices))
+        return self.decode(self.embed_indices(indices))
 
     def forward(self, images: Tensor) -> tuple[Tensor, TokenizerOutput]:
         """Reconstruction and the encode output, for tokenizer pre-training and evaluation."""

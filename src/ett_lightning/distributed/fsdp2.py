@@ -1,0 +1,147 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for ETT modules, selected as ``--trainer.strategy=fsdp2``.
+
+Each rank holds 1/world_size of every parameter, gradient and optimizer state. The sharding units are found from
+the model: each LLM decoder layer and each tokenizer block, then the tokenizer and the projector, then the
+LightningModule itself (the LLM's embeddings, final norm and head, and any task heads), so tied embeddings stay in
+one unit. A unit gathers its parameters when it runs and frees them after. ETT calls its parts through methods
+(``tokenizer.encode``, ``module.generate``, the step methods), not only ``forward``, so those methods are
+registered to gather like ``forward`` does (:func:`~torch.distributed.fsdp.register_fsdp_forward_method`).
+
+Parameters keep their names and ``requires_grad``: stage freezing, per-component learning rates and checkpoints
+work as under DDP. Checkpoints are one file with full weights by default (``ett export`` and ``--ckpt_path=last``
+read it like a DDP checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from torch import nn
+from torch.distributed._composable import checkpoint
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+from ett_lightning.distributed.fsdp import wrap_classes
+
+log = logging.getLogger(__name__)
+
+#: Methods of a module or its tokenizer that use parameters outside ``forward`` (steps, generation, callbacks).
+ENTRY_METHODS = ("training_step", "validation_step", "test_step", "predict_step", "generate", "generate_images",
+                 "encode", "decode", "decode_indices", "embed_indices")
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` is sharded by FSDP2: then each of its forwards is a collective, and every rank must run as
+    many as the others (callbacks generate on every rank, and generation runs until all ranks are done)."""
+    return isinstance(module, FSDPModule)
+
+
+def dtype_named(name: str | None) -> torch.dtype | None:
+    """``"bfloat16"`` -> ``torch.bfloat16``; None stays None (the parameters' own dtype)."""
+    if name is None:
+        return None
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"{name!r} is not a floating-point torch dtype; use e.g. bfloat16, float16 or float32")
+    return dtype
+
+
+def check_shardable(module: nn.Module) -> None:
+    """Refuses what FSDP2 cannot run: the adversarial loss's adaptive weight differentiates with respect to the
+    decoder's last weight, which is a shard outside the tokenizer's forward, not the gathered weight the graph
+    used."""
+    adversarial = getattr(getattr(module, "loss", None), "adversarial", None)
+    if adversarial is not None and getattr(adversarial, "adaptive_weight", False):
+        raise ValueError("the adversarial loss's adaptive weight cannot run under FSDP2 (it needs gradients at the "
+                         "decoder's last layer, which FSDP2 shards); train the tokenizer with the GAN under "
+                         "strategy ddp (it fits on one GPU), or set loss.adversarial.init_args.adaptive_weight: false")
+
+
+def shard_module(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy,
+                 activation_checkpointing: bool = False, reshard_after_forward: bool = True) -> list[str]:
+    """Applies ``fully_shard`` to ``module``'s units, innermost first, and returns the units' names.
+
+    Blocks (:func:`~ett_lightning.distributed.fsdp.wrap_classes`) are recomputed in backward when
+    ``activation_checkpointing``; the tokenizer and the projector are units of their own so callbacks can call
+    them between steps; the module is the root.
+    """
+    block_classes = tuple(wrap_classes(module))
+    names = [name for name, child in module.named_modules() if block_classes and isinstance(child, block_classes)]
+    for name in names:
+        block = module.get_submodule(name)
+        if activation_checkpointing:
+            checkpoint(block)
+        fully_shard(block, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+    for name in ("tokenizer", "projector"):
+        if isinstance(getattr(module, name, None), nn.Module):
+            shard_with_entry_methods(getattr(module, name), mesh, mp_policy, reshard_after_forward)
+            names.append(name)
+    shard_with_entry_methods(module, mesh, mp_policy, reshard_after_forward=False)
+    return [*names, "<root>"]
+
+
+def shard_with_entry_methods(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy,
+                             reshard_after_forward: bool) -> None:
+    """``fully_shard`` that also gathers the parameters for the :data:`ENTRY_METHODS` the module has."""
+    fully_shard(module, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+    for method in ENTRY_METHODS:
+        if callable(getattr(module, method, None)):
+            register_fsdp_forward_method(module, method)
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel training with FSDP2 over all ranks (no tensor parallelism).
+
+    In a recipe: ``strategy: {class_path: ett_lightning.distributed.FSDP2Strategy, init_args: {...}}``, or
+    ``--trainer.strategy=fsdp2`` for the defaults. Keep ``trainer.precision: 32-true``: the mixed-precision policy
+    below casts the gathered parameters, while the sharded master weights and optimizer states stay float32.
+
+    Args:
+        param_dtype: dtype parameters are gathered and computed in (``bfloat16`` on GPUs); None keeps float32.
+        reduce_dtype: dtype gradients are averaged across ranks in; None uses ``param_dtype``.
+        activation_checkpointing: recompute each block's activations in backward instead of keeping them
+            (about a third more compute for activations of one block per layer).
+        reshard_after_forward: free each block's gathered parameters after its forward and gather them again in
+            backward (less memory, one more all-gather per block).
+        save_distributed_checkpoint: one file per rank in a checkpoint folder instead of one full file (faster
+            for very large models; ``ett export`` reads single files only).
+        timeout: how long a collective waits before the job fails (a hang ends instead of idling).
+    """
+
+    def __init__(
+        self,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = "float32",
+        activation_checkpointing: bool = False,
+        reshard_after_forward: bool = True,
+        save_distributed_checkpoint: bool = False,
+        timeout: timedelta | None = timedelta(minutes=30),
+    ) -> None:
+        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, timeout=timeout)
+        self.mp_policy = MixedPrecisionPolicy(param_dtype=dtype_named(param_dtype),
+                                              reduce_dtype=dtype_named(reduce_dtype))
+        self.activation_checkpointing = activation_checkpointing
+        self.reshard_after_forward = reshard_after_forward
+
+    def setup_environment(self) -> None:
+        """One data-parallel dimension over every rank of every node."""
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def setup(self, trainer: L.Trainer) -> None:
+        """Shards the module (once, also when ``fit`` is followed by ``validate``), then Lightning's setup."""
+        module = self.lightning_module
+        if not is_sharded(module):
+            check_shardable(module)
+            units = shard_module(module, self.device_mesh["data_parallel"], self.mp_policy,
+                                 self.activation_checkpointing, self.reshard_after_forward)
+            log.info("FSDP2 units (%d): %s", len(units), ", ".join(units[:4] + (["..."] if len(units) > 4 else [])))
+        super().setup(trainer)
+
+
+StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 sharding of ETT modules (ett_lightning)")
