@@ -1,0 +1,116 @@
+"""FSDP2 sharding of ETT modules in one process (a world of one rank: every parameter a DTensor, every forward
+through FSDP's hooks) against the same module unsharded, and generation under 2 spawned processes whose ranks
+finish at different lengths. The recipes under 2 processes with ``--trainer.strategy=fsdp2`` are in
+test_ddp_runs.py and test_fsdp2_runs.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor
+
+from ett_lightning import ETTLoss
+from ett_lightning.distributed import FSDP2Strategy, is_sharded, shard_module
+from ett_lightning.distributed.fsdp2 import check_shardable, dtype_named
+from tests.conftest import make_batch, tiny_module
+from tests.distributed.sharded_generation import MAX_NEW_TOKENS, answer_on_rank
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mesh():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield init_device_mesh("cpu", (1,))
+    dist.destroy_process_group()
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def test_units_keep_names_and_frozen_flags(mesh):
+    module = tiny_module("align")
+    names = [name for name, _ in module.named_parameters()]
+    units = shard_module(module, mesh, MixedPrecisionPolicy())
+    assert "language_model.model.model.layers.0" in units and "language_model.model.model.layers.1" in units
+    assert any(unit.startswith("tokenizer.encoder.") for unit in units)
+    assert units[-3:] == ["tokenizer", "projector", "<root>"] and is_sharded(module)
+    assert [name for name, _ in module.named_parameters()] == names
+    assert all(isinstance(p, DTensor) for p in module.parameters())
+    assert not any(p.requires_grad for p in module.tokenizer.parameters())
+    assert all(p.requires_grad for p in module.projector.parameters())
+
+
+@pytest.mark.parametrize(("stage", "activation_checkpointing"), [("ett", False), ("align", True)])
+def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpointing):
+    """Loss and every gradient equal the unsharded module's; frozen components get none."""
+    torch.manual_seed(0)
+    module = tiny_module(stage)
+    reference = copy.deepcopy(module)
+    batch = make_batch(module)
+    shard_module(module, mesh, MixedPrecisionPolicy(), activation_checkpointing=activation_checkpointing)
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    expected = reference.training_step(batch, 0)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    sharded = dict(module.named_parameters())
+    for name, param in reference.named_parameters():
+        if param.grad is None:
+            assert sharded[name].grad is None, f"{name} is frozen or unused but got a gradient"
+        else:
+            torch.testing.assert_close(full(sharded[name].grad), param.grad, msg=name)
+    trained = {name.split(".")[0] for name, p in reference.named_parameters() if p.grad is not None}
+    assert trained == ({"tokenizer", "projector", "language_model"} if stage == "ett" else {"projector"})
+
+
+def test_bfloat16_policy_computes_in_bfloat16_and_keeps_float32_shards(mesh):
+    module = tiny_module("ett")
+    batch = make_batch(module)
+    shard_module(module, mesh, MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+    seen = []
+    module.projector.register_forward_hook(lambda _, inputs, output: seen.append((inputs[0].dtype, output.dtype)))
+    module.training_step(batch, 0).backward()
+    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    assert {p.dtype for p in module.parameters()} == {torch.float32}
+    assert {p.grad.dtype for p in module.parameters() if p.grad is not None} == {torch.float32}
+
+
+def test_options_are_checked():
+    assert FSDP2Strategy(param_dtype="bfloat16").mp_policy.param_dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="not a floating-point torch dtype"):
+        dtype_named("int8")
+    with pytest.raises(ValueError, match="adaptive weight cannot run under FSDP2"):
+        check_shardable(tiny_module("ett", loss=ETTLoss(perceptual_weight=0.0, adversarial_weight=0.1)))
+
+
+@pytest.mark.slow
+def test_ranks_that_finish_generating_at_different_lengths_do_not_hang(tmp_path):
+    """Every forward of a sharded model is a collective: rank 0 stops after 2 tokens and keeps running rank 1's
+    forwards until rank 1 is done at 9 (synced generation). Each rank's answers equal its unsharded answers."""
+    context = mp.start_processes(answer_on_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=False,
+                                 start_method="spawn")
+    for _ in range(120):
+        if context.join(timeout=1):
+            break
+    else:
+        for process in context.processes:
+            process.kill()
+        pytest.fail("sharded generation did not finish in 120 s (a rank waits in a collective)")
+    for rank in (0, 1):
+        answers = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert answers["sharded"] == answers["unsharded"] and len(answers["sharded"]) == 1 + rank
+    assert MAX_NEW_TOKENS[0] < MAX_NEW_TOKENS[1]

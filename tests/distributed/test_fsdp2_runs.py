@@ -1,0 +1,58 @@
+"""``--trainer.strategy=fsdp2`` with the demo stage-2 recipe as shipped (callbacks, validation, logging,
+checkpoints on) under 2 gloo processes, against the same run under DDP: the same losses step by step, the same
+weights at the end, and ``ett export`` of the FSDP2 checkpoint equal to the DDP one's. The other stages run under
+FSDP2 in test_ddp_runs.py; resuming an FSDP2 run is tested in one process in test_fsdp2_resume.py and across
+strategies at the end of tests/resilience/test_preemption_runs.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ett_lightning import ETTLoss
+from ett_lightning.cli import main as cli_main
+from ett_lightning.module import ETTModule
+from tests.cli_runs import run_lightning, two_processes
+from tests.distributed.rank_digest import rank_digest
+from tests.distributed.test_ddp_runs import recipe, small
+
+STEPS = 4
+
+
+def step_losses(root: Path) -> list[float]:
+    events = EventAccumulator(str(root))
+    events.Reload()
+    return [event.value for event in events.Scalars("train/total")]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_fsdp2_trains_like_ddp_and_exports_the_same_weights(tmp_path, synthetic_shards, monkeypatch):
+    runs = {}
+    for strategy in ("ddp", "fsdp2"):
+        root = tmp_path / strategy
+        run_lightning(["fit", *recipe("ett"), *two_processes(), f"--trainer.strategy={strategy}",
+                       *small(synthetic_shards, "caption", root, STEPS), "--trainer.log_every_n_steps=1",
+                       *rank_digest(tmp_path / f"{strategy}_ranks")], cwd=tmp_path)
+        params = [torch.load(tmp_path / f"{strategy}_ranks" / f"rank{r}.pt")["params"] for r in (0, 1)]
+        assert all(torch.equal(v, params[1][k]) for k, v in params[0].items()), f"{strategy}: ranks differ"
+        runs[strategy] = {"root": root, "losses": step_losses(root), "params": params[0]}
+
+    ddp, fsdp2 = runs["ddp"], runs["fsdp2"]
+    assert len(fsdp2["losses"]) == STEPS
+    assert fsdp2["losses"] == pytest.approx(ddp["losses"], rel=1e-5)
+    assert fsdp2["params"].keys() == ddp["params"].keys()
+    for name, value in ddp["params"].items():
+        torch.testing.assert_close(fsdp2["params"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+    monkeypatch.chdir(tmp_path)
+    exports = {}
+    for strategy, run in runs.items():
+        out = tmp_path / f"export_{strategy}"
+        cli_main(["export", "--ckpt", str(run["root"] / "checkpoints/last.ckpt"), "--out", str(out)])
+        exports[strategy] = ETTModule.from_export(str(out), loss=ETTLoss(perceptual_weight=0.0)).state_dict()
+    for name, value in exports["ddp"].items():
+        torch.testing.assert_close(exports["fsdp2"][name], value, rtol=1e-4, atol=1e-5, msg=name)
