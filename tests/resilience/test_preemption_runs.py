@@ -5,8 +5,8 @@ moments; then a single process with 2 workers. Every run must end within 60 s of
 with one complete ``last.ckpt`` at the step it reports.
 
 The cases form one chain: each run resumes the previous one's ``last.ckpt`` with ``--ckpt_path=last`` (so every case
-is also a resume test, across world sizes too), and a last run resumes to ``max_steps``, where both ranks must hold
-identical parameters (this is also the 2-process test of the stage-2 recipe as shipped). Each run has a hard timeout,
+is also a resume test, across world sizes too), and a last run resumes it under FSDP2 (``--trainer.strategy=fsdp2``)
+to ``max_steps``, with the recipe's validation, metrics and final checkpoint. Each run has a hard timeout,
 so a hang fails the test with every process's stack. ``ETT_SIGNAL_SEEDS=0,1,2`` draws other moments.
 """
 
@@ -109,8 +109,8 @@ def test_stop_signals_to_any_process_in_any_phase_save_once_and_resume(tmp_path,
         step = saved
 
     ranks = tmp_path / "ranks"
-    final = run_lightning([*run_args(synthetic_shards, root, two_processes()), *rank_digest(ranks)], cwd=tmp_path,
-                          timeout=150)
+    sharded = [*two_processes(), "--trainer.strategy=fsdp2"]  # a DDP run resumed sharded: the same checkpoint format
+    final = run_lightning([*run_args(synthetic_shards, root, sharded), *rank_digest(ranks)], cwd=tmp_path, timeout=150)
     assert "Restored all states from the checkpoint" in final.stdout
     parameters = [torch.load(ranks / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
     assert all(p["world_size"] == 2 and p["step"] == MAX_STEPS for p in parameters)

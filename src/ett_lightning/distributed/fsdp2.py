@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.strategies.model_parallel import _load_raw_module_state
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
 from torch.distributed._composable import checkpoint
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
@@ -93,6 +97,19 @@ def shard_with_entry_methods(module: nn.Module, mesh: DeviceMesh, mp_policy: Mix
             register_fsdp_forward_method(module, method)
 
 
+def optimizer_order(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the optimizer's parameters in its own order: the positions ``optimizer.state_dict()`` keys its
+    states by (what DDP checkpoints hold)."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return [names[id(param)] for group in optimizer.param_groups for param in group["params"]]
+
+
+def rekeyed(state: dict[str, Any], keys: dict) -> dict[str, Any]:
+    """An optimizer state dict with its parameter keys mapped through ``keys`` (names <-> positions)."""
+    groups = [{**group, "params": [keys[p] for p in group["params"]]} for group in state["param_groups"]]
+    return {"state": {keys[k]: v for k, v in state["state"].items()}, "param_groups": groups}
+
+
 class FSDP2Strategy(ModelParallelStrategy):
     """Fully sharded data parallel training with FSDP2 over all ranks (no tensor parallelism).
 
@@ -142,6 +159,35 @@ class FSDP2Strategy(ModelParallelStrategy):
                                  self.activation_checkpointing, self.reshard_after_forward)
             log.info("FSDP2 units (%d): %s", len(units), ", ".join(units[:4] + (["..."] if len(units) > 4 else [])))
         super().setup(trainer)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The whole optimizer state on rank 0 (empty on the others), keyed by position like ``optimizer.state_dict()``
+        under DDP, so a checkpoint resumes under either strategy. Lightning's own keys follow the module's parameter
+        order instead, which differs from the optimizer's (groups per component and weight decay)."""
+        if self._save_distributed_checkpoint:
+            return super().optimizer_state(optimizer)
+        optimizer = getattr(optimizer, "_optimizer", optimizer)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_optimizer_state_dict(self.model, optimizer, options=options)
+        if not state:
+            return state
+        return rekeyed(state, {name: i for i, name in enumerate(optimizer_order(self.model, optimizer))})
+
+    def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
+        """A one-file checkpoint (this strategy's or DDP's): full weights and position-keyed optimizer states, each
+        rank keeping its shards; a checkpoint folder (``save_distributed_checkpoint``) loads as Lightning does."""
+        path = Path(self.broadcast(checkpoint_path))
+        if path.is_dir():
+            return super().load_checkpoint(path, weights_only)
+        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+        strict = self.lightning_module.strict_loading
+        _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
+        options = StateDictOptions(full_state_dict=True, strict=strict)
+        for optimizer, state in zip(self.optimizers, checkpoint.get("optimizer_states", [])):
+            optimizer = getattr(optimizer, "_optimizer", optimizer)
+            names = dict(enumerate(optimizer_order(self.model, optimizer)))
+            set_optimizer_state_dict(self.model, optimizer, rekeyed(state, names), options=options)
+        return checkpoint
 
 
 StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 sharding of ETT modules (ett_lightning)")
