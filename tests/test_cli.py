@@ -18,7 +18,8 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(("recipe", "module"), [("ett_align", "ETTModule"), ("ett_sft", "ETTModule"),
-                                               ("ett_posttrain", "ETTModule"), ("ett_t2i", "tasks.TextToImage")])
+                                               ("ett_sft_7b", "ETTModule"), ("ett_posttrain", "ETTModule"),
+                                               ("ett_t2i", "tasks.TextToImage")])
 def test_real_recipes_print_their_resolved_config(recipe, module, capsys, monkeypatch):
     """The CLI's own entry function with the arguments users type (in this process: the console script around it
     is run by the tests below)."""

@@ -1,6 +1,6 @@
-"""Distributed strategies: FSDP2 sharding of ETT modules (``--trainer.strategy=fsdp2``), and FSDP1 with ETT's units."""
+"""Sharded training: FSDP2 over ETT's units (``--trainer.strategy=fsdp2``)."""
 
-from ett_lightning.distributed.fsdp import ETTFSDPStrategy, wrap_classes
 from ett_lightning.distributed.fsdp2 import FSDP2Strategy, is_sharded, shard_module
+from ett_lightning.distributed.units import wrap_classes
 
-__all__ = ["ETTFSDPStrategy", "FSDP2Strategy", "is_sharded", "shard_module", "wrap_classes"]
+__all__ = ["FSDP2Strategy", "is_sharded", "shard_module", "wrap_classes"]

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from ett_lightning.distributed.fsdp import wrap_classes
+from ett_lightning.distributed.units import wrap_classes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def shard_module(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionP
                  activation_checkpointing: bool = False, reshard_after_forward: bool = True) -> list[str]:
     """Applies ``fully_shard`` to ``module``'s units, innermost first, and returns the units' names.
 
-    Blocks (:func:`~ett_lightning.distributed.fsdp.wrap_classes`) are recomputed in backward when
+    Blocks (:func:`~ett_lightning.distributed.units.wrap_classes`) are recomputed in backward when
     ``activation_checkpointing``; the tokenizer and the projector are units of their own so callbacks can call
     them between steps; the module is the root.
     """
@@ -90,9 +90,10 @@ def shard_module(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionP
 
 def shard_with_entry_methods(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy,
                              reshard_after_forward: bool) -> None:
-    """``fully_shard`` that also gathers the parameters for the :data:`ENTRY_METHODS` the module has."""
+    """``fully_shard`` that also gathers the parameters for the :data:`ENTRY_METHODS` the module has, and for the
+    names in its class's ``fsdp_entry_methods`` (a subclass calling sharded parts from methods of its own)."""
     fully_shard(module, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
-    for method in ENTRY_METHODS:
+    for method in (*ENTRY_METHODS, *getattr(module, "fsdp_entry_methods", ())):
         if callable(getattr(module, method, None)):
             register_fsdp_forward_method(module, method)
 

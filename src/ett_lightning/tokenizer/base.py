@@ -65,7 +65,7 @@ class VisionTokenizer(nn.Module):
         load_strict(self, load_state_dict_file(path), path)
 
     def block_classes(self) -> set[type[nn.Module]]:
-        """The repeated blocks of encoder and decoder: the units FSDP shards (``ETTFSDPStrategy``)."""
+        """The repeated blocks of encoder and decoder: the units FSDP2 shards (``FSDP2Strategy``)."""
         return set()
 
     @property

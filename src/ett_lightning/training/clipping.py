@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.distributed.fsdp import FullyShardedDataParallel
 
 from ett_lightning.training.optimizer import DISCRIMINATOR
 
@@ -16,15 +15,10 @@ def clip_by_player(module: L.LightningModule, optimizer: torch.optim.Optimizer, 
 
     It clips here rather than through Lightning's precision plugin, which refuses to clip under ``bf16-mixed``
     or ``16-mixed`` when the optimizer is fused (the AdamW :func:`adamw_with_schedule` builds): with a gradient
-    scaler (``16-mixed``) the gradients are unscaled first, which a fused step then accounts for. Under FSDP each
-    rank holds a shard of every gradient, so the norm must come from FSDP's own ``clip_grad_norm_`` on the root
-    module; it clips all parameters together.
+    scaler (``16-mixed``) the gradients are unscaled first, which a fused step then accounts for. Under FSDP2 each
+    rank holds a shard of every gradient (a DTensor), and ``clip_grad_norm_`` reduces the norm over the shards.
     """
     if not gradient_clip_val:
-        return
-    root = module.trainer.model
-    if gradient_clip_algorithm != "value" and isinstance(root, FullyShardedDataParallel):
-        root.clip_grad_norm_(gradient_clip_val)
         return
     unscale_for_clipping(module.trainer, optimizer)
     groups = optimizer.param_groups
