@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,20 @@ def tiny_module(stage: str = "ett", **kwargs) -> ETTModule:
         warmup_steps=1,
         **kwargs,
     )
+
+
+DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",
+                         "LOCAL_WORLD_SIZE", "GROUP_RANK")
+
+
+@pytest.fixture(autouse=True)
+def no_distributed_variables_left_behind():
+    """A test that sets up torch.distributed in this process must leave its environment as it was: every later
+    ``lightning`` run inherits it, and stale RANK/WORLD_SIZE values make them wait for ranks that never come."""
+    before = {name: os.environ.get(name) for name in DISTRIBUTED_VARIABLES}
+    yield
+    after = {name: os.environ.get(name) for name in DISTRIBUTED_VARIABLES}
+    assert after == before, f"the test left torch.distributed variables behind: {after} (was {before})"
 
 
 @pytest.fixture(scope="session")

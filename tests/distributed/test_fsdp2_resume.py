@@ -5,6 +5,8 @@ tests/resilience/test_preemption_runs.py."""
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
 import torch
 import torch.distributed as dist
@@ -40,9 +42,9 @@ def fit(root, sharded: bool, stop: bool = False, ckpt_path=None) -> dict[str, to
             for name, p in module.named_parameters()}
 
 
-def test_an_fsdp2_run_resumes_from_its_checkpoint_like_the_unsharded_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+def test_an_fsdp2_run_resumes_from_its_checkpoint_like_the_unsharded_run(tmp_path):
+    environment = dict(os.environ)  # Lightning's process group setup writes WORLD_SIZE, RANK, ... into it
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     runs = {}
     try:
         for sharded in (True, False):
@@ -53,6 +55,8 @@ def test_an_fsdp2_run_resumes_from_its_checkpoint_like_the_unsharded_run(tmp_pat
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environment)
     for (sharded_weights, weights) in zip(runs[True], runs[False]):
         for name, value in weights.items():
             torch.testing.assert_close(sharded_weights[name], value, rtol=0, atol=1e-6, msg=name)
