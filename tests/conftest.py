@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,13 @@ def tiny_module(stage: str = "ett", **kwargs) -> ETTModule:
         warmup_steps=1,
         **kwargs,
     )
+
+
+def free_port() -> int:
+    """A TCP port on localhost nothing listens on now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 DISTRIBUTED_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",

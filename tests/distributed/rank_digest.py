@@ -8,14 +8,18 @@ from lightning.pytorch import Callback
 from torch.distributed.tensor import DTensor
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: gathered from every rank's shard when FSDP2 sharded it (a collective)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 class SaveRankParameters(Callback):
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        state = {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
-                 for name, p in pl_module.named_parameters()}
+        state = {name: whole(p).detach().cpu().clone() for name, p in pl_module.named_parameters()}
         torch.save({"params": state, "step": trainer.global_step, "world_size": trainer.world_size},
                    self.directory / f"rank{trainer.global_rank}.pt")
 

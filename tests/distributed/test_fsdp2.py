@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 
 import pytest
 import torch
@@ -20,14 +19,9 @@ from torch.distributed.tensor import DTensor
 from ett_lightning import ETTLoss
 from ett_lightning.distributed import FSDP2Strategy, is_sharded, shard_module
 from ett_lightning.distributed.fsdp2 import check_shardable, dtype_named
-from tests.conftest import make_batch, tiny_module
+from tests.conftest import free_port, make_batch, tiny_module
+from tests.distributed.rank_digest import whole
 from tests.distributed.sharded_generation import MAX_NEW_TOKENS, answer_on_rank
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -37,14 +31,14 @@ def mesh():
     dist.destroy_process_group()
 
 
-def full(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
 def test_units_keep_names_and_frozen_flags(mesh):
     module = tiny_module("align")
+    module.fsdp_entry_methods = ("caption_loss",)  # a method of a subclass's own, called between steps
     names = [name for name, _ in module.named_parameters()]
     units = shard_module(module, mesh, MixedPrecisionPolicy())
+    registered = vars(module)  # registering binds a gathering wrapper on the instance
+    assert {"training_step", "generate", "caption_loss"} <= registered.keys() and "compute_losses" not in registered
+    assert {"encode", "decode", "embed_indices"} <= vars(module.tokenizer).keys()
     assert "language_model.model.model.layers.0" in units and "language_model.model.model.layers.1" in units
     assert any(unit.startswith("tokenizer.encoder.") for unit in units)
     assert units[-3:] == ["tokenizer", "projector", "<root>"] and is_sharded(module)
@@ -72,7 +66,7 @@ def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpo
         if param.grad is None:
             assert sharded[name].grad is None, f"{name} is frozen or unused but got a gradient"
         else:
-            torch.testing.assert_close(full(sharded[name].grad), param.grad, msg=name)
+            torch.testing.assert_close(whole(sharded[name].grad), param.grad, msg=name)
     trained = {name.split(".")[0] for name, p in reference.named_parameters() if p.grad is not None}
     assert trained == ({"tokenizer", "projector", "language_model"} if stage == "ett" else {"projector"})
 

@@ -10,13 +10,12 @@ import os
 import lightning as L
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 
 from ett_lightning.distributed import FSDP2Strategy
 from ett_lightning.resilience import RNGState
-from tests.conftest import make_batch, tiny_module
-from tests.distributed.test_fsdp2 import free_port
+from tests.conftest import free_port, make_batch, tiny_module
+from tests.distributed.rank_digest import whole
 
 EPOCH = 2
 
@@ -38,8 +37,7 @@ def fit(root, sharded: bool, stop: bool = False, ckpt_path=None) -> dict[str, to
                         enable_model_summary=False, default_root_dir=root, callbacks=callbacks)
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b), ckpt_path=ckpt_path)
     trainer.save_checkpoint(root / "last.ckpt")
-    return {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-            for name, p in module.named_parameters()}
+    return {name: whole(p).detach().clone() for name, p in module.named_parameters()}
 
 
 def test_an_fsdp2_run_resumes_from_its_checkpoint_like_the_unsharded_run(tmp_path):

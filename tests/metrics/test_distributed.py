@@ -1,12 +1,11 @@
 """Metric states reduce across ranks: 2 gloo processes give what 1 process gives on the same data."""
 
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ett_lightning.metrics import CodebookUsage, VQAAccuracy
+from tests.conftest import free_port
 
 PREDS = ["cat", "two", "red", "dog", "blue", "yes"]
 TARGETS = [["cat"], ["2"], ["red", "red"] + ["blue"] * 8, ["cat"], ["blue"] * 3, ["yes"]]
@@ -27,12 +26,6 @@ def worker(rank: int, port: int, results) -> None:
         results[rank] = evaluate(PREDS[rank::2], TARGETS[rank::2], INDICES[rank::2])
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_agree_with_one():

@@ -40,10 +40,10 @@ class ReconstructionGrid(L.Callback):
         all padding: it reconstructs its padding rows then); rank zero saves its real rows."""
         if batch_idx != 0 or trainer.sanity_checking:
             return
-        real, _ = evaluation_rows(batch)
-        images = real.images[: self.num_images]
+        rows, weight = evaluation_rows(batch)
+        images = rows.images[: self.num_images]
         reconstructions, _ = pl_module.tokenizer(images)
-        if trainer.is_global_zero and len(real.without_padding()):
+        if trainer.is_global_zero and weight:
             pairs = torch.stack([to_unit(images), to_unit(reconstructions)], dim=1).flatten(0, 1)
             save_step_grid(trainer, pairs, self.directory / "reconstructions", "val/reconstructions")
 

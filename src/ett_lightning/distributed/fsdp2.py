@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.fabric.strategies.model_parallel import _load_raw_module_state
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
@@ -137,7 +138,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         activation_checkpointing: bool = False,
         reshard_after_forward: bool = True,
         save_distributed_checkpoint: bool = False,
-        timeout: timedelta | None = timedelta(minutes=30),
+        timeout: timedelta | None = default_pg_timeout,
     ) -> None:
         super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, timeout=timeout)
         self.mp_policy = MixedPrecisionPolicy(param_dtype=dtype_named(param_dtype),
