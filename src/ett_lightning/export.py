@@ -7,7 +7,9 @@ Layout of ``ett export --ckpt run.ckpt --out DIR``::
     DIR/tokenizer/model.safetensors   the tuned tokenizer in this package's layout
     DIR/tokenizer/<format>.ckpt|.pt   the same weights in the layout it was loaded from (taming, ibq, llamagen)
     DIR/projector/model.safetensors
-    DIR/language_model/               save_pretrained of the LLM and its text tokenizer (image markers included)
+    DIR/language_model/               save_pretrained of the LLM and its text tokenizer (image markers included);
+                                      a LoRA LLM is saved with its adapters merged into the weights
+    DIR/adapter/                      a LoRA LLM's adapters alone (peft's layout), beside the merged LLM
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.models import LanguageModel, MLPProjector
+from ett_lightning.models.lora import merged
 from ett_lightning.tokenizer import Quantizer, VisionTokenizer, VQTokenizer, from_ett
 from ett_lightning.utils import load_strict
 
@@ -57,7 +60,11 @@ def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | No
         name, key = ORIGINAL_FILES[source_format]
         torch.save({key: from_ett(tokenizer_state, source_format)}, out / "tokenizer" / name)
     save_file(contiguous(projector.state_dict()), out / "projector" / "model.safetensors")
-    language_model.model.save_pretrained(out / "language_model")
+    llm = language_model.model
+    if language_model.lora is not None:
+        llm.save_pretrained(out / "adapter")  # the adapters alone, for peft's PeftModel.from_pretrained
+        llm = merged(llm)
+    llm.save_pretrained(out / "language_model")
     language_model.tokenizer.save_pretrained(out / "language_model")
     quantizer = tokenizer.quantize
     manifest = {

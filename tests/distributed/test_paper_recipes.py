@@ -1,5 +1,6 @@
 """The paper-scale recipes (``recipes/ett_*.yaml``) as a user runs them, chained align -> ETT -> post-training
-(and text-to-image from the ETT checkpoint), under 2 gloo processes in their own precision (bf16-mixed).
+(and text-to-image from the ETT checkpoint; ETT with LoRA from the align checkpoint, exported merged and asked a
+question), under 2 gloo processes in their own precision (bf16-mixed).
 
 Only what a CPU cannot hold or this machine cannot download is replaced: the placeholders get a tiny IBQ-layout
 tokenizer checkpoint, a tiny Hugging Face model directory and synthetic shards; sizes, steps and cadences shrink
@@ -17,9 +18,13 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from PIL import Image
+from safetensors.torch import load_file
 
 from ett_lightning import IndexBackpropQuantizer, VQTokenizer
+from ett_lightning.cli import main as cli_main
 from ett_lightning.experiments.runs import set_dotted
+from ett_lightning.models.lora import plain_name
 from ett_lightning.tokenizer import from_ett
 from tests.chat_model import make_chat_model_dir
 from tests.cli_runs import ROOT, run_lightning, two_processes
@@ -82,7 +87,7 @@ def tokenizer_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_shards):
+def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_shards, capsys):
     llm = make_chat_model_dir(tmp_path / "llm", hidden_size=LLM_HIDDEN)
     common = {"model.init_args.language_model.init_args.pretrained": str(llm)}
 
@@ -104,8 +109,11 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
     t2i = {**common, **shards("caption"), **tokenizer_sizes(), "model.init_args.init_from": str(stage2),
            "model.init_args.image_size": IMAGE_SIZE,
            "data.init_args.predict_prompts": str(ROOT / "recipes/demo/prompts.txt")}
+    lora = {**ett, "trainer.strategy": "ddp"}  # two_processes() names ddp too; the recipe's own
+    runs = (("ett_align", align), ("ett_sft", ett), ("ett_posttrain", posttrain), ("ett_t2i", t2i),
+            ("ett_sft_7b_lora", lora))
     metrics = {}
-    for name, overrides in (("ett_align", align), ("ett_sft", ett), ("ett_posttrain", posttrain), ("ett_t2i", t2i)):
+    for name, overrides in runs:
         config = filled_recipe(name, tmp_path / f"{name}.yaml", overrides)
         ranks = tmp_path / f"{name}_ranks"
         run_lightning(["fit", "--config", str(config), *two_processes(), *rank_digest(ranks)], cwd=tmp_path,
@@ -124,3 +132,35 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
     assert any(not torch.equal(tuned[k], aligned[k]) for k in aligned), "stage 2 left the tokenizer untouched"
     after = tokenizer_state(tmp_path / "ett_posttrain" / "checkpoints" / "last.ckpt")
     assert all(torch.equal(after[k], tuned[k]) for k in tuned), "post-training changed the frozen tokenizer"
+    assert_lora_run(tmp_path, stage1, tmp_path / "ett_sft_7b_lora" / "checkpoints" / "last.ckpt", capsys)
+
+
+def assert_lora_run(tmp_path: Path, stage1: Path, checkpoint: Path, capsys) -> None:
+    """The LoRA recipe left the LLM's own weights as stage 1 had them (in bf16) and trained its adapters; its export
+    holds the LLM with ``W + (alpha / rank) B A`` folded in, and ``ett ask`` answers with it."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    aligned = torch.load(stage1, map_location="cpu", weights_only=False)["state_dict"]
+    llm = {k: v for k, v in state.items() if k.startswith("language_model.model.")}
+    adapters = {k: v for k, v in llm.items() if ".lora_" in k}
+    assert adapters and all(torch.count_nonzero(v) for k, v in adapters.items() if "lora_B" in k), "adapters idle"
+    for key, value in llm.items():
+        if key not in adapters:
+            plain = "language_model." + plain_name(key.removeprefix("language_model."))
+            assert value.dtype == torch.bfloat16 and torch.equal(value, aligned[plain].to(torch.bfloat16)), key
+
+    out = tmp_path / "lora_export"
+    cli_main(["export", "--ckpt", str(checkpoint), "--out", str(out)])
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    merged = load_file(out / "language_model" / "model.safetensors")
+    assert not any(".lora_" in k or "base_layer" in k for k in merged)
+    layer = "language_model.model.base_model.model.model.layers.0.self_attn.q_proj"
+    scale = 32 / 16  # the recipe's alpha / rank
+    delta = scale * state[f"{layer}.lora_B.default.weight"] @ state[f"{layer}.lora_A.default.weight"]
+    expected = (state[f"{layer}.base_layer.weight"].float() + delta).to(torch.bfloat16)
+    torch.testing.assert_close(merged["model.layers.0.self_attn.q_proj.weight"], expected, rtol=0, atol=0)
+
+    Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (200, 30, 30)).save(tmp_path / "red.png")
+    capsys.readouterr()
+    cli_main(["ask", "--export", str(out), "--image", str(tmp_path / "red.png"), "--question", "What colour?",
+              "--device", "cpu"])
+    assert len(capsys.readouterr().out.splitlines()) == 1, "ett ask printed no answer line"

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ett_lightning.data.batching.packed_segments import PackedSegments
+from ett_lightning.models.lora import LoRA, is_adapter, plain_keys_to_adapted
 from ett_lightning.models.segment_attention import SEGMENT_SDPA
 from ett_lightning.models.text_tokenizer import IMAGE_BEGIN, IMAGE_END, load_text_tokenizer
 
@@ -25,6 +26,10 @@ class LanguageModel(nn.Module):
     (PyTorch SDPA, packed rows attended sample by sample), ``"flash_attention_2"`` packs with its variable-length
     kernel.
 
+    With ``lora``, the LLM trains through low-rank adapters only (:mod:`~ett_lightning.models.lora`): ``model``
+    is then a ``peft`` model, ``requires_grad_(True)`` reaches the adapters and never the LLM's own weights, and
+    weights saved without adapters (an earlier stage's checkpoint) load into it through ``loadable_state``.
+
     Args:
         pretrained: local directory (or hub id) of a Hugging Face causal LM.
         config: a model config dict instead (e.g. ``{"model_type": "qwen2", ...}``) for a randomly initialised LLM.
@@ -34,6 +39,8 @@ class LanguageModel(nn.Module):
             ``flash_attention_2`` or ``eager``.
         trust_remote_code: allow model code from the checkpoint directory to run (off unless set).
         gradient_checkpointing: recompute decoder layers in the backward pass to save activation memory.
+        lora: low-rank adapters to train instead of the LLM's weights (rank, alpha, dropout, target modules);
+            None trains the LLM's weights themselves.
     """
 
     def __init__(
@@ -45,6 +52,7 @@ class LanguageModel(nn.Module):
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
         if (pretrained is None) == (config is None):
@@ -60,6 +68,30 @@ class LanguageModel(nn.Module):
         self.model.config.use_cache = False
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lora = lora
+        if lora is not None:
+            self.model = lora.attach(self.model)
+
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The Hugging Face model (with adapters, if any, inside its linear layers)."""
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    def requires_grad_(self, requires_grad: bool = True) -> LanguageModel:
+        """As ``nn.Module.requires_grad_``, except that a LoRA LLM makes only its adapters trainable."""
+        super().requires_grad_(requires_grad)
+        if requires_grad and self.lora is not None:
+            for name, parameter in self.named_parameters():
+                parameter.requires_grad_(is_adapter(name))
+        return self
+
+    def loadable_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` (keys relative to this module) as this LLM names it. Weights saved without adapters (an
+        earlier stage's checkpoint, for ``init_from``) are renamed to the adapted layers and joined by the current
+        adapters; any other state is returned as it is."""
+        if self.lora is None or any(is_adapter(key) for key in state):
+            return state
+        return plain_keys_to_adapted(state, self.state_dict())
 
     @property
     def hidden_size(self) -> int:

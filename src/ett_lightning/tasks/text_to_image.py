@@ -87,6 +87,9 @@ class TextToImage(ETTModule):
         check_sampling(caption_dropout, guidance_scale, temperature, top_k, top_p)
         if image_vocabulary not in ("head", "extended"):
             raise ValueError(f"image_vocabulary must be 'head' or 'extended', got {image_vocabulary!r}")
+        if image_vocabulary == "extended" and language_model.lora is not None:
+            raise ValueError("image_vocabulary 'extended' trains new rows of the LLM's embedding and head, which a "
+                             "LoRA LLM keeps frozen; use image_vocabulary 'head' with language_model.lora")
         self.image_size = image_size
         self.num_generated_tokens = tokenizer.num_tokens(image_size)
         self.image_vocabulary = image_vocabulary
@@ -112,7 +115,7 @@ class TextToImage(ETTModule):
 
     def compiled_parts(self) -> tuple[nn.Module, ...]:
         """The LLM body (this task never calls the vocabulary head) and the tokenizer's encoder and decoder."""
-        return self.language_model.model.base_model, self.tokenizer.encoder, self.tokenizer.decoder
+        return self.language_model.causal_lm.base_model, self.tokenizer.encoder, self.tokenizer.decoder
 
     def image_inputs(self, indices: Tensor, codes: Tensor | None = None) -> Tensor:
         """LLM input embeddings [B, N, C] of image tokens; ``codes`` (the encoder's straight-through codebook
@@ -132,7 +135,7 @@ class TextToImage(ETTModule):
 
     def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor, **kwargs: Any):
         """The LLM body's output (no vocabulary-sized logits are computed)."""
-        return self.language_model.model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+        return self.language_model.causal_lm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                                     **kwargs)
 
     def generation_loss(self, batch: ETTBatch, image_embeds: Tensor, indices: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import logging
 
 from torch import nn
 
+from ett_lightning.models.language_model import LanguageModel
 from ett_lightning.utils import load_state_dict_file, load_strict
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,10 @@ def load_component_weights(module: nn.Module, path: str, names: tuple[str, ...])
         prefix = f"{name}."
         part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
         if part:
-            load_strict(getattr(module, name), part, f"{path} [{name}]")
+            component = getattr(module, name)
+            if isinstance(component, LanguageModel):  # LLM weights saved without adapters start a LoRA LLM
+                part = component.loadable_state(part)
+            load_strict(component, part, f"{path} [{name}]")
             loaded.append(name)
     if not loaded:
         raise ValueError(f"{path} holds weights for none of {list(names)}: not an ett_lightning checkpoint?")
