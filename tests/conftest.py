@@ -31,7 +31,7 @@ def tiny_module(stage: str = "ett", **kwargs) -> ETTModule:
     return ETTModule(
         tokenizer=tiny_tokenizer(),
         projector=MLPProjector(8, 32),
-        language_model=LanguageModel(config=TINY_LLM),
+        language_model=LanguageModel(config=TINY_LLM, lora=kwargs.pop("lora", None)),
         loss=kwargs.pop("loss", None) or ETTLoss(perceptual_weight=0.0),
         stage=stage,
         warmup_steps=1,

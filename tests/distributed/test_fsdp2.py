@@ -19,6 +19,8 @@ from torch.distributed.tensor import DTensor
 from ett_lightning import ETTLoss
 from ett_lightning.distributed import FSDP2Strategy, is_sharded, shard_module
 from ett_lightning.distributed.fsdp2 import check_shardable, dtype_named
+from ett_lightning.models import LoRA
+from ett_lightning.models.lora import is_adapter
 from tests.conftest import free_port, make_batch, tiny_module
 from tests.distributed.rank_digest import whole
 from tests.distributed.sharded_generation import MAX_NEW_TOKENS, answer_on_rank
@@ -48,11 +50,14 @@ def test_units_keep_names_and_frozen_flags(mesh):
     assert all(p.requires_grad for p in module.projector.parameters())
 
 
-@pytest.mark.parametrize(("stage", "activation_checkpointing"), [("ett", False), ("align", True)])
-def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpointing):
-    """Loss and every gradient equal the unsharded module's; frozen components get none."""
+@pytest.mark.parametrize(("stage", "activation_checkpointing", "lora"),
+                         [("ett", False, None), ("align", True, None), ("ett", True, LoRA(rank=4, dropout=0.0))],
+                         ids=["ett", "align_checkpointed", "ett_lora_checkpointed"])
+def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpointing, lora):
+    """Loss and every gradient equal the unsharded module's; frozen components (and a LoRA LLM's own weights) get
+    none."""
     torch.manual_seed(0)
-    module = tiny_module(stage)
+    module = tiny_module(stage, lora=lora)
     reference = copy.deepcopy(module)
     batch = make_batch(module)
     shard_module(module, mesh, MixedPrecisionPolicy(), activation_checkpointing=activation_checkpointing)
@@ -69,6 +74,10 @@ def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpo
             torch.testing.assert_close(whole(sharded[name].grad), param.grad, msg=name)
     trained = {name.split(".")[0] for name, p in reference.named_parameters() if p.grad is not None}
     assert trained == ({"tokenizer", "projector", "language_model"} if stage == "ett" else {"projector"})
+    if lora is not None:
+        llm_trained = {name for name, p in reference.named_parameters() if name.startswith("language_model.")
+                       and p.grad is not None}
+        assert llm_trained and all(is_adapter(name) for name in llm_trained)
 
 
 def test_bfloat16_policy_computes_in_bfloat16_and_keeps_float32_shards(mesh):
