@@ -1,8 +1,9 @@
-"""The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes, for every
-stage and the text-to-image task; validation sets that do not split evenly. Resuming under 2 processes is tested
-with preemption (tests/resilience/test_preemption_runs.py), where every run resumes the one before; its last run
-is also this file's check of the stage-2 recipe (identical ranks, its metric, nothing outside the run directory);
-the uneven-validation runs are the posttrain recipe's.
+"""The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes; validation
+sets that do not split evenly. Resuming under 2 processes is tested with preemption
+(tests/resilience/test_preemption_runs.py), where every run resumes the one before; its last run is also this
+file's check of the stage-2 recipe (identical ranks, its metric, nothing outside the run directory); the
+uneven-validation runs are the posttrain recipe's. Align, text-to-image and the adversarial loss run under 2
+processes in the chain of paper-scale recipes (test_paper_recipes.py), align and text-to-image sharded.
 
 Only sizes and step counts are shrunk. Each run has a hard timeout, so a DDP hang fails its test.
 """
@@ -20,13 +21,8 @@ from ett_lightning.convert.synthetic import make_shards
 from tests.cli_runs import ROOT, run_lightning, two_processes
 from tests.distributed.rank_digest import rank_digest
 
-RECIPES = {"tokenizer": "tokenizer", "align": "ett_align", "ett": "ett_sft", "posttrain": "ett_posttrain",
-           "t2i": "t2i", "ett_gan": "ett_sft"}
-VAL_METRICS = {"tokenizer": "val/psnr", "align": "val/psnr", "ett": "val/psnr", "posttrain": "val/vqa_acc",
-               "t2i": "val/image_tokens", "ett_gan": "val/psnr"}
-EXTRA = {"ett_gan": ["--model.init_args.loss.init_args.adversarial_weight=0.1"],
-         "t2i": ["--model.init_args.image_size=32",
-                 f"--data.init_args.predict_prompts={ROOT}/recipes/demo/prompts.txt"]}
+RECIPES = {"tokenizer": "tokenizer", "ett": "ett_sft", "posttrain": "ett_posttrain"}
+VAL_METRICS = {"tokenizer": "val/psnr", "posttrain": "val/vqa_acc"}
 
 
 def small(shards: Path, task: str, root: Path, steps: int) -> list[str]:
@@ -47,17 +43,13 @@ def files_under(path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.ddp
-@pytest.mark.parametrize(("stage", "strategy"), [("tokenizer", "ddp"), ("align", "fsdp2"), ("t2i", "fsdp2"),
-                                               ("ett_gan", "ddp")])  # ett, posttrain: see the module doc
-def test_recipe_under_two_processes(tmp_path, synthetic_shards, stage, strategy):
-    task = "vqa" if stage == "posttrain" else "caption"
+def test_tokenizer_recipe_under_two_processes(tmp_path, synthetic_shards):
     root = tmp_path / "run"
-    run_lightning(["fit", *recipe(stage), *two_processes(), f"--trainer.strategy={strategy}",
-                   *small(synthetic_shards, task, root, 4),
-                   *rank_digest(tmp_path / "ranks"), *EXTRA.get(stage, [])], cwd=tmp_path)
+    run_lightning(["fit", *recipe("tokenizer"), *two_processes(), *small(synthetic_shards, "caption", root, 4),
+                   *rank_digest(tmp_path / "ranks")], cwd=tmp_path)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks", "run"], "a file landed outside the run directory"
-    assert_recipe_run(stage, root, tmp_path / "ranks", steps=4)
+    assert_recipe_run("tokenizer", root, tmp_path / "ranks", steps=4)
 
 
 def assert_recipe_run(stage: str, root: Path, ranks_directory: Path, steps: int) -> None:
@@ -72,10 +64,8 @@ def assert_recipe_run(stage: str, root: Path, ranks_directory: Path, steps: int)
     assert any(name.startswith("events.out.tfevents") for name in written), written
     metrics = json.loads((root / "metrics.json").read_text())
     assert metrics["step"] == steps and VAL_METRICS[stage] in metrics, metrics
-    pictures = "samples" if stage == "t2i" else "reconstructions"
-    suffixes = (".png", ".txt") if stage == "t2i" else (".png",)
-    expected = sorted(f"{pictures}/step_{step:07d}{suffix}" for step in range(2, steps + 1, 2) for suffix in suffixes)
-    assert [p for p in written if p.startswith(pictures)] == expected
+    expected = [f"reconstructions/step_{step:07d}.png" for step in range(2, steps + 1, 2)]
+    assert [p for p in written if p.startswith("reconstructions")] == expected
 
 
 SPLIT_METRICS = ("val/psnr", "val/ssim", "val/epoch_codebook_usage", "val/epoch_codebook_perplexity", "val/vqa_acc",

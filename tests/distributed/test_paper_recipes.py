@@ -1,6 +1,7 @@
-"""The paper-scale recipes (``recipes/ett_*.yaml``) as a user runs them, chained align -> ETT -> post-training
-(and text-to-image from the ETT checkpoint; ETT with LoRA from the align checkpoint, exported merged and asked a
-question), under 2 gloo processes in their own precision (bf16-mixed).
+"""The paper-scale recipes (``recipes/ett_*.yaml``) as a user runs them, chained align -> ETT (with the adversarial
+loss on) -> post-training (and text-to-image from the ETT checkpoint; ETT with LoRA from the align checkpoint,
+exported merged and asked a question), under 2 gloo processes in their own precision (bf16-mixed): align and
+text-to-image sharded (``--trainer.strategy=fsdp2``), the others under DDP.
 
 Only what a CPU cannot hold or this machine cannot download is replaced: the placeholders get a tiny IBQ-layout
 tokenizer checkpoint, a tiny Hugging Face model directory and synthetic shards; sizes, steps and cadences shrink
@@ -109,15 +110,16 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
     t2i = {**common, **shards("caption"), **tokenizer_sizes(), "model.init_args.init_from": str(stage2),
            "model.init_args.image_size": IMAGE_SIZE,
            "data.init_args.predict_prompts": str(ROOT / "recipes/demo/prompts.txt")}
-    lora = {**ett, "trainer.strategy": "ddp"}  # two_processes() names ddp too; the recipe's own
-    runs = (("ett_align", align), ("ett_sft", ett), ("ett_posttrain", posttrain), ("ett_t2i", t2i),
-            ("ett_sft_7b_lora", lora))
+    lora = dict(ett)
+    gan = {**ett, "model.init_args.loss.init_args.adversarial_weight": 0.1}  # the recipe's documented GAN option
+    runs = (("ett_align", align, "fsdp2"), ("ett_sft", gan, "ddp"), ("ett_posttrain", posttrain, "ddp"),
+            ("ett_t2i", t2i, "fsdp2"), ("ett_sft_7b_lora", lora, "ddp"))
     metrics = {}
-    for name, overrides in runs:
+    for name, overrides, strategy in runs:
         config = filled_recipe(name, tmp_path / f"{name}.yaml", overrides)
         ranks = tmp_path / f"{name}_ranks"
-        run_lightning(["fit", "--config", str(config), *two_processes(), *rank_digest(ranks)], cwd=tmp_path,
-                      timeout=300)
+        run_lightning(["fit", "--config", str(config), *two_processes(), f"--trainer.strategy={strategy}",
+                       *rank_digest(ranks)], cwd=tmp_path, timeout=300)
         digests = [torch.load(ranks / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
         assert all(d["world_size"] == 2 and d["step"] == STEPS for d in digests)
         assert all(torch.equal(v, digests[1]["params"][k]) for k, v in digests[0]["params"].items()), name
@@ -128,6 +130,9 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
 
     assert "val/psnr" in metrics["ett_align"] and "val/psnr" in metrics["ett_sft"]
     assert "val/vqa_acc" in metrics["ett_posttrain"] and "val/image_tokens" in metrics["ett_t2i"]
+    assert {"train/d_loss", "train/g_adv"} <= metrics["ett_sft"].keys(), "the discriminator did not train"
+    samples = sorted(p.name for p in (tmp_path / "ett_t2i" / "samples").iterdir())
+    assert samples == [f"step_{STEPS:07d}.png", f"step_{STEPS:07d}.txt"], samples
     tuned, aligned = tokenizer_state(stage2), tokenizer_state(stage1)
     assert any(not torch.equal(tuned[k], aligned[k]) for k in aligned), "stage 2 left the tokenizer untouched"
     after = tokenizer_state(tmp_path / "ett_posttrain" / "checkpoints" / "last.ckpt")

@@ -69,13 +69,14 @@ def test_stage_two_trains_tokenizer_projector_and_adapters_and_leaves_the_llm_we
     assert len(changed) == len(before_adapters), "every adapter should have trained"
 
 
-def test_merged_logits_equal_the_adapted_model_and_the_adapted_model_is_left_as_it_was():
+def test_merged_and_exported_llms_equal_the_adapted_one_which_stays_as_it_was(tmp_path):
     module = lora_module()
     fit(module, steps=2)  # B is zero at first: train so that the adapters change the output
+    module.eval()
     adapted = module.language_model.model
     ids = torch.randint(0, TINY_LLM["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = logits(adapted.eval(), ids)
+        expected = logits(adapted, ids)
         plain = merged(adapted)
         assert not isinstance(plain, PeftModel) and not any(is_adapter(n) for n, _ in plain.named_parameters())
         torch.testing.assert_close(logits(plain, ids), expected, rtol=1e-5, atol=1e-5)
@@ -83,21 +84,14 @@ def test_merged_logits_equal_the_adapted_model_and_the_adapted_model_is_left_as_
             assert not torch.allclose(logits(adapted, ids), expected, atol=1e-4), "the adapters changed nothing"
         torch.testing.assert_close(logits(adapted, ids), expected, rtol=0, atol=0)
 
-
-def test_export_writes_the_merged_llm_and_the_adapters_alone(tmp_path):
-    module = lora_module()
-    fit(module, steps=2)
-    module.eval()
-    out = export_module(module, tmp_path / "export")
+    out = export_module(module, tmp_path / "export")  # the merged LLM, and the adapters alone in peft's layout
     exported = load_export(out)["language_model"]
     assert exported.lora is None
-    ids = torch.randint(0, TINY_LLM["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(2))
+    base = LanguageModel(config=TINY_LLM)
+    base.model.load_state_dict(llm_state_without_adapters(module))
+    reloaded = PeftModel.from_pretrained(base.model, str(out / "adapter")).eval()
     with torch.no_grad():
-        expected = logits(module.language_model.model, ids)
         torch.testing.assert_close(logits(exported.model, ids), expected, rtol=1e-5, atol=1e-5)
-        base = LanguageModel(config=TINY_LLM)
-        base.model.load_state_dict(llm_state_without_adapters(module))
-        reloaded = PeftModel.from_pretrained(base.model, str(out / "adapter")).eval()
         torch.testing.assert_close(logits(reloaded, ids), expected, rtol=1e-5, atol=1e-5)
 
 
