@@ -38,6 +38,7 @@ lint: install
 bench: install shards
 	$(BIN)/python benchmarks/data_throughput.py --shards "$(DEMO_DATA)/caption/train-*.tar"
 	$(BIN)/python benchmarks/throughput.py --config recipes/demo/ett_sft.yaml
+	$(BIN)/python benchmarks/memory.py --ranks 8
 
 clean:
 	rm -rf outputs $(DEMO_DATA) .pytest_cache

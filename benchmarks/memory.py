@@ -4,11 +4,13 @@ checkpointing.
 
 - Parameters, gradients and AdamW states are counted from the real modules, built on the meta device (no memory,
   no weights): 4 bytes per fp32 value, 2 per bf16 value, gradients and two moments for what trains.
-- Activations are measured, not modelled: the tensors autograd saves (``saved_tensors_hooks``, each storage once)
-  in one forward of one decoder layer of the real width, of the LM head and loss, and of the tokenizer with the
-  perceptual loss, on the CPU under bf16 autocast, then scaled to the recipe's batch (``--batch-size`` images of
-  ``--tokens-per-sample`` LLM tokens) and layer count. With activation checkpointing the same forwards run
-  checkpointed, and one decoder layer's full activations are added (the one being recomputed).
+- Activations are measured: the tensors autograd saves (``saved_tensors_hooks``, each storage once) in the forward
+  of one decoder layer of the real width, of the LM head and loss, and of the tokenizer with the perceptual loss,
+  on the CPU under bf16 autocast, at two sizes (the difference per token or image leaves out the weights layers
+  keep for backward), then scaled to the recipe's batch (``--batch-size`` images of ``--tokens-per-sample`` LLM
+  tokens) and layer count. With activation checkpointing, the tokenizer is measured with its own gradient
+  checkpointing on, and each decoder layer keeps its bf16 input plus one layer's full activations (the one
+  being recomputed).
 - FSDP2 adds two gathered units (the one computing and the one prefetched), the largest unit in bf16.
 - DDP adds its gradient buckets (a copy of the trained parameters' gradients).
 
@@ -22,13 +24,13 @@ memory-efficient SDPA).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import build  # noqa: E402
@@ -93,66 +95,68 @@ class SavedBytes:
         return sum(self.storages.values())
 
 
-def measured(forward, *inputs: torch.Tensor, checkpointed: bool) -> int:
-    """Saved bytes of ``forward(*inputs)`` under bf16 autocast (inputs requiring grad, as inside a network)."""
-    with SavedBytes() as saved, torch.autocast("cpu", dtype=torch.bfloat16):
-        output = checkpoint(forward, *inputs, use_reentrant=False) if checkpointed else forward(*inputs)
-    del output
-    return saved.total
+def per_item(forward, make_inputs, sizes: tuple[int, int]) -> float:
+    """Bytes autograd saves per item (token or image) in ``forward(*make_inputs(n))`` under bf16 autocast: the
+    difference between two sizes, so what does not grow with the batch (the weights layers keep for backward,
+    their bf16 copies) is not counted as activations."""
+    totals = []
+    for size in sizes:
+        with SavedBytes() as saved, torch.autocast("cpu", dtype=torch.bfloat16):
+            output = forward(*make_inputs(size))
+        del output
+        totals.append(saved.total)
+    return (totals[1] - totals[0]) / (sizes[1] - sizes[0])
 
 
-def llm_activations(shape: str, tokens: int, checkpointed: bool, sample_tokens: int = 256) -> dict[str, float]:
+def llm_activations(shape: str, tokens: int) -> dict[bool, float]:
     """Decoder layers (one layer of the real width, measured per token, times the layer count) and the LM head with
-    its loss (per token), for ``tokens`` tokens per rank."""
+    its loss (per token), for ``tokens`` tokens per rank, without and with activation checkpointing (then each layer
+    keeps its bf16 input and the one being recomputed holds its full activations)."""
     meta = build_on_meta(shape, lora=False).language_model.causal_lm.config
     from transformers import AutoModelForCausalLM
 
-    config = type(meta).from_dict({**meta.to_dict(), "num_hidden_layers": 1})
+    settings = {k: v for k, v in meta.to_dict().items() if k != "layer_types"}
+    config = type(meta).from_dict({**settings, "num_hidden_layers": 1})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    hidden = torch.randn(1, sample_tokens, config.hidden_size, requires_grad=True)
-    positions = torch.arange(sample_tokens)[None]
-    rotary = model.model.rotary_emb(hidden, positions)
     layer = model.model.layers[0]
-    def decoder_layer(h):
-        out = layer(h, position_embeddings=rotary, position_ids=positions)
+
+    def hidden(size: int) -> tuple[torch.Tensor]:
+        return (torch.randn(1, size, config.hidden_size, requires_grad=True),)
+
+    def decoder_layer(h: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(h.shape[1])[None]
+        out = layer(h, position_embeddings=model.model.rotary_emb(h, positions), position_ids=positions)
         return out[0] if isinstance(out, tuple) else out
 
-    per_token = measured(decoder_layer, hidden, checkpointed=False) / sample_tokens
-    layers = meta.num_hidden_layers
-    labels = torch.randint(0, config.vocab_size, (1, sample_tokens))
-
-    def head(h):
+    def head(h: torch.Tensor) -> torch.Tensor:
         logits = model.lm_head(model.model.norm(h))
+        labels = torch.zeros(logits.shape[:-1], dtype=torch.long)
         return nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
-    head_per_token = measured(head, hidden, checkpointed=False) / sample_tokens
-    if checkpointed:  # each layer keeps its bf16 input; the one recomputed holds its full activations
-        kept = 2 * config.hidden_size * tokens * layers + per_token * tokens
-    else:
-        kept = per_token * tokens * layers
-    return {"decoder layers": kept, "LM head + loss": head_per_token * tokens}
+    per_layer_token = per_item(decoder_layer, hidden, (128, 256))
+    head_token = per_item(head, hidden, (128, 256))
+    layers, head_bytes = meta.num_hidden_layers, head_token * tokens
+    return {False: per_layer_token * tokens * layers + head_bytes,
+            True: 2 * config.hidden_size * tokens * layers + per_layer_token * tokens + head_bytes}
 
 
 def tokenizer_activations(images: int, checkpointed: bool) -> float:
-    """The tokenizer's encoder, quantizer and decoder and the reconstruction and perceptual losses, measured for one
-    256 px image and scaled to ``images``."""
+    """The recipe's tokenizer (encoder, quantizer, decoder) with the reconstruction and perceptual losses at 256 px,
+    measured per image, for ``images`` images per rank."""
     tiny_llm = [f"{LLM}.config.hidden_size=64", f"{LLM}.config.intermediate_size=128", f"{LLM}.config.vocab_size=512",
                 f"{LLM}.config.num_hidden_layers=1", f"{LLM}.config.num_attention_heads=4",
                 f"{LLM}.config.num_key_value_heads=2", "--model.init_args.projector.init_args.out_dim=64"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the recipe's tokenizer and loss; the LLM, unused here, shrunk
+        warnings.simplefilter("ignore")  # the LLM, unused here, shrunk
         module = build(CONFIG, [*tiny_llm,
                                 f"--model.init_args.tokenizer.init_args.gradient_checkpointing={checkpointed}"])
-    image = torch.rand(1, 3, 256, 256) * 2 - 1
 
-    def losses(x):
+    def losses(x: torch.Tensor) -> torch.Tensor:
         reconstruction, _ = module.tokenizer(x)
         return (reconstruction - x).abs().mean() + module.loss.perceptual(reconstruction, x).mean()
 
-    with SavedBytes() as saved, torch.autocast("cpu", dtype=torch.bfloat16):
-        losses(image.requires_grad_(False))
-    return saved.total * images
+    return per_item(losses, lambda n: (torch.rand(n, 3, 256, 256) * 2 - 1,), (1, 2)) * images
 
 
 def table(ranks: int, batch_size: int, tokens_per_sample: int) -> list[str]:
@@ -160,8 +164,13 @@ def table(ranks: int, batch_size: int, tokens_per_sample: int) -> list[str]:
     rows = ["| LLM | strategy | LLM trains | act. ckpt | weights | gradients | AdamW | extra | activations | total "
             "(GB per rank) |", "|---|---|---|---|---|---|---|---|---|---|"]
     tokenizer = {ckpt: tokenizer_activations(batch_size, ckpt) for ckpt in (False, True)}
+    print(f"tokenizer activations for {batch_size} images: {tokenizer[False] / GB:.1f} GB, "
+          f"{tokenizer[True] / GB:.1f} GB with gradient checkpointing")
     for shape in SHAPES:
-        llm = {ckpt: llm_activations(shape, tokens, ckpt) for ckpt in (False, True)}
+        llm = llm_activations(shape, tokens)
+        print(f"{shape} LLM activations for {tokens} tokens: {llm[False] / GB:.1f} GB, "
+              f"{llm[True] / GB:.1f} GB with activation checkpointing")
+        gc.collect()
         for lora in (False, True):
             module = build_on_meta(shape, lora)
             counts = state_bytes(module)
@@ -169,7 +178,7 @@ def table(ranks: int, batch_size: int, tokens_per_sample: int) -> list[str]:
                 shard = ranks if strategy == "FSDP2" else 1
                 extra = 2 * largest_unit_bytes(module) if strategy == "FSDP2" else counts["gradients"]
                 for ckpt in (False, True):
-                    activations = sum(llm[ckpt].values()) + tokenizer[ckpt]
+                    activations = llm[ckpt] + tokenizer[ckpt]
                     parts = [counts["weights"] / shard, counts["gradients"] / shard, counts["adam"] / shard, extra,
                              activations]
                     rows.append(f"| {shape} | {strategy} x{ranks} | {'LoRA' if lora else 'all'} | "
