@@ -118,6 +118,14 @@ def test_init_from_a_checkpoint_without_adapters_loads_the_llm_and_starts_fresh_
     assert all(not torch.count_nonzero(v) for n, v in adapters(module).items() if "lora_B" in n)
 
 
+def test_init_from_a_checkpoint_with_adapters_into_an_llm_without_them_names_the_fix(tmp_path):
+    path = tmp_path / "lora.ckpt"
+    torch.save({"state_dict": lora_module().state_dict()}, path)
+    with pytest.raises(ValueError, match="set language_model.init_args.lora"):
+        ETTModule(tokenizer=tiny_tokenizer(), projector=MLPProjector(8, 32), language_model=LanguageModel(
+            config=TINY_LLM), loss=ETTLoss(perceptual_weight=0.0), init_from=str(path))
+
+
 def test_a_run_resumes_its_adapters_and_optimizer(tmp_path):
     module = lora_module()
     fit(module, steps=2, enable_checkpointing=True, default_root_dir=tmp_path)

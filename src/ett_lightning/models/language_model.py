@@ -88,10 +88,14 @@ class LanguageModel(nn.Module):
     def loadable_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """``state`` (keys relative to this module) as this LLM names it. Weights saved without adapters (an
         earlier stage's checkpoint, for ``init_from``) are renamed to the adapted layers and joined by the current
-        adapters; any other state is returned as it is."""
-        if self.lora is None or any(is_adapter(key) for key in state):
-            return state
-        return plain_keys_to_adapted(state, self.state_dict())
+        adapters; weights with adapters for an LLM without them are refused with the fix; any other state is returned
+        as it is."""
+        adapted = any(is_adapter(key) for key in state)
+        if self.lora is None and adapted:
+            raise ValueError("these LLM weights come with LoRA adapters, and this LLM has none: set "
+                             "language_model.init_args.lora as in the run that saved them (or continue from that "
+                             "run's `ett export`, whose LLM has the adapters merged)")
+        return state if self.lora is None or adapted else plain_keys_to_adapted(state, self.state_dict())
 
     @property
     def hidden_size(self) -> int:
