@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,6 +73,8 @@ class TimmDiscriminator(nn.Module):
             raise FileNotFoundError(f"discriminator backbone weights not found: {weights}; pass a local timm "
                                     "checkpoint file (weights=None gives a random backbone: tests only)")
         overlay = {"file": weights} if weights is not None else None
+        import timm  # at build time: importing timm costs seconds (it imports wandb when installed)
+
         self.backbone = timm.create_model(model_name, pretrained=weights is not None, pretrained_cfg_overlay=overlay,
                                           features_only=True, out_indices=tuple(feature_layers), **(model_kwargs or {}))
         self.backbone.requires_grad_(False).eval()

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from ett_lightning.tokenizer.base import VisionTokenizer
@@ -35,6 +33,8 @@ class ViTEncoder(nn.Module):
             raise FileNotFoundError(f"ViT encoder weights not found: {weights}; pass a local timm checkpoint file "
                                     "or encoder_weights=None for a randomly initialised encoder")
         overlay = {"file": weights} if weights is not None else None
+        import timm  # at build time: importing timm costs seconds (it imports wandb when installed)
+
         self.vit = timm.create_model(
             model_name, pretrained=weights is not None, pretrained_cfg_overlay=overlay, img_size=image_size,
             patch_size=patch_size, embed_dim=width, depth=depth, num_heads=num_heads, num_classes=0,
@@ -66,6 +66,8 @@ class ViTDecoder(nn.Module):
         self.proj_in = nn.Linear(z_channels, width)
         self.pos_embed = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2, width))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        from timm.models.vision_transformer import Block
+
         self.blocks = nn.Sequential(*[Block(width, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         self.proj_out = nn.Linear(width, 3 * patch_size * patch_size)
@@ -130,7 +132,7 @@ class ViTVQTokenizer(VisionTokenizer):
             self.load_weights(weights)
 
     def block_classes(self) -> set[type[nn.Module]]:
-        return {Block}
+        return {type(block) for block in self.decoder.blocks}
 
     def num_tokens(self, image_size: int) -> int:
         """The ViT has learned positions for one resolution: images must be ``arch['image_size']`` square."""
