@@ -6,8 +6,10 @@ import os
 import socket
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from ett_lightning import ETTLoss, ETTModule, IndexBackpropQuantizer, LanguageModel, MLPProjector, VQTokenizer
 from ett_lightning.convert.synthetic import make_shards
@@ -95,3 +97,14 @@ def make_batch(module: ETTModule, batch_size: int = 2, seed: int = 0, pack_lengt
     ]
     collate = Collator(module.text_tokenizer.pad_token_id, SkipCounter(), builder.num_image_tokens, pack_length)
     return collate(samples).normalized()
+
+
+def fit(module: ETTModule, steps: int = 1, ckpt_path: str | None = None, **trainer_args) -> L.Trainer:
+    """``steps`` training steps of ``module`` on :func:`make_batch` batches in this process; no logger, checkpoints,
+    progress bar or summary unless ``trainer_args`` ask for them."""
+    batches = [make_batch(module, seed=i) for i in range(steps)]
+    settings = dict(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(**{**settings, **trainer_args})
+    trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b), ckpt_path=ckpt_path)
+    return trainer

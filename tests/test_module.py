@@ -4,16 +4,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ett_lightning import ETTModule, MLPProjector
-from tests.conftest import make_batch, tiny_module, tiny_tokenizer
+from tests.conftest import fit, make_batch, tiny_module, tiny_tokenizer
 from tests.distributed.float16 import CPUFloat16
-
-
-def fit(module: ETTModule, steps: int = 1, tmp_path=None) -> L.Trainer:
-    batches = [make_batch(module, seed=i) for i in range(steps)]
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
-    return trainer
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -54,7 +46,7 @@ def test_caption_loss_without_a_mask_equals_the_masked_loss_on_right_padded_batc
 def test_align_trains_projector_only_and_tokenizer_stays_bit_identical(tmp_path):
     module = tiny_module("align")
     before = {name: snapshot(getattr(module, name)) for name in ("tokenizer", "projector", "language_model")}
-    trainer = fit(module, steps=2, tmp_path=tmp_path)
+    trainer = fit(module, steps=2, default_root_dir=tmp_path)
     for name in ("tokenizer", "language_model"):
         after = snapshot(getattr(module, name))
         assert all(torch.equal(before[name][k], after[k]) for k in after), name
@@ -69,7 +61,7 @@ def test_align_trains_projector_only_and_tokenizer_stays_bit_identical(tmp_path)
 def test_posttrain_keeps_tokenizer_frozen_and_in_eval_mode(tmp_path):
     module = tiny_module("posttrain")
     before = snapshot(module.tokenizer)
-    fit(module, tmp_path=tmp_path)
+    fit(module, default_root_dir=tmp_path)
     module.train()
     assert not module.tokenizer.training and module.language_model.training
     assert all(torch.equal(before[k], v) for k, v in snapshot(module.tokenizer).items())
@@ -78,7 +70,7 @@ def test_posttrain_keeps_tokenizer_frozen_and_in_eval_mode(tmp_path):
 def test_ett_stage_updates_every_component(tmp_path):
     module = tiny_module("ett")
     before = {name: snapshot(getattr(module, name)) for name in ("tokenizer", "projector", "language_model")}
-    fit(module, tmp_path=tmp_path)
+    fit(module, default_root_dir=tmp_path)
     for name, state in before.items():
         assert not all(torch.equal(state[k], v) for k, v in snapshot(getattr(module, name)).items()), name
     assert torch.any(module.tokenizer.decoder.conv_out.weight != before["tokenizer"]["decoder.conv_out.weight"])
@@ -96,7 +88,7 @@ def test_trainable_override_and_unknown_names():
 
 def test_per_component_learning_rates(tmp_path):
     module = tiny_module("ett", learning_rates={"tokenizer": 1e-6})
-    trainer = fit(module, tmp_path=tmp_path)
+    trainer = fit(module, default_root_dir=tmp_path)
     initial = {g["name"]: g["initial_lr"] for g in trainer.optimizers[0].param_groups}
     assert initial["tokenizer"] == 1e-6 and initial["projector"] == 1e-3 and initial["language_model"] == 2e-5
     assert initial["tokenizer/no_decay"] == 1e-6
@@ -112,7 +104,7 @@ def test_dimension_mismatch_names_the_key():
 
 def test_lightning_checkpoint_reloads_to_identical_outputs(tmp_path):
     module = tiny_module("ett")
-    trainer = fit(module, tmp_path=tmp_path)
+    trainer = fit(module, default_root_dir=tmp_path)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     fresh = tiny_module("ett")
@@ -225,17 +217,13 @@ def test_gradient_clipping_works_in_every_precision_with_the_fused_optimizer(pre
     optimizer, so the module clips itself. In 16-mixed it unscales first: scaled gradients clipped to 1e-3 would
     reach the step 1024 times smaller (the scaler's scale here), which the lower bound catches."""
     module = tiny_module("ett")
-    batches = [make_batch(module, seed=i) for i in range(3)]
     before = snapshot(module)
     if precision == "16-mixed":  # Lightning maps 16-mixed to bf16 on CPU; CPUFloat16 keeps float16 and its scaler
         settings = {"plugins": [CPUFloat16(init_scale=1024.0)]}
     else:
         settings = {"precision": precision}
     norms = StepGradNorm()
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1e-3,
-                        callbacks=[norms], **settings)
-    trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
+    trainer = fit(module, steps=3, gradient_clip_val=1e-3, callbacks=[norms], **settings)
     assert trainer.optimizers[0].defaults["fused"]
     assert trainer.global_step == 3 and len(norms.seen) == 3
     assert all(norm <= 1e-3 * (1 + 1e-4) and norm > 1e-4 and scale is None for norm, scale in norms.seen), norms.seen

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from ett_lightning import IndexBackpropQuantizer, VQTokenizer
 from ett_lightning.cli import main as cli_main
 from ett_lightning.experiments.runs import set_dotted
-from ett_lightning.models.lora import plain_name
+from ett_lightning.models.lora import is_adapter, plain_name
 from ett_lightning.tokenizer import from_ett
 from tests.chat_model import make_chat_model_dir
 from tests.cli_runs import ROOT, run_lightning, two_processes
@@ -110,10 +110,9 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
     t2i = {**common, **shards("caption"), **tokenizer_sizes(), "model.init_args.init_from": str(stage2),
            "model.init_args.image_size": IMAGE_SIZE,
            "data.init_args.predict_prompts": str(ROOT / "recipes/demo/prompts.txt")}
-    lora = dict(ett)
     gan = {**ett, "model.init_args.loss.init_args.adversarial_weight": 0.1}  # the recipe's documented GAN option
     runs = (("ett_align", align, "fsdp2"), ("ett_sft", gan, "ddp"), ("ett_posttrain", posttrain, "ddp"),
-            ("ett_t2i", t2i, "fsdp2"), ("ett_sft_7b_lora", lora, "ddp"))
+            ("ett_t2i", t2i, "fsdp2"), ("ett_sft_7b_lora", ett, "ddp"))
     metrics = {}
     for name, overrides, strategy in runs:
         config = filled_recipe(name, tmp_path / f"{name}.yaml", overrides)
@@ -146,7 +145,7 @@ def assert_lora_run(tmp_path: Path, stage1: Path, checkpoint: Path, capsys) -> N
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     aligned = torch.load(stage1, map_location="cpu", weights_only=False)["state_dict"]
     llm = {k: v for k, v in state.items() if k.startswith("language_model.model.")}
-    adapters = {k: v for k, v in llm.items() if ".lora_" in k}
+    adapters = {k: v for k, v in llm.items() if is_adapter(k)}
     assert adapters and all(torch.count_nonzero(v) for k, v in adapters.items() if "lora_B" in k), "adapters idle"
     for key, value in llm.items():
         if key not in adapters:
@@ -157,7 +156,7 @@ def assert_lora_run(tmp_path: Path, stage1: Path, checkpoint: Path, capsys) -> N
     cli_main(["export", "--ckpt", str(checkpoint), "--out", str(out)])
     assert (out / "adapter" / "adapter_config.json").is_file()
     merged = load_file(out / "language_model" / "model.safetensors")
-    assert not any(".lora_" in k or "base_layer" in k for k in merged)
+    assert not any(is_adapter(k) or "base_layer" in k for k in merged)
     layer = "language_model.model.base_model.model.model.layers.0.self_attn.q_proj"
     scale = 32 / 16  # the recipe's alpha / rank
     delta = scale * state[f"{layer}.lora_B.default.weight"] @ state[f"{layer}.lora_A.default.weight"]

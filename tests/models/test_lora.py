@@ -7,13 +7,12 @@ import lightning as L
 import pytest
 import torch
 from peft import PeftModel
-from torch.utils.data import DataLoader
 
 from ett_lightning import ETTLoss, ETTModule, IndexBackpropQuantizer, LanguageModel, MLPProjector
 from ett_lightning.export import export_module, load_export
 from ett_lightning.models import LoRA
-from ett_lightning.models.lora import is_adapter, merged
-from tests.conftest import TINY_LLM, make_batch, tiny_tokenizer
+from ett_lightning.models.lora import is_adapter, merged, plain_name
+from tests.conftest import TINY_LLM, fit, make_batch, tiny_tokenizer
 
 LORA = LoRA(rank=4, alpha=8.0, dropout=0.0)
 
@@ -23,14 +22,6 @@ def lora_module(stage: str = "ett", **kwargs) -> ETTModule:
     return ETTModule(tokenizer=tiny_tokenizer(IndexBackpropQuantizer), projector=MLPProjector(8, 32),
                      language_model=LanguageModel(config=TINY_LLM, lora=LORA),
                      loss=ETTLoss(perceptual_weight=0.0), stage=stage, warmup_steps=1, **kwargs)
-
-
-def fit(module: ETTModule, steps: int, ckpt_path: str | None = None, **trainer_args) -> L.Trainer:
-    batches = [make_batch(module, seed=i) for i in range(steps)]
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, **{"enable_checkpointing": False, **trainer_args})
-    trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b), ckpt_path=ckpt_path)
-    return trainer
 
 
 def llm_weights(module: ETTModule) -> dict[str, torch.Tensor]:
@@ -97,8 +88,6 @@ def test_merged_and_exported_llms_equal_the_adapted_one_which_stays_as_it_was(tm
 
 def llm_state_without_adapters(module: ETTModule) -> dict[str, torch.Tensor]:
     """The adapted LLM's own weights under the names a plain Hugging Face model gives them."""
-    from ett_lightning.models.lora import plain_name
-
     state = module.language_model.state_dict()
     return {plain_name(k).removeprefix("model."): v for k, v in state.items() if not is_adapter(k)}
 
