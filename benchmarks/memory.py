@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import build  # noqa: E402
@@ -108,13 +109,11 @@ def per_item(forward, make_inputs, sizes: tuple[int, int]) -> float:
     return (totals[1] - totals[0]) / (sizes[1] - sizes[0])
 
 
-def llm_activations(shape: str, tokens: int) -> dict[bool, float]:
-    """Decoder layers (one layer of the real width, measured per token, times the layer count) and the LM head with
-    its loss (per token), for ``tokens`` tokens per rank, without and with activation checkpointing (then each layer
-    keeps its bf16 input and the one being recomputed holds its full activations)."""
-    meta = build_on_meta(shape, lora=False).language_model.causal_lm.config
-    from transformers import AutoModelForCausalLM
-
+def llm_activations(meta: PretrainedConfig, tokens: int) -> dict[bool, float]:
+    """For the LLM of config ``meta``: decoder layers (one layer of the real width, measured per token, times the
+    layer count) and the LM head with its loss (per token), for ``tokens`` tokens per rank, without and with
+    activation checkpointing (then each layer keeps its bf16 input and the one being recomputed holds its full
+    activations)."""
     settings = {k: v for k, v in meta.to_dict().items() if k != "layer_types"}
     config = type(meta).from_dict({**settings, "num_hidden_layers": 1})
     torch.manual_seed(0)
@@ -167,12 +166,12 @@ def table(ranks: int, batch_size: int, tokens_per_sample: int) -> list[str]:
     print(f"tokenizer activations for {batch_size} images: {tokenizer[False] / GB:.1f} GB, "
           f"{tokenizer[True] / GB:.1f} GB with gradient checkpointing")
     for shape in SHAPES:
-        llm = llm_activations(shape, tokens)
+        modules = {lora: build_on_meta(shape, lora) for lora in (False, True)}
+        llm = llm_activations(modules[False].language_model.causal_lm.config, tokens)
         print(f"{shape} LLM activations for {tokens} tokens: {llm[False] / GB:.1f} GB, "
               f"{llm[True] / GB:.1f} GB with activation checkpointing")
         gc.collect()
-        for lora in (False, True):
-            module = build_on_meta(shape, lora)
+        for lora, module in modules.items():
             counts = state_bytes(module)
             for strategy in ("DDP", "FSDP2"):
                 shard = ranks if strategy == "FSDP2" else 1
@@ -197,7 +196,6 @@ def main() -> None:
     parser.add_argument("--tokens-per-sample", type=int, default=384,
                         help="LLM tokens per image-text sample: 256 image tokens + up to 128 text tokens")
     options = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print("\n".join(table(options.ranks, options.batch_size, options.tokens_per_sample)))
 
 
