@@ -116,8 +116,9 @@ class FSDP2Strategy(ModelParallelStrategy):
     """Fully sharded data parallel training with FSDP2 over all ranks (no tensor parallelism).
 
     In a recipe: ``strategy: {class_path: ett_lightning.distributed.FSDP2Strategy, init_args: {...}}``, or
-    ``--trainer.strategy=fsdp2`` for the defaults. Keep ``trainer.precision: 32-true``: the mixed-precision policy
-    below casts the gathered parameters, while the sharded master weights and optimizer states stay float32.
+    ``--trainer.strategy=fsdp2`` for the defaults. With ``trainer.precision: 32-true`` the mixed-precision policy
+    below casts the gathered parameters, while the sharded master weights and optimizer states stay float32; a
+    recipe's ``bf16-mixed`` (autocast over float32 shards) runs too.
 
     Args:
         param_dtype: dtype parameters are gathered and computed in (``bfloat16`` on GPUs); None keeps float32.
