@@ -8,10 +8,14 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHTNING = str(Path(sys.executable).with_name("lightning"))
@@ -22,41 +26,87 @@ def run_lightning(args: list[str], cwd: Path, timeout: float = 240, check: bool 
     and fails the test, instead of hanging the suite. Before they die, every process of the run (ranks, loader
     workers) is described and prints where its threads wait; the failure lists each process's innermost frames.
     ``check``: a run that exits with an error fails the test (else its return code and whole output are returned)."""
+    return run_together([[LIGHTNING, *args]], cwd, timeout, check)[0]
+
+
+def run_torchrun_nodes(args: list[str], cwd: Path, nodes: int = 2, timeout: float = 240) -> list[str]:
+    """``torchrun -m ett_lightning *args`` as ``nodes`` simulated nodes of one process each on localhost, started
+    together (as a cluster's scheduler starts one torchrun per node); returns each node's output. Hangs and errors
+    fail the test as in :func:`run_lightning`."""
+    rendezvous = [str(Path(sys.executable).with_name("torchrun")), f"--nnodes={nodes}", "--nproc_per_node=1",
+                  "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    commands = [[*rendezvous, f"--node_rank={node}", "-m", "ett_lightning", *args]
+                for node in range(nodes)]
+    return [run.stdout for run in run_together(commands, cwd, timeout, check=True)]
+
+
+def run_together(commands: list[list[str]], cwd: Path, timeout: float,
+                 check: bool) -> list[subprocess.CompletedProcess]:
+    """Runs ``commands`` at once, each in its own session, until all have ended or ``timeout`` seconds have passed.
+    With ``check``, one that fails ends the others (which would wait for it in a collective) and fails the test."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([LIGHTNING, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        members = [describe_process(pid) for pid in group_members(process.pid)]
-        output = end_with_stack_dumps(process, [pid for pid, _ in members])
-        (cwd / "hung_run_output.txt").write_text(output)
-        pytest.fail(f"lightning {' '.join(args[:3])} did not finish in {timeout:.0f} s (hang?); the whole output is "
-                    f"in {cwd / 'hung_run_output.txt'}. Its processes, oldest first, each with the innermost frames "
-                    f"of its main thread:\n{hang_report(members, output)}\n"
-                    f"--- what the run printed last before the aborts:\n"
-                    f"{output.split('Fatal Python error')[0][-3000:]}")
-    assert process.returncode == 0 or not check, output[-4000:]
-    completed = subprocess.CompletedProcess(process.args, process.returncode, output, "")
-    completed.process_group = process.pid  # the run's session: its ranks, loader workers and their commands
-    return completed
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]
+    processes = [subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True) for command, log in zip(commands, logs)]
+    deadline = time.monotonic() + timeout
+    while any(process.poll() is None for process in processes):
+        failed = check and any(process.returncode not in (None, 0) for process in processes)
+        if failed or time.monotonic() > deadline:
+            running = [process for process in processes if process.poll() is None]
+            if failed:
+                for process in running:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                break
+            fail_hung(running, [logs[processes.index(process)] for process in running], cwd, timeout)
+        time.sleep(0.2)
+    runs = []
+    for process, output in zip(processes, map(read_all, logs)):
+        assert process.returncode == 0 or not check, output[-4000:]
+        completed = subprocess.CompletedProcess(process.args, process.returncode, output, "")
+        completed.process_group = process.pid  # the run's session: its ranks, loader workers and their commands
+        runs.append(completed)
+    return runs
 
 
-def end_with_stack_dumps(process: subprocess.Popen, pids: list[int], grace: float = 20) -> str:
+def read_all(log: IO[str]) -> str:
+    log.seek(0)
+    return log.read()
+
+
+def fail_hung(processes: list[subprocess.Popen], logs: list[IO[str]], cwd: Path, timeout: float) -> None:
+    """Describes, stack-dumps and ends every process of the sessions of ``processes`` that outlived ``timeout``, and
+    fails the test with where each one waited."""
+    groups = [[describe_process(pid) for pid in group_members(process.pid)] for process in processes]
+    for process, group in zip(processes, groups):
+        end_with_stack_dumps(process, [pid for pid, _ in group])
+    output = "".join(map(read_all, logs))
+    members = [member for group in groups for member in group]
+    (cwd / "hung_run_output.txt").write_text(output)
+    name = " ".join(Path(part).name for part in processes[0].args[:4])
+    pytest.fail(f"{name} did not finish in {timeout:.0f} s (hang?); the whole output is in "
+                f"{cwd / 'hung_run_output.txt'}. Its processes, oldest first, each with the innermost frames of its "
+                f"main thread:\n{hang_report(members, output)}\n"
+                f"--- what the run printed last before the aborts:\n{output.split('Fatal Python error')[0][-3000:]}")
+
+
+def end_with_stack_dumps(process: subprocess.Popen, pids: list[int], grace: float = 20) -> None:
     """SIGABRT to each of ``pids`` in turn, half a second apart so their stacks do not interleave (faulthandler, on
-    through PYTHONFAULTHANDLER, prints every thread's stack as a process aborts), then SIGKILL to what still holds
-    the output pipe after ``grace`` seconds; returns all the output."""
+    through PYTHONFAULTHANDLER, prints every thread's stack as a process aborts), then SIGKILL to the session's
+    remaining processes after ``grace`` seconds."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGABRT)
         time.sleep(0.5)
     try:
-        return process.communicate(timeout=grace)[0]
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return process.communicate()[0]
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def group_members(group: int) -> list[int]:

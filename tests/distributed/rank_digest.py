@@ -20,7 +20,8 @@ class SaveRankParameters(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         state = {name: whole(p).detach().cpu().clone() for name, p in pl_module.named_parameters()}
-        torch.save({"params": state, "step": trainer.global_step, "world_size": trainer.world_size},
+        torch.save({"params": state, "step": trainer.global_step, "world_size": trainer.world_size,
+                    "node_rank": trainer.node_rank},
                    self.directory / f"rank{trainer.global_rank}.pt")
 
 

@@ -1,9 +1,10 @@
-"""The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes; validation
-sets that do not split evenly. Resuming under 2 processes is tested with preemption
-(tests/resilience/test_preemption_runs.py), where every run resumes the one before; its last run is also this
-file's check of the stage-2 recipe (identical ranks, its metric, nothing outside the run directory); the
-uneven-validation runs are the posttrain recipe's. Align, text-to-image and the adversarial loss run under 2
-processes in the chain of paper-scale recipes (test_paper_recipes.py), align and text-to-image sharded.
+"""The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes (the
+tokenizer's as two nodes started by torchrun); validation sets that do not split evenly. Resuming under 2
+processes is tested with preemption (tests/resilience/test_preemption_runs.py), where every run resumes the one
+before; its last run is also this file's check of the stage-2 recipe (identical ranks, its metric, nothing outside
+the run directory); the uneven-validation runs are the posttrain recipe's. Align, text-to-image and the
+adversarial loss run under 2 processes in the chain of paper-scale recipes (test_paper_recipes.py), align and
+text-to-image sharded.
 
 Only sizes and step counts are shrunk. Each run has a hard timeout, so a DDP hang fails its test.
 """
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from ett_lightning.convert.synthetic import make_shards
-from tests.cli_runs import ROOT, run_lightning, two_processes
+from tests.cli_runs import ROOT, run_lightning, run_torchrun_nodes, two_processes
 from tests.distributed.rank_digest import rank_digest
 
 RECIPES = {"tokenizer": "tokenizer", "ett": "ett_sft", "posttrain": "ett_posttrain"}
@@ -43,12 +44,18 @@ def files_under(path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_tokenizer_recipe_under_two_processes(tmp_path, synthetic_shards):
+def test_tokenizer_recipe_on_two_nodes_through_torchrun(tmp_path, synthetic_shards):
+    """``torchrun -m ett_lightning`` as a multi-node job: two simulated nodes of one process each on localhost,
+    each started by its own torchrun (as a scheduler starts one per node), meeting at node 0's address."""
     root = tmp_path / "run"
-    run_lightning(["fit", *recipe("tokenizer"), *two_processes(), *small(synthetic_shards, "caption", root, 4),
-                   *rank_digest(tmp_path / "ranks")], cwd=tmp_path)
+    nodes = run_torchrun_nodes(["fit", *recipe("tokenizer"), "--trainer.accelerator=cpu", "--trainer.devices=1",
+                                "--trainer.num_nodes=2", "--trainer.strategy=ddp",
+                                *small(synthetic_shards, "caption", root, 4), *rank_digest(tmp_path / "ranks")],
+                               cwd=tmp_path)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ranks", "run"], "a file landed outside the run directory"
+    assert [torch.load(tmp_path / "ranks" / f"rank{r}.pt")["node_rank"] for r in (0, 1)] == [0, 1]
+    assert all("GLOBAL_RANK" in output for output in nodes)
     assert_recipe_run("tokenizer", root, tmp_path / "ranks", steps=4)
 
 
