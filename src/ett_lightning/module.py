@@ -203,7 +203,7 @@ class ETTModule(L.LightningModule):
             return total, parts, encoded
         reconstructions = self.tokenizer.decode(encoded.embeddings)
         total, parts = self.loss(caption, batch.images, reconstructions, encoded.quant_losses,
-                                 self.tokenizer.last_layer, self.global_step)
+                                 self.loss.last_layer_of(self.tokenizer), self.global_step)
         return total, parts, encoded
 
     def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:

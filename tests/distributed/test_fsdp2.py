@@ -16,9 +16,11 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 
-from ett_lightning import ETTLoss
+from ett_lightning import ETTLoss, LPIPSLoss
 from ett_lightning.distributed import FSDP2Strategy, is_sharded, shard_module
 from ett_lightning.distributed.fsdp2 import check_shardable, dtype_named
+from ett_lightning.losses.adversarial import AdversarialLoss
+from ett_lightning.losses.discriminator import PatchGANDiscriminator
 from ett_lightning.models import LoRA
 from ett_lightning.models.lora import is_adapter
 from tests.conftest import free_port, make_batch, tiny_module
@@ -50,14 +52,21 @@ def test_units_keep_names_and_frozen_flags(mesh):
     assert all(p.requires_grad for p in module.projector.parameters())
 
 
-@pytest.mark.parametrize(("stage", "activation_checkpointing", "lora"),
-                         [("ett", False, None), ("align", True, None), ("ett", True, LoRA(rank=4, dropout=0.0))],
-                         ids=["ett", "align_checkpointed", "ett_lora_checkpointed"])
-def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpointing, lora):
+def with_loss_networks() -> ETTLoss:
+    """LPIPS (random backbone) and a PatchGAN with a fixed weight: the loss networks FSDP2 can run."""
+    return ETTLoss(perceptual_weight=1.0, perceptual=LPIPSLoss(random_backbone=True), adversarial_weight=0.1,
+                   adversarial=AdversarialLoss(PatchGANDiscriminator(ch=8, num_layers=2), adaptive_weight=False))
+
+
+@pytest.mark.parametrize(("stage", "activation_checkpointing", "lora", "loss_networks"),
+                         [("ett", False, None, with_loss_networks), ("align", True, None, None),
+                          ("ett", True, LoRA(rank=4, dropout=0.0), None)],
+                         ids=["ett_lpips_gan", "align_checkpointed", "ett_lora_checkpointed"])
+def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpointing, lora, loss_networks):
     """Loss and every gradient equal the unsharded module's; frozen components (and a LoRA LLM's own weights) get
     none."""
     torch.manual_seed(0)
-    module = tiny_module(stage, lora=lora)
+    module = tiny_module(stage, lora=lora, loss=loss_networks and loss_networks())
     reference = copy.deepcopy(module)
     batch = make_batch(module)
     shard_module(module, mesh, MixedPrecisionPolicy(), activation_checkpointing=activation_checkpointing)
@@ -73,7 +82,8 @@ def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpo
         else:
             torch.testing.assert_close(whole(sharded[name].grad), param.grad, msg=name)
     trained = {name.split(".")[0] for name, p in reference.named_parameters() if p.grad is not None}
-    assert trained == ({"tokenizer", "projector", "language_model"} if stage == "ett" else {"projector"})
+    expected = {"tokenizer", "projector", "language_model"} if stage == "ett" else {"projector"}
+    assert trained == expected | ({"loss"} if loss_networks else set())  # the discriminator trains; LPIPS stays frozen
     if lora is not None:
         llm_trained = {name for name, p in reference.named_parameters() if name.startswith("language_model.")
                        and p.grad is not None}
@@ -81,15 +91,21 @@ def test_a_sharded_step_equals_the_unsharded_one(mesh, stage, activation_checkpo
 
 
 def test_bfloat16_policy_computes_in_bfloat16_and_keeps_float32_shards(mesh):
-    module = tiny_module("ett")
+    """The model computes in bf16; the loss's networks (fp32 buffers beside their weights: LPIPS's input scaling,
+    BatchNorm statistics) stay a float32 unit of their own and still train (the discriminator)."""
+    module = tiny_module("ett", loss=with_loss_networks())
     batch = make_batch(module)
-    shard_module(module, mesh, MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+    units = shard_module(module, mesh, MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+    assert units[-4:] == ["loss", "tokenizer", "projector", "<root>"]
     seen = []
-    module.projector.register_forward_hook(lambda _, inputs, output: seen.append((inputs[0].dtype, output.dtype)))
+    for part in (module.projector, module.loss.perceptual.lpips, module.loss.adversarial.discriminator):
+        part.register_forward_hook(lambda _, inputs, output: seen.append((inputs[0].dtype, output.dtype)))
     module.training_step(batch, 0).backward()
-    assert seen == [(torch.bfloat16, torch.bfloat16)]
+    assert seen[0] == (torch.bfloat16, torch.bfloat16)
+    assert set(seen[1:]) == {(torch.float32, torch.float32)} and len(seen) == 5  # LPIPS, real, fake, generator
     assert {p.dtype for p in module.parameters()} == {torch.float32}
     assert {p.grad.dtype for p in module.parameters() if p.grad is not None} == {torch.float32}
+    assert all(p.grad is not None for p in module.loss.adversarial.discriminator.parameters())
 
 
 def test_options_are_checked():

@@ -1,7 +1,8 @@
 """The paper-scale recipes (``recipes/ett_*.yaml``) as a user runs them, chained align -> ETT (with the adversarial
-loss on) -> post-training (and text-to-image from the ETT checkpoint; ETT with LoRA from the align checkpoint,
-exported merged and asked a question), under 2 gloo processes in their own precision (bf16-mixed): align and
-text-to-image sharded (``--trainer.strategy=fsdp2``), the others under DDP.
+loss on) -> post-training (and text-to-image from the ETT checkpoint; from the align checkpoint, the 7B recipes:
+ETT sharded and ETT with LoRA, exported merged and asked a question), under 2 gloo processes in their own
+precision: align and text-to-image sharded (``--trainer.strategy=fsdp2``), the 7B recipes under their own
+strategies (FSDP2 with bf16 weights and activation checkpointing; DDP), the others under DDP.
 
 Only what a CPU cannot hold or this machine cannot download is replaced: the placeholders get a tiny IBQ-layout
 tokenizer checkpoint, a tiny Hugging Face model directory and synthetic shards; sizes, steps and cadences shrink
@@ -28,7 +29,7 @@ from ett_lightning.experiments.runs import set_dotted
 from ett_lightning.models.lora import is_adapter, plain_name
 from ett_lightning.tokenizer import from_ett
 from tests.chat_model import make_chat_model_dir
-from tests.cli_runs import ROOT, run_lightning, two_processes
+from tests.cli_runs import ROOT, run_lightning
 from tests.distributed.rank_digest import rank_digest
 
 IMAGE_SIZE, CODES, CODE_DIM, LLM_HIDDEN, STEPS = 32, 16, 8, 64, 2
@@ -112,13 +113,14 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
            "data.init_args.predict_prompts": str(ROOT / "recipes/demo/prompts.txt")}
     gan = {**ett, "model.init_args.loss.init_args.adversarial_weight": 0.1}  # the recipe's documented GAN option
     runs = (("ett_align", align, "fsdp2"), ("ett_sft", gan, "ddp"), ("ett_posttrain", posttrain, "ddp"),
-            ("ett_t2i", t2i, "fsdp2"), ("ett_sft_7b_lora", ett, "ddp"))
+            ("ett_t2i", t2i, "fsdp2"), ("ett_sft_7b", ett, None), ("ett_sft_7b_lora", ett, None))
     metrics = {}
-    for name, overrides, strategy in runs:
+    for name, overrides, strategy in runs:  # None: the recipe's own strategy
         config = filled_recipe(name, tmp_path / f"{name}.yaml", overrides)
         ranks = tmp_path / f"{name}_ranks"
-        run_lightning(["fit", "--config", str(config), *two_processes(), f"--trainer.strategy={strategy}",
-                       *rank_digest(ranks)], cwd=tmp_path, timeout=300)
+        launch = ["--trainer.accelerator=cpu", "--trainer.devices=2"]
+        launch += [f"--trainer.strategy={strategy}"] if strategy else []
+        run_lightning(["fit", "--config", str(config), *launch, *rank_digest(ranks)], cwd=tmp_path, timeout=300)
         digests = [torch.load(ranks / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
         assert all(d["world_size"] == 2 and d["step"] == STEPS for d in digests)
         assert all(torch.equal(v, digests[1]["params"][k]) for k, v in digests[0]["params"].items()), name
@@ -127,7 +129,7 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
                                 weights_only=False)
         assert checkpoint["global_step"] == STEPS
 
-    assert "val/psnr" in metrics["ett_align"] and "val/psnr" in metrics["ett_sft"]
+    assert all("val/psnr" in metrics[name] for name in ("ett_align", "ett_sft", "ett_sft_7b"))
     assert "val/vqa_acc" in metrics["ett_posttrain"] and "val/image_tokens" in metrics["ett_t2i"]
     assert {"train/d_loss", "train/g_adv"} <= metrics["ett_sft"].keys(), "the discriminator did not train"
     samples = sorted(p.name for p in (tmp_path / "ett_t2i" / "samples").iterdir())

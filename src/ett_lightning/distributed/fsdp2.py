@@ -1,11 +1,12 @@
 """FSDP2 (``torch.distributed.fsdp.fully_shard``) for ETT modules, selected as ``--trainer.strategy=fsdp2``.
 
 Each rank holds 1/world_size of every parameter, gradient and optimizer state. The sharding units are found from
-the model: each LLM decoder layer and each tokenizer block, then the tokenizer and the projector, then the
-LightningModule itself (the LLM's embeddings, final norm and head, and any task heads), so tied embeddings stay in
-one unit. A unit gathers its parameters when it runs and frees them after. ETT calls its parts through methods
-(``tokenizer.encode``, ``module.generate``, the step methods), not only ``forward``, so those methods are
-registered to gather like ``forward`` does (:func:`~torch.distributed.fsdp.register_fsdp_forward_method`).
+the model: each LLM decoder layer and each tokenizer block, then the loss's networks, the tokenizer and the
+projector, then the LightningModule itself (the LLM's embeddings, final norm and head, and any task heads), so
+tied embeddings stay in one unit. A unit gathers its parameters when it runs and frees them after. ETT calls its
+parts through methods (``tokenizer.encode``, ``module.generate``, the step methods), not only ``forward``, so
+those methods are registered to gather like ``forward`` does
+(:func:`~torch.distributed.fsdp.register_fsdp_forward_method`).
 
 Parameters keep their names and ``requires_grad``: stage freezing, per-component learning rates and checkpoints
 work as under DDP. Checkpoints are one file with full weights by default (``ett export`` and ``--ckpt_path=last``
@@ -72,7 +73,9 @@ def shard_module(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionP
 
     Blocks (:func:`~ett_lightning.distributed.units.wrap_classes`) are recomputed in backward when
     ``activation_checkpointing``; the tokenizer and the projector are units of their own so callbacks can call
-    them between steps; the module is the root.
+    them between steps; the module is the root. The loss's networks (LPIPS, the discriminator), when it has any,
+    are a unit that keeps its parameters' own dtype under every policy: they hold fp32 buffers (LPIPS's input
+    scaling, BatchNorm statistics) that a bf16 policy would leave beside bf16 weights, and they are small.
     """
     block_classes = tuple(wrap_classes(module))
     names = [name for name, child in module.named_modules() if block_classes and isinstance(child, block_classes)]
@@ -81,6 +84,11 @@ def shard_module(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionP
         if activation_checkpointing:
             checkpoint(block)
         fully_shard(block, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+    loss = getattr(module, "loss", None)
+    if isinstance(loss, nn.Module) and any(True for _ in loss.parameters()):
+        full_precision = MixedPrecisionPolicy(reduce_dtype=mp_policy.reduce_dtype)
+        shard_with_entry_methods(loss, mesh, full_precision, reshard_after_forward)
+        names.append("loss")
     for name in ("tokenizer", "projector"):
         if isinstance(getattr(module, name, None), nn.Module):
             shard_with_entry_methods(getattr(module, name), mesh, mp_policy, reshard_after_forward)

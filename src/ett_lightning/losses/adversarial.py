@@ -97,13 +97,14 @@ class AdversarialLoss(nn.Module):
         """The generator's term, through the discriminator with its weights detached (no gradient reaches them)."""
         frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
         logits = functional_call(self.discriminator, {**frozen, **dict(self.discriminator.named_buffers())},
-                                 (reconstructions,))
+                                 (reconstructions.to(self.weights_dtype()),))
         return -logits.mean() if self.loss == "hinge" else F.softplus(-logits).mean()
 
     def discriminator_loss(self, images: Tensor, reconstructions: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The discriminator's term on detached inputs, plus LeCam when configured; its logged parts."""
-        real = self.discriminator(images.detach())
-        fake = self.discriminator(reconstructions.detach())
+        dtype = self.weights_dtype()
+        real = self.discriminator(images.detach().to(dtype))
+        fake = self.discriminator(reconstructions.detach().to(dtype))
         if self.loss == "hinge":
             d_loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
         else:
@@ -117,6 +118,11 @@ class AdversarialLoss(nn.Module):
                 self.ema_fake.lerp_(parts["logits_fake"], 1.0 - self.lecam_decay)
         parts["d_loss"] = d_loss
         return d_loss, parts
+
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype its inputs are cast to: under FSDP2 with a bf16 policy the reconstructions come in bf16 while
+        the discriminator keeps fp32 weights (under autocast the kernels choose their own precision either way)."""
+        return next(self.discriminator.parameters()).dtype
 
     def generator_weight(self, nll: Tensor, g_adv: Tensor, last_layer: Tensor) -> Tensor:
         if not self.adaptive_weight or not torch.is_grad_enabled():

@@ -35,6 +35,9 @@ class ETTLoss(nn.Module):
         adversarial: the adversarial loss and its discriminator (default: a PatchGAN when ``adversarial_weight`` > 0).
     """
 
+    #: Called directly by tokenizer pre-training: under FSDP2 it gathers the loss's networks like ``forward``.
+    fsdp_entry_methods = ("vq_loss",)
+
     def __init__(
         self,
         caption_weight: float = 1.0,
@@ -88,6 +91,12 @@ class ETTLoss(nn.Module):
         parts["total"] = total
         return total, parts
 
+    def last_layer_of(self, tokenizer: nn.Module) -> Tensor | None:
+        """The tokenizer's last decoder weight when the adversarial loss's adaptive weight needs it, else None: an
+        unused weight passed in would still enter the graph (under FSDP2, as a shard of another unit)."""
+        adversarial = self.adversarial
+        return tokenizer.last_layer if adversarial is not None and adversarial.adaptive_weight else None
+
     def vq_loss(
         self, images: Tensor, reconstructions: Tensor, quant_losses: dict[str, Tensor],
         last_layer: Tensor | None = None, step: int = 0,
@@ -109,8 +118,9 @@ class ETTLoss(nn.Module):
             parts["quantizer"] = sum(quant_losses.values())
             vq = vq + self.quantizer_weight * parts["quantizer"]
         if self.adversarial is not None:
-            if last_layer is None:
-                raise ValueError("the adversarial loss needs the decoder's last layer: pass last_layer")
+            if last_layer is None and self.adversarial.adaptive_weight:
+                raise ValueError("the adversarial loss's adaptive weight needs the decoder's last layer: pass "
+                                 "last_layer")
             nll = vq - self.quantizer_weight * parts.get("quantizer", 0.0)
             g_term, d_term, adversarial_parts = self.adversarial(images, reconstructions, nll, last_layer, step)
             parts.update(adversarial_parts, d_term=d_term)

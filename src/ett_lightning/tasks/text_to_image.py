@@ -159,7 +159,7 @@ class TextToImage(ETTModule):
             return generation, {"image_tokens": generation, "total": generation}, encoded
         reconstructions = self.tokenizer.decode(encoded.embeddings)
         total, parts = self.loss(generation, batch.images, reconstructions, encoded.quant_losses,
-                                 self.tokenizer.last_layer, self.global_step)
+                                 self.loss.last_layer_of(self.tokenizer), self.global_step)
         parts["image_tokens"] = parts.pop("caption")
         return total, parts, encoded
 

@@ -68,7 +68,7 @@ class TokenizerPretraining(L.LightningModule):
         """The VQ loss of ``batch``, logged under ``split`` with ``weight`` as the batch size of the means."""
         reconstructions, encoded = self.tokenizer(batch.images)
         vq, parts = self.loss.vq_loss(batch.images, reconstructions, encoded.quant_losses,
-                                      self.tokenizer.last_layer, self.global_step)
+                                      self.loss.last_layer_of(self.tokenizer), self.global_step)
         log_split(self, split, {**parts, **encoded.stats}, weight)
         return vq + parts.get("d_term", 0.0)
 
