@@ -39,6 +39,7 @@ bench: install shards
 	$(BIN)/python benchmarks/data_throughput.py --shards "$(DEMO_DATA)/caption/train-*.tar"
 	$(BIN)/python benchmarks/throughput.py --config recipes/demo/ett_sft.yaml
 	$(BIN)/python benchmarks/memory.py --ranks 8
+	$(BIN)/python benchmarks/memory_check.py
 
 clean:
 	rm -rf outputs $(DEMO_DATA) .pytest_cache

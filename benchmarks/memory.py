@@ -11,7 +11,9 @@ checkpointing.
   tokens) and layer count. With activation checkpointing, the tokenizer is measured with its own gradient
   checkpointing on, and each decoder layer keeps its bf16 input plus one layer's full activations (the one
   being recomputed).
-- FSDP2 adds two gathered units (the one computing and the one prefetched), the largest unit in bf16.
+- FSDP2 adds two gathered units (the one computing and the one prefetched: the two largest, in bf16, the loss's
+  networks in fp32), the largest once more (the all-gather buffer its weights are copied out of) and the largest
+  unit's whole fp32 gradient before its reduce-scatter.
 - DDP adds its gradient buckets (a copy of the trained parameters' gradients).
 
 Not counted: the CUDA context and allocator fragmentation (budget a few GB), temporary buffers of single kernels.
@@ -36,6 +38,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import build  # noqa: E402
 
+from ett_lightning.distributed.units import wrap_classes  # noqa: E402
 from ett_lightning.models.lora import is_adapter  # noqa: E402
 
 CONFIG = str(Path(__file__).parent / "configs" / "ett_sft_qwen2.5-1.5b.yaml")
@@ -51,10 +54,10 @@ LORA = [f"{LLM}.lora.rank=16", f"{LLM}.dtype=bfloat16"]
 GB = 1e9
 
 
-def build_on_meta(shape: str, lora: bool) -> nn.Module:
+def build_on_meta(overrides: list[str]) -> nn.Module:
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
-        return build(CONFIG, [*SHAPES[shape], *(LORA if lora else [])])
+        return build(CONFIG, overrides)
 
 
 def state_bytes(module: nn.Module) -> dict[str, float]:
@@ -65,11 +68,20 @@ def state_bytes(module: nn.Module) -> dict[str, float]:
             "parameters": sum(p.numel() for p in module.parameters())}
 
 
-def largest_unit_bytes(module: nn.Module) -> int:
-    """The biggest FSDP2 unit gathered in bf16: a decoder layer, or the embeddings and head left at the root."""
-    layer = module.language_model.causal_lm.model.layers[0]
-    root = sum(p.numel() for n, p in module.language_model.named_parameters() if ".layers." not in n)
-    return 2 * max(sum(p.numel() for p in layer.parameters()), root)
+def fsdp2_units(module: nn.Module) -> list[tuple[float, int]]:
+    """(bytes gathered, parameters trained) of each FSDP2 unit, formed as ``shard_module`` forms them: each block,
+    then the loss's networks (gathered in their own fp32), the tokenizer, the projector and the root (in bf16)."""
+    blocks = [m for m in module.modules() if isinstance(m, tuple(wrap_classes(module)))]
+    loss = [module.loss] if any(True for _ in module.loss.parameters()) else []
+    seen: set[int] = set()
+    units = []
+    for unit in [*blocks, *loss, module.tokenizer, module.projector, module]:
+        params = [p for p in unit.parameters() if id(p) not in seen]
+        seen |= {id(p) for p in params}
+        bytes_per_value = 4 if unit in loss else 2
+        units.append((bytes_per_value * sum(p.numel() for p in params),
+                      sum(p.numel() for p in params if p.requires_grad)))
+    return units
 
 
 class SavedBytes:
@@ -140,22 +152,41 @@ def llm_activations(meta: PretrainedConfig, tokens: int) -> dict[bool, float]:
             True: 2 * config.hidden_size * tokens * layers + per_layer_token * tokens + head_bytes}
 
 
-def tokenizer_activations(images: int, checkpointed: bool) -> float:
-    """The recipe's tokenizer (encoder, quantizer, decoder) with the reconstruction and perceptual losses at 256 px,
-    measured per image, for ``images`` images per rank."""
+def tokenizer_activations(images: int, checkpointed: bool, overrides: tuple[str, ...] = (),
+                          image_size: int = 256) -> float:
+    """The recipe's tokenizer (encoder, quantizer, decoder; ``overrides`` may reshape it) with the reconstruction
+    and perceptual losses at ``image_size`` px, measured per image, for ``images`` images per rank."""
     tiny_llm = [f"{LLM}.config.hidden_size=64", f"{LLM}.config.intermediate_size=128", f"{LLM}.config.vocab_size=512",
                 f"{LLM}.config.num_hidden_layers=1", f"{LLM}.config.num_attention_heads=4",
                 f"{LLM}.config.num_key_value_heads=2", "--model.init_args.projector.init_args.out_dim=64"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the LLM, unused here, shrunk
-        module = build(CONFIG, [*tiny_llm,
+        module = build(CONFIG, [*overrides, *tiny_llm,
                                 f"--model.init_args.tokenizer.init_args.gradient_checkpointing={checkpointed}"])
 
     def losses(x: torch.Tensor) -> torch.Tensor:
         reconstruction, _ = module.tokenizer(x)
         return (reconstruction - x).abs().mean() + module.loss.perceptual(reconstruction, x).mean()
 
-    return per_item(losses, lambda n: (torch.rand(n, 3, 256, 256) * 2 - 1,), (1, 2)) * images
+    return per_item(losses, lambda n: (torch.rand(n, 3, image_size, image_size) * 2 - 1,), (1, 2)) * images
+
+
+def per_rank(module: nn.Module, strategy: str, ranks: int, activations: float) -> dict[str, float]:
+    """Bytes per rank of ``module`` (built on the meta device) trained under ``strategy`` ("DDP" or "FSDP2") on
+    ``ranks`` ranks with ``activations`` bytes of activations. FSDP2 shards the states and adds the two largest
+    gathered units (the one computing and the one prefetched), the largest once more (its all-gather buffer while
+    the weights are copied out of it) and the largest unit's whole fp32 gradient (before its reduce-scatter); DDP
+    keeps whole states and adds its gradient buckets."""
+    counts = state_bytes(module)
+    shard = ranks if strategy == "FSDP2" else 1
+    if strategy == "FSDP2":
+        units = fsdp2_units(module)
+        largest = sorted(gathered for gathered, _ in units)
+        extra = largest[-1] * 2 + largest[-2] + 4 * max(trained for _, trained in units)
+    else:
+        extra = counts["gradients"]
+    return {"weights": counts["weights"] / shard, "gradients": counts["gradients"] / shard,
+            "adam": counts["adam"] / shard, "extra": extra, "activations": activations}
 
 
 def table(ranks: int, batch_size: int, tokens_per_sample: int) -> list[str]:
@@ -166,7 +197,7 @@ def table(ranks: int, batch_size: int, tokens_per_sample: int) -> list[str]:
     print(f"tokenizer activations for {batch_size} images: {tokenizer[False] / GB:.1f} GB, "
           f"{tokenizer[True] / GB:.1f} GB with gradient checkpointing")
     for shape in SHAPES:
-        modules = {lora: build_on_meta(shape, lora) for lora in (False, True)}
+        modules = {lora: build_on_meta([*SHAPES[shape], *(LORA if lora else [])]) for lora in (False, True)}
         llm = llm_activations(modules[False].language_model.causal_lm.config, tokens)
         print(f"{shape} LLM activations for {tokens} tokens: {llm[False] / GB:.1f} GB, "
               f"{llm[True] / GB:.1f} GB with activation checkpointing")
@@ -174,12 +205,8 @@ def table(ranks: int, batch_size: int, tokens_per_sample: int) -> list[str]:
         for lora, module in modules.items():
             counts = state_bytes(module)
             for strategy in ("DDP", "FSDP2"):
-                shard = ranks if strategy == "FSDP2" else 1
-                extra = 2 * largest_unit_bytes(module) if strategy == "FSDP2" else counts["gradients"]
                 for ckpt in (False, True):
-                    activations = llm[ckpt] + tokenizer[ckpt]
-                    parts = [counts["weights"] / shard, counts["gradients"] / shard, counts["adam"] / shard, extra,
-                             activations]
+                    parts = list(per_rank(module, strategy, ranks, llm[ckpt] + tokenizer[ckpt]).values())
                     rows.append(f"| {shape} | {strategy} x{ranks} | {'LoRA' if lora else 'all'} | "
                                 f"{'yes' if ckpt else 'no'} | " + " | ".join(f"{p / GB:.1f}" for p in parts)
                                 + f" | **{sum(parts) / GB:.1f}** |")
