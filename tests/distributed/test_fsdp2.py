@@ -25,7 +25,7 @@ from ett_lightning.models import LoRA
 from ett_lightning.models.lora import is_adapter
 from tests.conftest import free_port, make_batch, tiny_module
 from tests.distributed.rank_digest import whole
-from tests.distributed.sharded_generation import MAX_NEW_TOKENS, answer_on_rank
+from tests.distributed.two_sharded_ranks import MAX_NEW_TOKENS, run_on_rank
 
 
 @pytest.fixture
@@ -117,10 +117,12 @@ def test_options_are_checked():
 
 
 @pytest.mark.slow
-def test_ranks_that_finish_generating_at_different_lengths_do_not_hang(tmp_path):
+def test_two_sharded_ranks_generate_to_different_lengths_and_train_lora(tmp_path):
     """Every forward of a sharded model is a collective: rank 0 stops after 2 tokens and keeps running rank 1's
-    forwards until rank 1 is done at 9 (synced generation). Each rank's answers equal its unsharded answers."""
-    context = mp.start_processes(answer_on_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=False,
+    forwards until rank 1 is done at 9 (synced generation); each rank's answers equal its unsharded answers. Then a
+    LoRA module steps on each rank's batch: the averaged gradients equal the unsharded module's on both batches, and
+    reach the adapters, tokenizer and projector but none of the LLM's own weights."""
+    context = mp.start_processes(run_on_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=False,
                                  start_method="spawn")
     for _ in range(120):
         if context.join(timeout=1):
@@ -128,8 +130,12 @@ def test_ranks_that_finish_generating_at_different_lengths_do_not_hang(tmp_path)
     else:
         for process in context.processes:
             process.kill()
-        pytest.fail("sharded generation did not finish in 120 s (a rank waits in a collective)")
+        pytest.fail("the sharded ranks did not finish in 120 s (a rank waits in a collective)")
     for rank in (0, 1):
-        answers = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert answers["sharded"] == answers["unsharded"] and len(answers["sharded"]) == 1 + rank
+        results = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert results["sharded"] == results["unsharded"] and len(results["sharded"]) == 1 + rank
+        errors = results["lora_gradients"]
+        assert {name.split(".")[0] for name in errors} == {"tokenizer", "projector", "language_model"}
+        assert all(is_adapter(name) for name in errors if name.startswith("language_model."))
+        assert max(errors.values()) < 1e-5, max(errors.items(), key=lambda item: item[1])
     assert MAX_NEW_TOKENS[0] < MAX_NEW_TOKENS[1]
