@@ -19,6 +19,7 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHTNING = str(Path(sys.executable).with_name("lightning"))
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
 def run_lightning(args: list[str], cwd: Path, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
@@ -29,11 +30,19 @@ def run_lightning(args: list[str], cwd: Path, timeout: float = 240, check: bool 
     return run_together([[LIGHTNING, *args]], cwd, timeout, check)[0]
 
 
+def run_torchrun(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m ett_lightning *args``: the 2 processes of one node, started
+    together (Lightning's own launcher starts the second once the first has set up, ~5 s later on 2 cores). Hangs
+    and errors fail the test as in :func:`run_lightning`."""
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "ett_lightning", *args]
+    return run_together([command], cwd, timeout, check=True)[0]
+
+
 def run_torchrun_nodes(args: list[str], cwd: Path, nodes: int = 2, timeout: float = 240) -> list[str]:
     """``torchrun -m ett_lightning *args`` as ``nodes`` simulated nodes of one process each on localhost, started
     together (as a cluster's scheduler starts one torchrun per node); returns each node's output. Hangs and errors
     fail the test as in :func:`run_lightning`."""
-    rendezvous = [str(Path(sys.executable).with_name("torchrun")), f"--nnodes={nodes}", "--nproc_per_node=1",
+    rendezvous = [TORCHRUN, f"--nnodes={nodes}", "--nproc_per_node=1",
                   "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     commands = [[*rendezvous, f"--node_rank={node}", "-m", "ett_lightning", *args]
                 for node in range(nodes)]

@@ -1,10 +1,11 @@
-"""The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes (the
-tokenizer's as two nodes started by torchrun); validation sets that do not split evenly. Resuming under 2
-processes is tested with preemption (tests/resilience/test_preemption_runs.py), where every run resumes the one
+"""The demo recipes as shipped (validation, callbacks, logger, checkpoints on) under 2 gloo processes; validation
+sets that do not split evenly. Two launchers start the processes as users do: Lightning's (``lightning fit
+--trainer.devices=2``: here the NaN run, and every run of the preemption chain in
+tests/resilience/test_preemption_runs.py) and torchrun (the uneven-validation runs on one node, the tokenizer's as
+two simulated nodes). Resuming under 2 processes is tested with preemption, where every run resumes the one
 before; its last run is also this file's check of the stage-2 recipe (identical ranks, its metric, nothing outside
-the run directory); the uneven-validation runs are the posttrain recipe's. Align, text-to-image and the
-adversarial loss run under 2 processes in the chain of paper-scale recipes (test_paper_recipes.py), align and
-text-to-image sharded.
+the run directory); the uneven-validation runs are the posttrain recipe's. Align, text-to-image, the adversarial
+loss and the 7B recipes run under 2 processes in the chain of paper-scale recipes (test_paper_recipes.py).
 
 Only sizes and step counts are shrunk. Each run has a hard timeout, so a DDP hang fails its test.
 """
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from ett_lightning.convert.synthetic import make_shards
-from tests.cli_runs import ROOT, run_lightning, run_torchrun_nodes, two_processes
+from tests.cli_runs import ROOT, run_lightning, run_torchrun, run_torchrun_nodes, two_processes
 from tests.distributed.rank_digest import rank_digest
 
 RECIPES = {"tokenizer": "tokenizer", "ett": "ett_sft", "posttrain": "ett_posttrain"}
@@ -90,8 +91,8 @@ def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, w
     shards = make_shards(tmp_path / "data", num_train=32, num_val=num_val, image_size=32, samples_per_shard=16, seed=3)
     common = [*recipe("posttrain"), f"--data.init_args.num_workers={workers}"]
     two = tmp_path / "two"
-    run_lightning(["fit", *common, *two_processes(), f"--trainer.strategy={strategy}", *small(shards, "vqa", two, 2),
-                   "--trainer.limit_val_batches=1.0", *rank_digest(tmp_path / "ranks")], cwd=tmp_path)
+    run_torchrun(["fit", *common, *two_processes(), f"--trainer.strategy={strategy}", *small(shards, "vqa", two, 2),
+                  "--trainer.limit_val_batches=1.0", *rank_digest(tmp_path / "ranks")], cwd=tmp_path)
     assert_recipe_run("posttrain", two, tmp_path / "ranks", steps=2)  # the posttrain recipe's 2-process check
     one = tmp_path / "one"
     run_lightning(["validate", *common, *small(shards, "vqa", one, 2), "--trainer.limit_val_batches=1.0",

@@ -1,8 +1,8 @@
 """``--trainer.strategy=fsdp2`` with the demo stage-2 recipe as shipped (callbacks, validation, logging,
-checkpoints on) under 2 gloo processes, against the same run under DDP: the same losses step by step, the same
-weights at the end, and ``ett export`` of the FSDP2 checkpoint equal to the DDP one's. The other stages run under
-FSDP2 in test_ddp_runs.py; resuming an FSDP2 run is tested in one process in test_fsdp2_resume.py and across
-strategies at the end of tests/resilience/test_preemption_runs.py."""
+checkpoints on) under 2 gloo processes started by torchrun, against the same run under DDP: the same losses step by
+step, the same weights at the end, and ``ett export`` of the FSDP2 checkpoint equal to the DDP one's. The other
+stages run under FSDP2 in test_ddp_runs.py; resuming an FSDP2 run is tested in one process in
+test_fsdp2_resume.py and across strategies at the end of tests/resilience/test_preemption_runs.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ett_lightning import ETTLoss
 from ett_lightning.cli import main as cli_main
 from ett_lightning.module import ETTModule
-from tests.cli_runs import run_lightning, two_processes
+from tests.cli_runs import run_torchrun, two_processes
 from tests.distributed.rank_digest import rank_digest
 from tests.distributed.test_ddp_runs import recipe, small
 
@@ -34,9 +34,9 @@ def test_fsdp2_trains_like_ddp_and_exports_the_same_weights(tmp_path, synthetic_
     runs = {}
     for strategy in ("ddp", "fsdp2"):
         root = tmp_path / strategy
-        run_lightning(["fit", *recipe("ett"), *two_processes(), f"--trainer.strategy={strategy}",
-                       *small(synthetic_shards, "caption", root, STEPS), "--trainer.log_every_n_steps=1",
-                       *rank_digest(tmp_path / f"{strategy}_ranks")], cwd=tmp_path)
+        run_torchrun(["fit", *recipe("ett"), *two_processes(), f"--trainer.strategy={strategy}",
+                      *small(synthetic_shards, "caption", root, STEPS), "--trainer.log_every_n_steps=1",
+                      *rank_digest(tmp_path / f"{strategy}_ranks")], cwd=tmp_path)
         params = [torch.load(tmp_path / f"{strategy}_ranks" / f"rank{r}.pt")["params"] for r in (0, 1)]
         assert all(torch.equal(v, params[1][k]) for k, v in params[0].items()), f"{strategy}: ranks differ"
         runs[strategy] = {"root": root, "losses": step_losses(root), "params": params[0]}

@@ -1,8 +1,9 @@
 """The paper-scale recipes (``recipes/ett_*.yaml``) as a user runs them, chained align -> ETT (with the adversarial
 loss on) -> post-training (and text-to-image from the ETT checkpoint; from the align checkpoint, the 7B recipes:
-ETT sharded and ETT with LoRA, exported merged and asked a question), under 2 gloo processes in their own
-precision: align and text-to-image sharded (``--trainer.strategy=fsdp2``), the 7B recipes under their own
-strategies (FSDP2 with bf16 weights and activation checkpointing; DDP), the others under DDP.
+ETT sharded and ETT with LoRA, exported merged and asked a question), under 2 gloo processes (started by
+``torchrun -m ett_lightning``) in their own precision: align and text-to-image sharded
+(``--trainer.strategy=fsdp2``), the 7B recipes under their own strategies (FSDP2 with bf16 weights and activation
+checkpointing; DDP), the others under DDP.
 
 Only what a CPU cannot hold or this machine cannot download is replaced: the placeholders get a tiny IBQ-layout
 tokenizer checkpoint, a tiny Hugging Face model directory and synthetic shards; sizes, steps and cadences shrink
@@ -29,7 +30,7 @@ from ett_lightning.experiments.runs import set_dotted
 from ett_lightning.models.lora import is_adapter, plain_name
 from ett_lightning.tokenizer import from_ett
 from tests.chat_model import make_chat_model_dir
-from tests.cli_runs import ROOT, run_lightning
+from tests.cli_runs import ROOT, run_torchrun
 from tests.distributed.rank_digest import rank_digest
 
 IMAGE_SIZE, CODES, CODE_DIM, LLM_HIDDEN, STEPS = 32, 16, 8, 64, 2
@@ -120,7 +121,7 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
         ranks = tmp_path / f"{name}_ranks"
         launch = ["--trainer.accelerator=cpu", "--trainer.devices=2"]
         launch += [f"--trainer.strategy={strategy}"] if strategy else []
-        run_lightning(["fit", "--config", str(config), *launch, *rank_digest(ranks)], cwd=tmp_path, timeout=300)
+        run_torchrun(["fit", "--config", str(config), *launch, *rank_digest(ranks)], cwd=tmp_path, timeout=300)
         digests = [torch.load(ranks / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
         assert all(d["world_size"] == 2 and d["step"] == STEPS for d in digests)
         assert all(torch.equal(v, digests[1]["params"][k]) for k, v in digests[0]["params"].items()), name
