@@ -91,9 +91,11 @@ def test_the_converters_import_no_training_stack():
 
 
 def test_the_training_cli_imports_no_demo_and_the_package_imports_nothing_heavy():
-    (modules,) = imported_after("import ett_lightning.cli")
-    assert not [m for m in modules if m.startswith(("ett_lightning.experiments", "ett_lightning.evaluation"))]
-    assert not {"timm", "wandb", "peft"} & modules, "imported at every start, whichever model the recipe builds"
-    package, with_module = imported_after("import ett_lightning", "from ett_lightning import ETTModule")
+    """One interpreter, one import after the other: the CLI's set includes the module's, so neither may hold a
+    demo, evaluation, timm, wandb or peft module."""
+    package, with_module, cli = imported_after("import ett_lightning", "from ett_lightning import ETTModule",
+                                               "import ett_lightning.cli")
     assert not {"torch", "lightning", "transformers"} & package
     assert "ett_lightning.module" in with_module - package
+    assert not [m for m in cli if m.startswith(("ett_lightning.experiments", "ett_lightning.evaluation"))]
+    assert not {"timm", "wandb", "peft"} & cli, "imported at every start, whichever model the recipe builds"
