@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
+import lightning as L
 import pytest
 import torch
 import torch.distributed as dist
@@ -23,7 +25,8 @@ from ett_lightning.losses.adversarial import AdversarialLoss
 from ett_lightning.losses.discriminator import PatchGANDiscriminator
 from ett_lightning.models import LoRA
 from ett_lightning.models.lora import is_adapter
-from tests.conftest import free_port, make_batch, tiny_module
+from ett_lightning.tasks import TokenizerPretraining
+from tests.conftest import fit, free_port, make_batch, tiny_module, tiny_tokenizer
 from tests.distributed.rank_digest import whole
 from tests.distributed.two_sharded_ranks import MAX_NEW_TOKENS, run_on_rank
 
@@ -106,6 +109,37 @@ def test_bfloat16_policy_computes_in_bfloat16_and_keeps_float32_shards(mesh):
     assert {p.dtype for p in module.parameters()} == {torch.float32}
     assert {p.grad.dtype for p in module.parameters() if p.grad is not None} == {torch.float32}
     assert all(p.grad is not None for p in module.loss.adversarial.discriminator.parameters())
+
+
+@pytest.fixture
+def one_rank_trainer_environment():
+    """Lightning's process group setup writes MASTER_ADDR, WORLD_SIZE, RANK, ... into the environment: restored."""
+    environment = dict(os.environ)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environment)
+
+
+def test_tokenizer_pretraining_trains_under_the_strategy_and_a_module_without_configure_model_is_told_why(
+        one_rank_trainer_environment):
+    """Tokenizer pre-training (its loss called through ``vq_loss``, LPIPS and a PatchGAN, bf16 policy) takes two
+    sharded steps in a Trainer; a module without ``configure_model`` gets a message naming the fix."""
+    module = TokenizerPretraining(tiny_tokenizer(), loss=with_loss_networks())
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    fit(module, steps=2, devices=1, strategy=FSDP2Strategy(param_dtype="bfloat16"))
+    assert is_sharded(module) and all(isinstance(p, DTensor) for p in module.parameters())
+    changed = {name.split(".")[0] for name, p in module.named_parameters() if not torch.equal(whole(p), before[name])}
+    assert changed == {"tokenizer", "loss"}  # the discriminator trains; LPIPS is frozen
+
+    class WithoutConfigureModel(TokenizerPretraining):
+        configure_model = L.LightningModule.configure_model
+
+    with pytest.raises(TypeError, match="add one that does nothing"):
+        fit(WithoutConfigureModel(tiny_tokenizer(), loss=ETTLoss(perceptual_weight=0.0)), steps=1, devices=1,
+            strategy=FSDP2Strategy())
 
 
 def test_options_are_checked():

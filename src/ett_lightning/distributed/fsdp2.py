@@ -25,6 +25,7 @@ import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.fabric.strategies.model_parallel import _load_raw_module_state
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.distributed._composable import checkpoint
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
@@ -164,6 +165,10 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup(self, trainer: L.Trainer) -> None:
         """Shards the module (once, also when ``fit`` is followed by ``validate``), then Lightning's setup."""
         module = self.lightning_module
+        if not is_overridden("configure_model", module):
+            raise TypeError(f"FSDP2Strategy shards {type(module).__name__} itself, but Lightning's model-parallel "
+                            "setup only accepts a LightningModule that defines configure_model(): add one that does "
+                            "nothing (no fully_shard calls of your own)")
         if not is_sharded(module):
             check_shardable(module)
             units = shard_module(module, self.device_mesh["data_parallel"], self.mp_policy,

@@ -79,6 +79,10 @@ class TokenizerPretraining(L.LightningModule):
         real, weight = evaluation_rows(batch)
         return self.step(real, "val", weight)
 
+    def configure_model(self) -> None:
+        """Nothing to build: ``FSDP2Strategy`` shards the module itself, and Lightning's model-parallel setup only
+        accepts modules that define this hook."""
+
     def configure_optimizers(self) -> dict:
         groups = parameter_groups("tokenizer", self.tokenizer, self.hparams.learning_rate, self.hparams.weight_decay)
         groups += discriminator_groups(self.loss)
