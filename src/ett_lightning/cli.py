@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,17 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ett_lightning.callbacks.prediction_writer import PredictionWriter
 from ett_lightning.callbacks.run_config_saver import RunConfigSaver
+from ett_lightning.checkpoint_folder import is_checkpoint_folder, write_checkpoint_file
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.distributed import fsdp2  # noqa: F401  registers --trainer.strategy=fsdp2
 from ett_lightning.export import ORIGINAL_FILES, export_module
 from ett_lightning.module import ETTModule
 from ett_lightning.resilience import check_config
-from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameters, checkpoint_mismatch
+from ett_lightning.resilience.checkpoint_checks import (
+    checkpoint_hyperparameters,
+    checkpoint_mismatch,
+    folder_needs_fsdp2,
+)
 
 
 class CheckedLightningCLI(LightningCLI):
@@ -51,7 +57,9 @@ class CheckedLightningCLI(LightningCLI):
         try:
             hyperparameters = checkpoint_hyperparameters(path)
             model = config.get("model")
-            problem = checkpoint_mismatch(path, hyperparameters, model.as_dict() if model else {}, subcommand)
+            strategy = config.get("trainer.strategy")
+            problem = (checkpoint_mismatch(path, hyperparameters, model.as_dict() if model else {}, subcommand)
+                       or folder_needs_fsdp2(path, strategy.as_dict() if hasattr(strategy, "as_dict") else strategy))
         except ValueError as unreadable:
             problem = str(unreadable)
         if problem:
@@ -112,14 +120,20 @@ def with_prediction_writer(kwargs: dict[str, Any], trainer_config: dict[str, Any
 def export_command(args: list[str] | None = None) -> None:
     """``ett export --ckpt run.ckpt --out DIR``: a checkpoint of a LightningCLI run -> an export directory."""
     parser = argparse.ArgumentParser(prog="ett export", description=export_command.__doc__)
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `lightning fit`")
+    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `lightning fit` (a file, or "
+                                                      "the folder FSDP2's save_distributed_checkpoint writes)")
     parser.add_argument("--out", required=True, help="export directory to write")
     parser.add_argument("--tokenizer-format", choices=sorted(ORIGINAL_FILES),
                         help="also write the tokenizer in this public layout (default: the layout it was loaded from)")
     parser.add_argument("--config", help="the run's config.yaml, whose data section says how images and prompts "
                                          "were prepared (default: config.yaml of the checkpoint's run directory)")
     options = parser.parse_args(args)
-    module = ETTModule.load_from_checkpoint(options.ckpt, map_location="cpu")
+    if is_checkpoint_folder(options.ckpt):  # Lightning loads files: a file of the folder's weights, then removed
+        with tempfile.TemporaryDirectory(dir=Path(options.out).resolve().parent) as scratch:
+            module = ETTModule.load_from_checkpoint(write_checkpoint_file(options.ckpt, Path(scratch) / "last.ckpt"),
+                                                    map_location="cpu")
+    else:
+        module = ETTModule.load_from_checkpoint(options.ckpt, map_location="cpu")
     inputs = run_inputs(Path(options.config) if options.config else Path(options.ckpt).parent.parent / "config.yaml",
                         module.sequence_layout)
     print(f"exported {options.ckpt} to {export_module(module, options.out, options.tokenizer_format, inputs)}")

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ett_lightning.checkpoint_folder import folder_weights, is_checkpoint_folder
 from ett_lightning.inert_unpickler import Unloaded, load_inert
 
 log = logging.getLogger(__name__)
@@ -18,11 +19,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     """Reads tensors from ``.safetensors`` or a torch pickle (``.pt``/``.pth``/``.bin``/``.ckpt``), on CPU.
 
     Lightning checkpoints and taming-style dicts nest the weights under ``state_dict`` (or ``model``); those are
-    unwrapped. A pickle is first read with ``torch.load(weights_only=True)``; one that also carries other objects
+    unwrapped; a checkpoint folder (FSDP2's ``save_distributed_checkpoint``) gives its module weights. A pickle is
+    first read with ``torch.load(weights_only=True)``; one that also carries other objects
     (training arguments, callback states, config objects) is read again by :func:`load_inert`, which builds its
     tensors and turns every other object into an inert stand-in. Either way no code named by the file runs.
     """
     path = Path(path)
+    if is_checkpoint_folder(path):
+        return folder_weights(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":

@@ -1,7 +1,8 @@
-"""An FSDP2 run stopped at an epoch end and resumed from its one-file checkpoint ends with the weights of the same run
+"""An FSDP2 run stopped at an epoch end and resumed from its checkpoint ends with the weights of the same run
 unsharded, stopped and resumed alike (one rank in this process: weights, optimizer and scheduler state go through
-FSDP2Strategy's checkpoint path). Resuming across strategies under 2 processes ends
-tests/resilience/test_preemption_runs.py."""
+FSDP2Strategy's checkpoint path): with the default one-file checkpoint, and with a folder of per-rank files
+(``save_distributed_checkpoint``) and the root kept gathered (``reshard_after_forward=False``). Resuming across
+strategies under 2 processes ends tests/resilience/test_preemption_runs.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from torch.utils.data import DataLoader
 
 from ett_lightning.distributed import FSDP2Strategy
 from ett_lightning.resilience import RNGState
+from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameters, folder_needs_fsdp2
+from ett_lightning.utils import load_state_dict_file
 from tests.conftest import free_port, make_batch, tiny_module
 from tests.distributed.rank_digest import whole
 
@@ -25,14 +28,18 @@ class StopAfterFirstEpoch(L.Callback):
         trainer.should_stop = True
 
 
-def fit(root, sharded: bool, stop: bool = False, ckpt_path=None) -> dict[str, torch.Tensor]:
+STRATEGIES = {"one_file": dict(), "folder": dict(save_distributed_checkpoint=True, reshard_after_forward=False)}
+
+
+def fit(root, sharded: dict | None, stop: bool = False, ckpt_path=None) -> dict[str, torch.Tensor]:
     """Trains the tiny module to step ``2 * EPOCH`` (epochs of ``EPOCH`` fixed batches), or to the first epoch's
-    end with ``stop``; saves ``root/last.ckpt`` and returns the whole weights."""
+    end with ``stop``; saves ``root/last.ckpt`` and returns the whole weights. ``sharded``: FSDP2Strategy's options,
+    None for no sharding."""
     L.seed_everything(0)
     module = tiny_module("ett")
     batches = [make_batch(module, seed=i) for i in range(EPOCH)]
     callbacks = [RNGState(), *([StopAfterFirstEpoch()] if stop else [])]
-    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=FSDP2Strategy() if sharded else "auto",
+    trainer = L.Trainer(accelerator="cpu", devices=1, strategy="auto" if sharded is None else FSDP2Strategy(**sharded),
                         max_steps=2 * EPOCH, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=root, callbacks=callbacks)
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b), ckpt_path=ckpt_path)
@@ -45,17 +52,29 @@ def test_an_fsdp2_run_resumes_from_its_checkpoint_like_the_unsharded_run(tmp_pat
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     runs = {}
     try:
-        for sharded in (True, False):
-            root = tmp_path / ("fsdp2" if sharded else "unsharded")
+        for name, sharded in {**STRATEGIES, "unsharded": None}.items():
+            root = tmp_path / name
             stopped = fit(root, sharded, stop=True)
-            runs[sharded] = (stopped, fit(root, sharded, ckpt_path=root / "last.ckpt"))
-            assert torch.load(root / "last.ckpt", weights_only=False)["global_step"] == 2 * EPOCH
+            runs[name] = (stopped, fit(root, sharded, ckpt_path=root / "last.ckpt"))
+        folder, one_file = tmp_path / "folder" / "last.ckpt", tmp_path / "one_file" / "last.ckpt"
+        assert folder.is_dir() and one_file.is_file()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
         os.environ.clear()
         os.environ.update(environment)
-    for (sharded_weights, weights) in zip(runs[True], runs[False]):
-        for name, value in weights.items():
-            torch.testing.assert_close(sharded_weights[name], value, rtol=0, atol=1e-6, msg=name)
-    assert any(not torch.equal(runs[True][0][n], runs[True][1][n]) for n in weights), "the resumed run did not train"
+    for strategy in STRATEGIES:
+        for (sharded_weights, weights) in zip(runs[strategy], runs["unsharded"]):
+            for name, value in weights.items():
+                torch.testing.assert_close(sharded_weights[name], value, rtol=0, atol=1e-6, msg=f"{strategy} {name}")
+        stopped, resumed = runs[strategy]
+        assert any(not torch.equal(stopped[n], resumed[n]) for n in resumed), f"{strategy}: the resumed run idled"
+
+    # what reads checkpoints outside a Trainer (init_from, export, the resume check) reads the folder too
+    saved = load_state_dict_file(folder)
+    assert runs["folder"][1].keys() <= saved.keys()  # the state dict also names the tied head
+    assert all(torch.equal(saved[name], value) for name, value in runs["folder"][1].items())
+    assert checkpoint_hyperparameters(folder) == checkpoint_hyperparameters(one_file)
+    assert folder_needs_fsdp2(folder, "fsdp2") is None and folder_needs_fsdp2(one_file, "ddp") is None
+    assert folder_needs_fsdp2(folder, {"class_path": "ett_lightning.distributed.FSDP2Strategy"}) is None
+    assert "only FSDP2Strategy resumes: add --trainer.strategy=fsdp2" in folder_needs_fsdp2(folder, "ddp")

@@ -1,8 +1,10 @@
 """``--trainer.strategy=fsdp2`` with the demo stage-2 recipe as shipped (callbacks, validation, logging,
 checkpoints on) under 2 gloo processes started by torchrun, against the same run under DDP: the same losses step by
-step, the same weights at the end, and ``ett export`` of the FSDP2 checkpoint equal to the DDP one's. The other
-stages run under FSDP2 in test_ddp_runs.py; resuming an FSDP2 run is tested in one process in
-test_fsdp2_resume.py and across strategies at the end of tests/resilience/test_preemption_runs.py."""
+step, the same weights at the end, and ``ett export`` of the FSDP2 checkpoint equal to the DDP one's. The FSDP2 run
+writes its checkpoint as a folder of per-rank files (``save_distributed_checkpoint``), which export reads; the
+default one-file checkpoint is DDP's format (resumed across strategies at the end of
+tests/resilience/test_preemption_runs.py). The other stages run under FSDP2 in test_ddp_runs.py; resuming an FSDP2
+run, from either checkpoint form, is tested in one process in test_fsdp2_resume.py."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from tests.distributed.rank_digest import rank_digest
 from tests.distributed.test_ddp_runs import recipe, small
 
 STEPS = 4
+FOLDER_CHECKPOINTS = ["--trainer.strategy=ett_lightning.distributed.FSDP2Strategy",
+                      "--trainer.strategy.save_distributed_checkpoint=true"]
 
 
 def step_losses(root: Path) -> list[float]:
@@ -32,9 +36,9 @@ def step_losses(root: Path) -> list[float]:
 @pytest.mark.ddp
 def test_fsdp2_trains_like_ddp_and_exports_the_same_weights(tmp_path, synthetic_shards, monkeypatch):
     runs = {}
-    for strategy in ("ddp", "fsdp2"):
+    for strategy, options in (("ddp", ["--trainer.strategy=ddp"]), ("fsdp2", FOLDER_CHECKPOINTS)):
         root = tmp_path / strategy
-        run_torchrun(["fit", *recipe("ett"), *two_processes(), f"--trainer.strategy={strategy}",
+        run_torchrun(["fit", *recipe("ett"), *two_processes(), *options,
                       *small(synthetic_shards, "caption", root, STEPS), "--trainer.log_every_n_steps=1",
                       *rank_digest(tmp_path / f"{strategy}_ranks")], cwd=tmp_path)
         params = [torch.load(tmp_path / f"{strategy}_ranks" / f"rank{r}.pt")["params"] for r in (0, 1)]
@@ -48,6 +52,7 @@ def test_fsdp2_trains_like_ddp_and_exports_the_same_weights(tmp_path, synthetic_
     for name, value in ddp["params"].items():
         torch.testing.assert_close(fsdp2["params"][name], value, rtol=1e-4, atol=1e-5, msg=name)
 
+    assert (fsdp2["root"] / "checkpoints" / "last.ckpt" / ".metadata").is_file()  # a folder of per-rank files
     monkeypatch.chdir(tmp_path)
     exports = {}
     for strategy, run in runs.items():

@@ -8,11 +8,15 @@ from typing import Any
 
 import torch
 
+from ett_lightning.checkpoint_folder import folder_metadata, is_checkpoint_folder
+
 
 def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
     """The ``hyper_parameters`` a Lightning checkpoint records, read memory-mapped (no tensor is loaded, so a 7B
-    model's checkpoint costs no memory here). Raises one-line ValueError for a file that is no readable checkpoint,
-    naming an older checkpoint of the same folder to resume from instead."""
+    model's checkpoint costs no memory here; of a checkpoint folder, its ``meta.pt``). Raises one-line ValueError
+    for a file that is no readable checkpoint, naming an older checkpoint of the same folder to resume from instead."""
+    if is_checkpoint_folder(path):
+        return dict(folder_metadata(path).get("hyper_parameters") or {})
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch reports truncation, foreign files and bad pickles in many types
@@ -47,6 +51,17 @@ def checkpoint_mismatch(path: Path, hyperparameters: dict[str, Any], model: dict
                 f"--ckpt_path resumes the same stage. To start stage {stage!r} from its weights, use "
                 f"--model.init_args.init_from={path} instead")
     return None
+
+
+def folder_needs_fsdp2(path: Path, strategy: Any) -> str | None:
+    """Why a checkpoint folder cannot resume under the configured ``strategy`` (a name, or ``{class_path, ...}``), or
+    None: only FSDP2Strategy reads one back, other strategies stop at "Is a directory"."""
+    name = strategy if isinstance(strategy, str) else (strategy or {}).get("class_path", "")
+    if not is_checkpoint_folder(path) or name == "fsdp2" or str(name).endswith("FSDP2Strategy"):
+        return None
+    return (f"{path} is a checkpoint folder (FSDP2's save_distributed_checkpoint), which only FSDP2Strategy resumes: "
+            "add --trainer.strategy=fsdp2, or start from its weights with --model.init_args.init_from, or export it "
+            "with `ett export`")
 
 
 def loaded_class(class_path: str) -> Any:
