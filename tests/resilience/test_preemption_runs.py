@@ -1,13 +1,14 @@
 """Stop signals as clusters and terminals send them, to the demo stage-2 recipe as shipped (callbacks, validation,
 logging, checkpoints on) under 2 gloo processes with a loader worker each: SIGTERM to rank 0 only, to rank 1 only and
 to the whole process group (loader workers included), each during training and during validation, at seeded
-moments; then a single process with 2 workers. Every run must end within 60 s of the signal, every process gone,
-with one complete ``last.ckpt`` at the step it reports.
+moments (the last of these sharded by FSDP2); then a single process with 2 workers. Every run must end within 60 s
+of the signal, every process gone, with one complete ``last.ckpt`` at the step it reports.
 
 The cases form one chain: each run resumes the previous one's ``last.ckpt`` with ``--ckpt_path=last`` (so every case
-is also a resume test, across world sizes too), and a last run resumes it under FSDP2 (``--trainer.strategy=fsdp2``)
-to ``max_steps``, with the recipe's validation, metrics and final checkpoint. Each run has a hard timeout,
-so a hang fails the test with every process's stack. ``ETT_SIGNAL_SEEDS=0,1,2`` draws other moments.
+is also a resume test, across world sizes and strategies too), and a last run resumes it under FSDP2
+(``--trainer.strategy=fsdp2``) to ``max_steps``, with the recipe's validation, metrics and final checkpoint. Each run
+has a hard timeout, so a hang fails the test with every process's stack. ``ETT_SIGNAL_SEEDS=0,1,2`` draws other
+moments.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def test_stop_signals_to_any_process_in_any_phase_save_once_and_resume(tmp_path,
     root = tmp_path / "run"
     step = 0
     chain = [(f"{target}/{phase}", two_processes(), 2, target, phase) for target, phase in CASES]
+    chain[-1] = ("group/sharded by FSDP2, validation", [*two_processes(), "--trainer.strategy=fsdp2"], 2, *CASES[-1])
     chain.append(("group/train one process, 2 workers", ["--trainer.devices=1", "--data.init_args.num_workers=2"],
                   1, "group", "train"))
     for index, (case, processes, world_size, target, phase) in enumerate(chain):
