@@ -1,8 +1,9 @@
 """An FSDP2 run stopped at an epoch end and resumed from its checkpoint ends with the weights of the same run
 unsharded, stopped and resumed alike (one rank in this process: weights, optimizer and scheduler state go through
-FSDP2Strategy's checkpoint path): with the default one-file checkpoint, and with a folder of per-rank files
-(``save_distributed_checkpoint``) and the root kept gathered (``reshard_after_forward=False``). Resuming across
-strategies under 2 processes ends tests/resilience/test_preemption_runs.py."""
+FSDP2Strategy's checkpoint path), also with the root kept gathered (``reshard_after_forward=False``). Resuming
+across strategies under 2 processes ends tests/resilience/test_preemption_runs.py; checkpoint folders
+(``save_distributed_checkpoint``) are written by the 2-process run of test_fsdp2_runs.py, in its own processes:
+saving one in this process makes later CPU training here ~2.7x slower (2 idle threads are left behind)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from torch.utils.data import DataLoader
 
 from ett_lightning.distributed import FSDP2Strategy
 from ett_lightning.resilience import RNGState
-from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameters, folder_needs_fsdp2
-from ett_lightning.utils import load_state_dict_file
 from tests.conftest import free_port, make_batch, tiny_module
 from tests.distributed.rank_digest import whole
 
@@ -28,7 +27,7 @@ class StopAfterFirstEpoch(L.Callback):
         trainer.should_stop = True
 
 
-STRATEGIES = {"one_file": dict(), "folder": dict(save_distributed_checkpoint=True, reshard_after_forward=False)}
+STRATEGIES = {"default": dict(), "root_gathered": dict(reshard_after_forward=False)}
 
 
 def fit(root, sharded: dict | None, stop: bool = False, ckpt_path=None) -> dict[str, torch.Tensor]:
@@ -56,8 +55,7 @@ def test_an_fsdp2_run_resumes_from_its_checkpoint_like_the_unsharded_run(tmp_pat
             root = tmp_path / name
             stopped = fit(root, sharded, stop=True)
             runs[name] = (stopped, fit(root, sharded, ckpt_path=root / "last.ckpt"))
-        folder, one_file = tmp_path / "folder" / "last.ckpt", tmp_path / "one_file" / "last.ckpt"
-        assert folder.is_dir() and one_file.is_file()
+            assert torch.load(root / "last.ckpt", weights_only=False)["global_step"] == 2 * EPOCH
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -69,12 +67,3 @@ def test_an_fsdp2_run_resumes_from_its_checkpoint_like_the_unsharded_run(tmp_pat
                 torch.testing.assert_close(sharded_weights[name], value, rtol=0, atol=1e-6, msg=f"{strategy} {name}")
         stopped, resumed = runs[strategy]
         assert any(not torch.equal(stopped[n], resumed[n]) for n in resumed), f"{strategy}: the resumed run idled"
-
-    # what reads checkpoints outside a Trainer (init_from, export, the resume check) reads the folder too
-    saved = load_state_dict_file(folder)
-    assert runs["folder"][1].keys() <= saved.keys()  # the state dict also names the tied head
-    assert all(torch.equal(saved[name], value) for name, value in runs["folder"][1].items())
-    assert checkpoint_hyperparameters(folder) == checkpoint_hyperparameters(one_file)
-    assert folder_needs_fsdp2(folder, "fsdp2") is None and folder_needs_fsdp2(one_file, "ddp") is None
-    assert folder_needs_fsdp2(folder, {"class_path": "ett_lightning.distributed.FSDP2Strategy"}) is None
-    assert "only FSDP2Strategy resumes: add --trainer.strategy=fsdp2" in folder_needs_fsdp2(folder, "ddp")

@@ -17,6 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from ett_lightning import ETTLoss
 from ett_lightning.cli import main as cli_main
 from ett_lightning.module import ETTModule
+from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameters, folder_needs_fsdp2
+from ett_lightning.utils import load_state_dict_file
 from tests.cli_runs import run_torchrun, two_processes
 from tests.distributed.rank_digest import rank_digest
 from tests.distributed.test_ddp_runs import recipe, small
@@ -52,7 +54,15 @@ def test_fsdp2_trains_like_ddp_and_exports_the_same_weights(tmp_path, synthetic_
     for name, value in ddp["params"].items():
         torch.testing.assert_close(fsdp2["params"][name], value, rtol=1e-4, atol=1e-5, msg=name)
 
-    assert (fsdp2["root"] / "checkpoints" / "last.ckpt" / ".metadata").is_file()  # a folder of per-rank files
+    folder = fsdp2["root"] / "checkpoints" / "last.ckpt"
+    assert (folder / ".metadata").is_file()  # a folder of per-rank files, which what reads checkpoints reads too:
+    saved = load_state_dict_file(folder)  # init_from and tokenizer weights
+    assert all(torch.equal(saved[name], value) for name, value in fsdp2["params"].items())
+    one_file = ddp["root"] / "checkpoints" / "last.ckpt"
+    assert checkpoint_hyperparameters(folder) == checkpoint_hyperparameters(one_file)  # the resume check
+    assert folder_needs_fsdp2(folder, "fsdp2") is None and folder_needs_fsdp2(one_file, "ddp") is None
+    assert folder_needs_fsdp2(folder, {"class_path": "ett_lightning.distributed.FSDP2Strategy"}) is None
+    assert "only FSDP2Strategy resumes: add --trainer.strategy=fsdp2" in folder_needs_fsdp2(folder, "ddp")
     monkeypatch.chdir(tmp_path)
     exports = {}
     for strategy, run in runs.items():
