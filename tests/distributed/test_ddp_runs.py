@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ett_lightning.cli import main as cli_main
 from ett_lightning.convert.synthetic import make_shards
 from tests.cli_runs import ROOT, run_lightning, run_torchrun, run_torchrun_nodes, two_processes
 from tests.distributed.rank_digest import rank_digest
@@ -84,7 +85,7 @@ SPLIT_METRICS = ("val/psnr", "val/ssim", "val/epoch_codebook_usage", "val/epoch_
 @pytest.mark.ddp
 @pytest.mark.parametrize("num_val,workers,strategy", [(16, 2, "ddp"), (1, 1, "fsdp2")],
                          ids=["one_shard_2x2_slots", "fewer_samples_than_ranks_fsdp2"])
-def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, workers, strategy):
+def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, workers, strategy, monkeypatch):
     """One validation shard read by 2 ranks x 2 workers, and one validation sample for 2 ranks: the 2-process fit
     validates without hanging, and one process validating its checkpoint gets the same metrics. The second case
     runs sharded (FSDP2), where the rank holding only padding must still generate (every forward is a collective)."""
@@ -95,8 +96,9 @@ def test_uneven_validation_finishes_and_matches_one_process(tmp_path, num_val, w
                   "--trainer.limit_val_batches=1.0", *rank_digest(tmp_path / "ranks")], cwd=tmp_path)
     assert_recipe_run("posttrain", two, tmp_path / "ranks", steps=2)  # the posttrain recipe's 2-process check
     one = tmp_path / "one"
-    run_lightning(["validate", *common, *small(shards, "vqa", one, 2), "--trainer.limit_val_batches=1.0",
-                   f"--ckpt_path={two / 'checkpoints' / 'last.ckpt'}"], cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cli_main(["validate", *common, *small(shards, "vqa", one, 2), "--trainer.limit_val_batches=1.0",
+              f"--ckpt_path={two / 'checkpoints' / 'last.ckpt'}"])  # in this process: no launcher, no imports
     two_metrics = json.loads((two / "metrics.json").read_text())
     one_metrics = json.loads((one / "metrics.json").read_text())
     for name in SPLIT_METRICS:
