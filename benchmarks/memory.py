@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import build  # noqa: E402
 
-from ett_lightning.distributed.units import wrap_classes  # noqa: E402
+from ett_lightning.distributed.units import loss_networks, wrap_classes  # noqa: E402
 from ett_lightning.models.lora import is_adapter  # noqa: E402
 
 CONFIG = str(Path(__file__).parent / "configs" / "ett_sft_qwen2.5-1.5b.yaml")
@@ -72,7 +72,7 @@ def fsdp2_units(module: nn.Module) -> list[tuple[float, int]]:
     """(bytes gathered, parameters trained) of each FSDP2 unit, formed as ``shard_module`` forms them: each block,
     then the loss's networks (gathered in their own fp32), the tokenizer, the projector and the root (in bf16)."""
     blocks = [m for m in module.modules() if isinstance(m, tuple(wrap_classes(module)))]
-    loss = [module.loss] if any(True for _ in module.loss.parameters()) else []
+    loss = [unit for unit in (loss_networks(module),) if unit is not None]
     seen: set[int] = set()
     units = []
     for unit in [*blocks, *loss, module.tokenizer, module.projector, module]:

@@ -25,11 +25,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from memory import CONFIG, build_on_meta, llm_activations, per_rank, tokenizer_activations  # noqa: E402
+from memory import CONFIG, LLM, build_on_meta, llm_activations, per_rank, tokenizer_activations  # noqa: E402
 
 from ett_lightning.convert.synthetic import make_shards  # noqa: E402
 
-LLM = "--model.init_args.language_model.init_args"
 TOKENIZER = "--model.init_args.tokenizer.init_args"
 IMAGE_SIZE = 64
 SMALL = [f"{LLM}.config.hidden_size=256", f"{LLM}.config.intermediate_size=704", f"{LLM}.config.num_hidden_layers=4",

@@ -5,7 +5,7 @@ to compare with benchmarks/memory.py's estimate.
   and AdamW states when the step starts, its gradients just before the optimizer step.
 - The step's peak is read from torch's profiler (``profile_memory=True``): every allocation and free of the CPU
   allocator during the step, summed in time order, gives the most bytes the step held above what was allocated
-  when it began (activations, gathered units, gradients, temporaries), until the optimizer step and in all.
+  when it began (activations, gathered units, gradients, temporaries).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 from torch.distributed.tensor import DTensor
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
 
 def storage_bytes(tensors) -> int:
@@ -56,20 +56,14 @@ class MemoryProbe(Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.profiler is not None:
             self.figures["gradients"] = storage_bytes(p.grad for p in pl_module.parameters() if p.grad is not None)
-            self.optimizer_step = record_function("memory_probe.optimizer_step")
-            self.optimizer_step.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.profiler is None:
             return
-        self.optimizer_step.__exit__(None, None, None)
         self.profiler.__exit__(None, None, None)
         events = self.profiler.profiler.kineto_results.events()
         self.profiler = None
-        boundary = next(e.start_ns() for e in events if e.name() == "memory_probe.optimizer_step")
         allocations = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
-        held = list(itertools.accumulate(size for _, size in allocations))
-        before_step = [h for (time, _), h in zip(allocations, held) if time < boundary]
-        self.figures.update(peak_forward_backward=max(before_step, default=0), peak_step=max(held, default=0))
+        self.figures["peak_step"] = max(itertools.accumulate(size for _, size in allocations), default=0)
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.figures, indent=1))

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from ett_lightning.distributed.units import wrap_classes
+from ett_lightning.distributed.units import loss_networks, wrap_classes
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def shard_module(module: nn.Module, mesh: DeviceMesh, mp_policy: MixedPrecisionP
         if activation_checkpointing:
             checkpoint(block)
         fully_shard(block, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
-    loss = getattr(module, "loss", None)
-    if isinstance(loss, nn.Module) and any(True for _ in loss.parameters()):
+    loss = loss_networks(module)
+    if loss is not None:
         full_precision = MixedPrecisionPolicy(reduce_dtype=mp_policy.reduce_dtype)
         shard_with_entry_methods(loss, mesh, full_precision, reshard_after_forward)
         names.append("loss")

@@ -17,3 +17,10 @@ def wrap_classes(module: nn.Module) -> set[type[nn.Module]]:
     if tokenizer is not None:
         classes |= set(tokenizer.block_classes())
     return classes
+
+
+def loss_networks(module: nn.Module) -> nn.Module | None:
+    """The module's loss when it holds networks (LPIPS, a discriminator): a unit of its own, kept in its parameters'
+    dtype under every policy; None when the loss has no parameters."""
+    loss = getattr(module, "loss", None)
+    return loss if isinstance(loss, nn.Module) and any(True for _ in loss.parameters()) else None
