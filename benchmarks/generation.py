@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ett_lightning.evaluation import InferenceModel
-from ett_lightning.export import export_module
+from ett_lightning.checkpoints.export import export_module
 from ett_lightning.models.generation import Decoding
 
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from ett_lightning import VectorQuantizer
 from ett_lightning.tokenizer import PretrainedVQTokenizer, from_ett
-from ett_lightning.utils import load_state_dict_file
+from ett_lightning.checkpoints.files import load_state_dict_file
 from tests.conftest import IMAGE_SIZE, tiny_module, tiny_tokenizer
 
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.distributed.fsdp2 import is_sharded
-from ett_lightning.export import load_export
+from ett_lightning.checkpoints.export import load_export
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.models.generation import Decoding, generate_text

@@ -15,7 +15,7 @@ from PIL import Image
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.evaluation import InferenceModel
 from ett_lightning.evaluation.ask import main as ask_main
-from ett_lightning.export import EXPORT_FILE, export_module
+from ett_lightning.checkpoints.export import EXPORT_FILE, export_module
 from ett_lightning.models.generation import Decoding
 from tests.conftest import IMAGE_SIZE, tiny_module
 

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 
 from ett_lightning import ETTLoss, ETTModule, IndexBackpropQuantizer, LanguageModel, MLPProjector
-from ett_lightning.export import export_module, load_export
+from ett_lightning.checkpoints.export import export_module, load_export
 from ett_lightning.models import LoRA
 from ett_lightning.models.lora import is_adapter, merged, plain_name
 from tests.conftest import TINY_LLM, fit, make_batch, tiny_tokenizer

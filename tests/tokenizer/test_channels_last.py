@@ -3,7 +3,7 @@
 import torch
 
 from ett_lightning import ETTLoss, ETTModule, LanguageModel, MLPProjector
-from ett_lightning.export import export_module, load_export
+from ett_lightning.checkpoints.export import export_module, load_export
 from ett_lightning.tokenizer import VectorQuantizer, VQTokenizer
 from tests.conftest import TINY_LLM
 

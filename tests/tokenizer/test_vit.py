@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from ett_lightning import ETTLoss, ETTModule, LanguageModel, MLPProjector, ViTVQTokenizer
-from ett_lightning.export import export_module
+from ett_lightning.checkpoints.export import export_module
 from ett_lightning.tokenizer import VectorQuantizer, ViTEncoder
 from tests.conftest import TINY_LLM
 

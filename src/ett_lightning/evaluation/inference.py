@@ -16,7 +16,7 @@ from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 from ett_lightning.data.sequences.token_sequence import IGNORE_INDEX
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.data.streaming.transforms import ImageTransform
-from ett_lightning.export import load_export
+from ett_lightning.checkpoints.export import load_export
 from ett_lightning.models import LanguageModel
 from ett_lightning.models.generation import GREEDY, Decoding, generate_text
 from ett_lightning.tokenizer import VisionTokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 import lpips
 from torch import Tensor, nn
 
-from ett_lightning.utils import load_state_dict_file
+from ett_lightning.checkpoints.files import load_state_dict_file
 
 
 class LPIPSLoss(nn.Module):

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ett_lightning.checkpoint_folder import folder_metadata, is_checkpoint_folder
+from ett_lightning.checkpoints.folder import folder_metadata, is_checkpoint_folder
 
 
 def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:

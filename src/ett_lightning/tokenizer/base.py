@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ett_lightning.tokenizer.quantizers import Quantizer
-from ett_lightning.utils import load_state_dict_file, load_strict
+from ett_lightning.checkpoints.files import load_state_dict_file
+from ett_lightning.utils import load_strict
 
 
 @dataclass

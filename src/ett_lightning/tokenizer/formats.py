@@ -9,7 +9,7 @@ Our modules use the taming-transformers names (``encoder.down.{i}.block.{j}``, `
   under the parameter name with its dots removed; ``use_ema`` picks them (the released weights are the EMA ones).
 * ``llamagen``: LlamaGen VQ-8/VQ-16 (``model`` or ``ema`` in a ``.pt``): ``conv_blocks.{k}.res/attn/downsample``,
   ``mid.{0,1,2}``, decoder levels in run order, an l2-normalised codebook and a ``codebook_used`` usage buffer.
-* ``ett``: this package's own layout (what :mod:`ett_lightning.export` writes as safetensors).
+* ``ett``: this package's own layout (what :mod:`ett_lightning.checkpoints.export` writes as safetensors).
 """
 
 from __future__ import annotations
