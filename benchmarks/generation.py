@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ett_lightning.evaluation import InferenceModel
 from ett_lightning.checkpoints.export import export_module
+from ett_lightning.evaluation import InferenceModel
 from ett_lightning.models.generation import Decoding
 
 

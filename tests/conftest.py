@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -71,6 +73,33 @@ def chat_tokenizer(tmp_path_factory):
 @pytest.fixture
 def module_factory():
     return tiny_module
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """``ett export`` of a tiny model whose weights are shaken enough that its answers differ from question to
+    question. Tests that tamper with an export work on a :func:`copy_of_export`."""
+    from ett_lightning.checkpoints.export import export_module
+    from ett_lightning.data.input_spec import InputSpec
+
+    module = tiny_module("posttrain")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return export_module(module, tmp_path_factory.mktemp("export"), inputs=InputSpec(IMAGE_SIZE))
+
+
+def copy_of_export(export: Path, destination: Path, edit=None) -> Path:
+    """A copy of ``export`` at ``destination`` whose manifest ``edit(manifest)`` has changed in place."""
+    from ett_lightning.checkpoints.manifest import EXPORT_FILE
+
+    shutil.copytree(export, destination)
+    if edit is not None:
+        manifest = json.loads((destination / EXPORT_FILE).read_text())
+        edit(manifest)
+        (destination / EXPORT_FILE).write_text(json.dumps(manifest))
+    return destination
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ett_lightning.callbacks.prediction_writer import PredictionWriter
 from ett_lightning.callbacks.run_config_saver import RunConfigSaver
+from ett_lightning.checkpoints.export import ORIGINAL_FILES, export_module
 from ett_lightning.checkpoints.folder import is_checkpoint_folder, write_checkpoint_file
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.distributed import fsdp2  # noqa: F401  registers --trainer.strategy=fsdp2
-from ett_lightning.checkpoints.export import ORIGINAL_FILES, export_module
 from ett_lightning.module import ETTModule
 from ett_lightning.resilience import check_config
 from ett_lightning.resilience.checkpoint_checks import (

@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ett_lightning.checkpoints.export import load_export
 from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.distributed.fsdp2 import is_sharded
-from ett_lightning.checkpoints.export import load_export
 from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.models.generation import Decoding, generate_text
@@ -121,10 +121,11 @@ class ETTModule(L.LightningModule):
             del self.hparams[key]
 
     @classmethod
-    def from_export(cls, directory: str, **kwargs: Any) -> ETTModule:
+    def from_export(cls, directory: str, trust_remote_code: bool = False, **kwargs: Any) -> ETTModule:
         """The module of an ``ett export`` directory; ``kwargs`` (``stage``, ``loss``, learning rates, ...) set
-        the training configuration for further tuning, as in ``__init__``."""
-        components = load_export(directory)
+        the training configuration for further tuning, as in ``__init__``. Code the export's LLM ships runs only
+        with ``trust_remote_code`` (see :func:`~ett_lightning.checkpoints.export.load_export`)."""
+        components = load_export(directory, trust_remote_code)
         components.pop("inputs")
         exported_stage = components.pop("stage") or "ett"
         return cls(**components, **{"stage": exported_stage, **kwargs})

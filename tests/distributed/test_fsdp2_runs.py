@@ -15,10 +15,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ett_lightning import ETTLoss
+from ett_lightning.checkpoints.files import load_state_dict_file
 from ett_lightning.cli import main as cli_main
 from ett_lightning.module import ETTModule
 from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameters, folder_needs_fsdp2
-from ett_lightning.checkpoints.files import load_state_dict_file
 from tests.cli_runs import run_torchrun, two_processes
 from tests.distributed.rank_digest import rank_digest
 from tests.distributed.test_ddp_runs import recipe, small

@@ -12,23 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.evaluation import InferenceModel
 from ett_lightning.evaluation.ask import main as ask_main
-from ett_lightning.checkpoints.export import EXPORT_FILE, export_module
 from ett_lightning.models.generation import Decoding
-from tests.conftest import IMAGE_SIZE, tiny_module
+from tests.conftest import IMAGE_SIZE, copy_of_export
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    """A tiny model whose weights are shaken enough that its answers differ from question to question."""
-    module = tiny_module("posttrain")
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    return export_module(module, tmp_path_factory.mktemp("export"), inputs=InputSpec(IMAGE_SIZE))
+def export_dir(tiny_export):
+    return tiny_export
 
 
 def images_and_questions(count: int = 8):
@@ -95,33 +87,10 @@ def test_log_likelihood_is_the_sum_of_the_answer_tokens_log_probabilities(export
 
 
 def test_an_export_without_recorded_inputs_loads_with_the_tokenizers_size(export_dir, tmp_path, caplog):
-    old = tmp_path / "old"
-    old.mkdir()
-    for item in export_dir.iterdir():
-        (old / item.name).symlink_to(item)
-    manifest = json.loads((export_dir / EXPORT_FILE).read_text())
-    del manifest["inputs"]
-    (old / EXPORT_FILE).unlink()
-    (old / EXPORT_FILE).write_text(json.dumps(manifest))
+    old = copy_of_export(export_dir, tmp_path / "old", lambda manifest: manifest.pop("inputs"))
     model = InferenceModel.from_export(str(old))
     assert model.inputs.image_size == IMAGE_SIZE and "records no inputs" in caplog.text
     assert InferenceModel.from_export(str(old), image_size=16).inputs.image_size == 16
-
-
-@pytest.mark.parametrize("where,class_path", [("tokenizer", "subprocess.run"), ("quantizer", "os.system"),
-                                              ("tokenizer", "ett_lightning.no_such_module.Tokenizer")])
-def test_an_export_naming_another_callable_is_refused(export_dir, tmp_path, where, class_path):
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for item in export_dir.iterdir():
-        if item.name != EXPORT_FILE:
-            (bad / item.name).symlink_to(item)
-    manifest = json.loads((export_dir / EXPORT_FILE).read_text())
-    spec = manifest["tokenizer"] if where == "tokenizer" else manifest["tokenizer"]["quantizer"]
-    spec["class_path"] = class_path
-    (bad / EXPORT_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="export names"):
-        InferenceModel.from_export(str(bad))
 
 
 def test_ett_ask_one_question_prints_the_answer(export_dir, tmp_path, capsys):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
+from ett_lightning.checkpoints.export import EXPORT_FILE
 from ett_lightning.cli import main as cli_main
 from ett_lightning.data.streaming.shards import OrderedShardStream, expand_shards
 from ett_lightning.data.streaming.tar_stream import tar_to_samples
-from ett_lightning.checkpoints.export import EXPORT_FILE
 from ett_lightning.metrics import VQAAccuracy
 
 ROOT = Path(__file__).resolve().parents[2]

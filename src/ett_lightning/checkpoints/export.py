@@ -14,25 +14,25 @@ Layout of ``ett export --ckpt run.ckpt --out DIR``::
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ett_lightning.checkpoints.manifest import EXPORT_FILE, FORMAT_VERSION, read_manifest
+from ett_lightning.checkpoints.registry import ExportError, class_path
 from ett_lightning.data.input_spec import InputSpec
-from ett_lightning.models import LanguageModel, MLPProjector
+from ett_lightning.models import LanguageModel
 from ett_lightning.models.lora import merged
-from ett_lightning.tokenizer import Quantizer, VisionTokenizer, VQTokenizer, from_ett
+from ett_lightning.tokenizer import VQTokenizer, from_ett
 from ett_lightning.utils import load_strict
 
 log = logging.getLogger(__name__)
-EXPORT_FILE = "ett_export.json"
-FORMAT_VERSION = 1
 ORIGINAL_FILES = {"taming": ("taming.ckpt", "state_dict"), "ibq": ("ibq.ckpt", "state_dict"),
                   "llamagen": ("llamagen.pt", "model")}
 
@@ -76,11 +76,16 @@ def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | No
                                     "init_args": quantizer.hparams()}},
         "projector": {"in_dim": projector.in_dim, "out_dim": projector.out_dim, "depth": projector.depth,
                       "hidden_dim": projector.hidden_dim},
-        "language_model": {"attn_implementation": language_model.model.config._attn_implementation},
+        "language_model": {"attn_implementation": attention_name(language_model)},
         "inputs": (inputs or trained_inputs(module)).to_manifest(),
     }
     (out / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def attention_name(language_model: LanguageModel) -> str:
+    """The ``attn_implementation`` argument that rebuilds the LLM's attention (``sdpa`` for segment attention)."""
+    return "sdpa" if language_model.segment_attention else language_model.causal_lm.config._attn_implementation
 
 
 def trained_inputs(module: nn.Module) -> InputSpec:
@@ -104,53 +109,61 @@ def contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
 
 
-def load_export(directory: str | Path) -> dict[str, Any]:
+def load_export(directory: str | Path, trust_remote_code: bool = False) -> dict[str, Any]:
     """The components of an export (``tokenizer``, ``projector``, ``language_model``), its ``stage`` and its
     ``inputs`` (an :class:`InputSpec`; for exports written before they were recorded, the tokenizer's resolution and
-    the default templates, with a warning)."""
-    directory = Path(directory)
-    manifest_path = directory / EXPORT_FILE
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path} not found: not a directory written by `ett export`")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{manifest_path} has format_version {manifest.get('format_version')}, "
-                         f"this ett_lightning reads {FORMAT_VERSION}")
-    spec = manifest["tokenizer"]
-    tokenizer_class = import_class(spec.get("class_path", "ett_lightning.tokenizer.VQTokenizer"), VisionTokenizer)
-    tokenizer = tokenizer_class(build_class(spec["quantizer"], Quantizer), **spec["arch"])
+    the default templates, with a warning).
+
+    The export is untrusted: the manifest is checked entry by entry (:mod:`.manifest`), its classes come from
+    :mod:`.registry`, every file read lies inside ``directory``, and tensor shapes are compared with the weights
+    files before anything is allocated. Code shipped with the LLM (``auto_map``) runs only with
+    ``trust_remote_code=True``, the caller's choice, never the file's. A refused export raises
+    :class:`~ett_lightning.checkpoints.registry.ExportError` (a ``ValueError``) with one line saying why.
+    """
+    manifest = read_manifest(directory)
+    directory = manifest.directory
+    with torch.device("meta"):  # shapes first: a manifest asking for a huge model costs nothing before the check
+        check_shapes(manifest.build_tokenizer(), directory / "tokenizer" / "model.safetensors")
+        check_shapes(manifest.build_projector(), directory / "projector" / "model.safetensors")
+    tokenizer = manifest.build_tokenizer()
     load_strict(tokenizer, load_file(directory / "tokenizer" / "model.safetensors"), f"{directory} [tokenizer]")
-    tokenizer.source_format = spec["source_format"]
-    projector = MLPProjector(**manifest["projector"])
+    tokenizer.source_format = manifest.source_format
+    projector = manifest.build_projector()
     load_strict(projector, load_file(directory / "projector" / "model.safetensors"), f"{directory} [projector]")
-    language_model = LanguageModel(pretrained=str(directory / "language_model"), **manifest["language_model"])
-    if "inputs" in manifest:
-        inputs = InputSpec.from_manifest(manifest["inputs"])
-    else:
+    language_model = load_language_model(directory / "language_model", manifest.attn_implementation,
+                                         trust_remote_code)
+    inputs = manifest.inputs
+    if inputs is None:
         inputs = InputSpec(native_image_size(tokenizer))
         log.warning("%s records no inputs (written by an earlier ett_lightning): assuming %d px images and the default "
-                    "prompt templates; pass the image size the model was trained at if it differs", manifest_path,
+                    "prompt templates; pass the image size the model was trained at if it differs", manifest.path,
                     inputs.image_size)
     return {"tokenizer": tokenizer, "projector": projector, "language_model": language_model,
-            "stage": manifest["stage"], "inputs": inputs}
+            "stage": manifest.stage, "inputs": inputs}
 
 
-def class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def import_class(path: str, base: type) -> type:
-    """The class ``path`` names, which must be a subclass of ``base``: an export is untrusted input, and a path
-    naming any other callable (``subprocess.run``) would run it with the file's arguments."""
-    module_name, _, class_name = path.rpartition(".")
+def check_shapes(module: nn.Module, weights: Path) -> None:
+    """The tensors of ``weights`` (read from its header) have the names and shapes of ``module``'s state."""
     try:
-        found = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(f"export names class {path!r}, which cannot be imported: {err}") from err
-    if not (isinstance(found, type) and issubclass(found, base)):
-        raise ValueError(f"export names {path!r} where a {base.__name__} subclass belongs; refusing to call it")
-    return found
+        with safe_open(str(weights), "pt") as file:
+            stored = {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+    except Exception as err:  # safetensors reports a torn or foreign file in several types
+        raise ExportError(f"{weights} is not a readable safetensors file ({type(err).__name__})") from None
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    if stored != expected:
+        different = sorted(set(stored) ^ set(expected)) or sorted(k for k in stored if stored[k] != expected[k])
+        raise ExportError(f"{weights} does not hold the weights of the {type(module).__name__} the manifest "
+                          f"describes ({len(different)} entries differ, first: {different[0][:100]})")
 
 
-def build_class(spec: dict[str, Any], base: type) -> Any:
-    return import_class(spec["class_path"], base)(**spec["init_args"])
+def load_language_model(directory: Path, attn_implementation: str, trust_remote_code: bool) -> LanguageModel:
+    """The export's LLM; one whose files ask to run code they ship (``auto_map``) is refused unless trusted."""
+    try:
+        return LanguageModel(pretrained=str(directory), attn_implementation=attn_implementation,
+                             trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise ExportError(f"{directory} needs code shipped with the export to build its LLM (an auto_map in its "
+                              "config): refused. Load it with trust_remote_code=True (ett ask --trust-remote-code) "
+                              "only if you trust its author") from None
+        raise

@@ -79,6 +79,20 @@ class QuestionsFile:
         return None
 
 
+def open_image(path: Path) -> Image.Image | str:
+    """The decoded image at ``path``, or why it cannot be read (one line for the command's error)."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError:
+        return f"image not found: {path}"
+    except IsADirectoryError:
+        return f"{path} is a directory, not an image"
+    except Exception as err:  # PIL raises many types for broken, foreign or oversized files
+        return f"{path} is not a readable image ({type(err).__name__})"
+    return image
+
+
 def answer_file(model: InferenceModel, questions: QuestionsFile, output: Path, batch_size: int,
                 decoding: Decoding) -> int:
     """Writes one JSON line per answerable question to ``output``, in the file's order; returns how many."""
@@ -116,6 +130,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="cast the weights (default: as saved)")
     p.add_argument("--image-size", type=int, help="override the image size the export records")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the export's LLM run the code it ships (an auto_map in its config); off unless given")
     return p
 
 
@@ -130,15 +146,22 @@ def main(args: list[str] | None = None) -> None:
         parser().error("--batch-size must be at least 1")
     decoding = Decoding(options.max_new_tokens, options.temperature, options.top_p)
     torch.manual_seed(options.seed)
-    model = InferenceModel.from_export(options.export, options.device, options.dtype, options.prompt,
-                                       options.image_size)
     if single:
-        image = Image.open(options.image)
+        image = open_image(Path(options.image))
+        if isinstance(image, str):
+            parser().error(image)
+    else:
+        questions = QuestionsFile(Path(options.questions), Path(options.image_root) if options.image_root else None)
+        if not questions.path.is_file():
+            parser().error(f"questions file not found: {questions.path}")
+    try:
+        model = InferenceModel.from_export(options.export, options.device, options.dtype, options.prompt,
+                                           options.image_size, options.trust_remote_code)
+    except (FileNotFoundError, ValueError) as refused:  # a missing or refused export (ExportError is a ValueError)
+        parser().error(str(refused).splitlines()[0])
+    if single:
         print(model.answer([image], [options.question], decoding)[0])
         return
-    questions = QuestionsFile(Path(options.questions), Path(options.image_root) if options.image_root else None)
-    if not questions.path.is_file():
-        parser().error(f"questions file not found: {questions.path}")
     answered = answer_file(model, questions, Path(options.output), options.batch_size, decoding)
     skipped = ", ".join(f"{reason}: {count}" for reason, count in questions.skipped.most_common())
     print(f"answered {answered} questions into {options.output}; skipped {questions.skipped.total()}"

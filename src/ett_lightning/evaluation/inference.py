@@ -9,6 +9,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
 from torch import nn
 
+from ett_lightning.checkpoints.export import load_export
 from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.data.batching.collate import Collator
 from ett_lightning.data.input_spec import InputSpec
@@ -16,7 +17,6 @@ from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 from ett_lightning.data.sequences.token_sequence import IGNORE_INDEX
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.data.streaming.transforms import ImageTransform
-from ett_lightning.checkpoints.export import load_export
 from ett_lightning.models import LanguageModel
 from ett_lightning.models.generation import GREEDY, Decoding, generate_text
 from ett_lightning.tokenizer import VisionTokenizer
@@ -62,10 +62,12 @@ class InferenceModel(nn.Module):
 
     @classmethod
     def from_export(cls, directory: str, device: str | torch.device = "cpu", dtype: str | None = None,
-                    prompt: str = "vqa", image_size: int | None = None) -> InferenceModel:
+                    prompt: str = "vqa", image_size: int | None = None,
+                    trust_remote_code: bool = False) -> InferenceModel:
         """The model of an ``ett export`` directory on ``device`` (weights cast to ``dtype``, e.g. ``"bfloat16"``,
-        when given). ``image_size`` overrides the recorded one (for exports that predate recording it)."""
-        parts = load_export(directory)
+        when given). ``image_size`` overrides the recorded one (for exports that predate recording it). Code the
+        export's LLM ships runs only with ``trust_remote_code`` (see :func:`load_export`)."""
+        parts = load_export(directory, trust_remote_code)
         inputs = parts["inputs"]
         if image_size is not None:
             inputs = InputSpec(image_size, inputs.templates, inputs.max_text_tokens, inputs.layout)

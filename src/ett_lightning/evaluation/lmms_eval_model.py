@@ -28,6 +28,9 @@ from ett_lightning.models.generation import Decoding
 
 log = logging.getLogger(__name__)
 Question = tuple[Image.Image, str]
+DEFAULT_MAX_NEW_TOKENS = 256
+"""Answer length when a task sets no ``max_new_tokens``: room for the short answers of VQA tasks and for the
+sentences of captioning and open-ended ones (generation stops at the end of the answer)."""
 
 
 def manifest() -> ModelManifest:
@@ -43,8 +46,8 @@ def decoding_of(gen_kwargs: dict[str, Any]) -> Decoding:
     temperature = float(gen_kwargs.get("temperature") or 0.0)
     if gen_kwargs.get("do_sample") is False:
         temperature = 0.0
-    return Decoding(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or 16), temperature=temperature,
-                    top_p=float(gen_kwargs.get("top_p") or 1.0), stop=stop)
+    return Decoding(max_new_tokens=int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+                    temperature=temperature, top_p=float(gen_kwargs.get("top_p") or 1.0), stop=stop)
 
 
 class ETT(lmms):
@@ -57,17 +60,20 @@ class ETT(lmms):
         dtype: cast the weights, e.g. ``bfloat16`` (default: as saved).
         prompt: ``vqa`` (the run's vqa template around the question) or ``chat`` (the LLM's chat template).
         image_size: override the image size the export records.
+        trust_remote_code: let the export's LLM run code it ships (``auto_map``); off unless given here.
     """
 
     is_simple = True
 
     def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 1, dtype: str | None = None,
-                 prompt: str = "vqa", image_size: int | str | None = None, **unused: Any) -> None:
+                 prompt: str = "vqa", image_size: int | str | None = None, trust_remote_code: bool | str = False,
+                 **unused: Any) -> None:
         super().__init__()
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.model = InferenceModel.from_export(pretrained, device or self.accelerator.device, dtype, prompt,
-                                                int(image_size) if image_size else None)
+                                                int(image_size) if image_size else None,
+                                                str(trust_remote_code).lower() in ("true", "1", "yes"))
         self.batch_size = int(batch_size)
         if unused:
             log.warning("the ett model ignores these model_args: %s", ", ".join(sorted(unused)))

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ett_lightning.tokenizer.quantizers import Quantizer
 from ett_lightning.checkpoints.files import load_state_dict_file
+from ett_lightning.tokenizer.quantizers import Quantizer
 from ett_lightning.utils import load_strict
 
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import Tensor
 
+from ett_lightning.checkpoints.files import load_state_dict_file
 from ett_lightning.tokenizer.formats import check_format, detect_format, to_ett
 from ett_lightning.tokenizer.quantizers import IndexBackpropQuantizer, Quantizer, VectorQuantizer
 from ett_lightning.tokenizer.vq_tokenizer import VQTokenizer
-from ett_lightning.checkpoints.files import load_state_dict_file
 from ett_lightning.utils import load_strict
 
 VQGAN_F16 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), resolution=256,

@@ -6,8 +6,8 @@ import logging
 
 from torch import nn
 
-from ett_lightning.models.language_model import LanguageModel
 from ett_lightning.checkpoints.files import load_state_dict_file
+from ett_lightning.models.language_model import LanguageModel
 from ett_lightning.utils import load_strict
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ett_lightning import ETTLoss, ETTModule, PretrainedVQTokenizer
-from ett_lightning.cli import main as cli_main
 from ett_lightning.checkpoints.export import EXPORT_FILE, ORIGINAL_FILES, export_module
+from ett_lightning.cli import main as cli_main
 from ett_lightning.tokenizer import VectorQuantizer, from_ett
 from tests.conftest import IMAGE_SIZE, make_batch, tiny_module, tiny_tokenizer
 

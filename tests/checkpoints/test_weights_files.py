@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
 import types
@@ -14,19 +13,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from ett_lightning import VectorQuantizer
-from ett_lightning.tokenizer import PretrainedVQTokenizer, from_ett
 from ett_lightning.checkpoints.files import load_state_dict_file
+from ett_lightning.tokenizer import PretrainedVQTokenizer, from_ett
+from tests.checkpoints.hostile import CreatesFile
 from tests.conftest import IMAGE_SIZE, tiny_module, tiny_tokenizer
-
-
-class CreatesFile:
-    """Unpickling this runs ``os.system("touch <path>")`` under a plain ``pickle.load``."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.path}",)
 
 
 def vanished_object():
