@@ -67,7 +67,7 @@ def test_missing_export_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_ett_export_command_from_a_cli_checkpoint(tmp_path, synthetic_shards, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli_main(["fit", "--config", str(Path(__file__).parents[1] / "recipes/demo/ett_sft.yaml"),
+    cli_main(["fit", "--config", str(Path(__file__).parents[2] / "recipes/demo/ett_sft.yaml"),
               f"--data.train_shards={synthetic_shards}/caption/train-*.tar", "--data.val_shards=null",
               "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2",
               "--data.init_args.num_workers=0", "--data.init_args.image_size=32",

@@ -140,11 +140,11 @@ def test_ett_ask_skips_and_counts_lines_it_cannot_answer(export_dir, tmp_path, c
 def test_lmms_eval_generation_arguments_become_a_decoding():
     lmms_eval_model = pytest.importorskip("ett_lightning.evaluation.lmms_eval_model")
     decoding_of = lmms_eval_model.decoding_of
-    assert decoding_of({}) == Decoding(16)
+    assert decoding_of({}) == Decoding(256)  # the documented default when a task sets none
     assert decoding_of({"until": "\n", "max_new_tokens": 4, "temperature": 0.7, "top_p": 0.9}) == Decoding(
         4, 0.7, 0.9, ("\n",))
     unsampled = decoding_of({"until": ["A", "B"], "temperature": 0.7, "do_sample": False})
-    assert unsampled == Decoding(16, 0.0, 1.0, ("A", "B"))
+    assert unsampled == Decoding(256, 0.0, 1.0, ("A", "B"))
     greedy, short = Decoding(16), Decoding(4)
     runs = list(lmms_eval_model.batches([(1, greedy), (2, greedy), (3, greedy), (4, short), (5, greedy)], 2))
     assert runs == [([1, 2], greedy), ([3], greedy), ([4], short), ([5], greedy)]
