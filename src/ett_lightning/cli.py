@@ -128,6 +128,12 @@ def export_command(args: list[str] | None = None) -> None:
     parser.add_argument("--config", help="the run's config.yaml, whose data section says how images and prompts "
                                          "were prepared (default: config.yaml of the checkpoint's run directory)")
     options = parser.parse_args(args)
+    if not Path(options.ckpt).exists():
+        parser.error(f"checkpoint not found: {options.ckpt}")
+    try:  # the one-line reading check of --ckpt_path: a folder's files are data, a file is a Lightning checkpoint
+        checkpoint_hyperparameters(Path(options.ckpt))
+    except ValueError as unreadable:
+        parser.error(str(unreadable))
     if is_checkpoint_folder(options.ckpt):  # Lightning loads files: a file of the folder's weights, then removed
         with tempfile.TemporaryDirectory(dir=Path(options.out).resolve().parent) as scratch:
             module = ETTModule.load_from_checkpoint(write_checkpoint_file(options.ckpt, Path(scratch) / "last.ckpt"),

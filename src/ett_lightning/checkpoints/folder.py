@@ -1,15 +1,117 @@
 """Checkpoint folders, as ``FSDP2Strategy(save_distributed_checkpoint=True)`` writes them: torch.distributed.checkpoint
 files of every rank's shards (``.metadata`` names what is where) beside Lightning's ``meta.pt`` (step, loops,
 callbacks, hyperparameters). Read here in one process, without a process group, by what also reads one-file
-checkpoints: the resume check, ``init_from`` and ``ett export``."""
+checkpoints: the resume check, ``init_from`` and ``ett export``.
+
+A folder is untrusted input like a file. torch reads ``.metadata`` with a plain ``pickle.load`` and the folder's
+non-tensor entries (optimizer settings, step counters) with ``torch.load(weights_only=False)``: either can run
+whatever the file names. Here ``.metadata`` is read by an unpickler that builds only torch.distributed.checkpoint's
+metadata types (:class:`MetadataUnpickler`), and :func:`check_folder` reads every non-tensor entry with the
+weights-only unpickler before Lightning resumes from the folder. Tensors are read weights-only by torch itself.
+"""
 
 from __future__ import annotations
 
+import io
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import Tensor
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, StorageMeta
+
+METADATA_GLOBALS = {
+    *(("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # a layout's name -> torch.strided and the like
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+}
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """Builds a ``.metadata`` file's objects from torch.distributed.checkpoint's metadata types, dtypes and paths;
+    anything else the file names is refused before it is imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in METADATA_GLOBALS or (
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name:.80} is not part of a checkpoint folder's metadata")
+
+
+def folder_index(folder: str | Path) -> Metadata:
+    """The folder's ``.metadata`` (what is stored where), read without running code; ValueError when refused."""
+    path = Path(folder) / ".metadata"
+    try:
+        with path.open("rb") as file:
+            metadata = MetadataUnpickler(file).load()
+    except Exception as err:  # refused globals, truncation and foreign files fail in many types
+        raise ValueError(f"{path} is not a readable checkpoint-folder index ({type(err).__name__}: "
+                         f"{str(err)[:160]})") from None
+    if not isinstance(metadata, Metadata):
+        raise ValueError(f"{path} holds a {type(metadata).__name__}, not torch.distributed.checkpoint metadata")
+    return metadata
+
+
+def check_folder(folder: str | Path) -> Metadata:
+    """The folder's index, once every entry it lists has been found to lie in a file of the folder, the tensors to
+    fit in the bytes stored, and every non-tensor entry to read weights-only (Lightning reads those with
+    ``weights_only=False`` when it resumes); ValueError (one line) naming what is refused."""
+    folder = Path(folder)
+    metadata = folder_index(folder)
+    root = folder.resolve()
+    stored = {}
+    for index, where in (metadata.storage_data or {}).items():
+        file = (folder / str(getattr(where, "relative_path", ""))).resolve()
+        if not file.is_relative_to(root) or not file.is_file() or getattr(where, "transform_descriptors", None):
+            raise ValueError(f"{folder}: entry {index.fqn!r:.80} is not stored as plain bytes in a file of the folder")
+        stored[index.fqn] = (file, where.offset, where.length)
+    tensor_bytes = sum(entry.size.numel() * entry.properties.dtype.itemsize
+                       for entry in metadata.state_dict_metadata.values() if hasattr(entry, "size"))
+    folder_bytes = sum(file.stat().st_size for file in root.iterdir() if file.is_file())
+    if tensor_bytes > folder_bytes:
+        raise ValueError(f"{folder}: the index lists {tensor_bytes} bytes of tensors, the folder holds {folder_bytes}")
+    for key, entry in metadata.state_dict_metadata.items():
+        if isinstance(entry, BytesStorageMetadata):
+            check_data_entry(folder, key, *stored.get(key, (None, 0, 0)))
+    return metadata
+
+
+def check_data_entry(folder: Path, key: str, file: Path | None, offset: int, length: int) -> None:
+    """The non-tensor entry ``key`` unpickles weights-only (numbers, strings, containers, tensors)."""
+    if file is None:
+        raise ValueError(f"{folder}: entry {key!r:.80} is listed without a place in the folder")
+    with file.open("rb") as data:
+        data.seek(offset)
+        raw = data.read(length)
+    try:
+        torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as err:  # the weights-only unpickler refuses in several types
+        raise ValueError(f"{folder}: entry {key!r:.80} holds more than data ({refusal(err)})") from None
+
+
+def refusal(err: Exception) -> str:
+    """Why torch's weights-only unpickler refused, in one short line (its message spans a page)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
+    return f"{type(err).__name__}: {reason[:160]}"
+
+
+class InertFileSystemReader(dcp.FileSystemReader):
+    """torch's folder reader, whose ``.metadata`` is read by :class:`MetadataUnpickler`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        metadata = folder_index(self.path)
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
 
 def is_checkpoint_folder(path: str | Path) -> bool:
@@ -21,15 +123,16 @@ def folder_metadata(folder: str | Path) -> dict[str, Any]:
     meta = Path(folder) / "meta.pt"
     if not meta.is_file():
         raise ValueError(f"{folder} is a checkpoint folder without meta.pt (incomplete, or not written by Lightning)")
-    return torch.load(meta, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(meta, map_location="cpu", weights_only=True)
+    except Exception as err:  # the weights-only unpickler refuses in several types
+        raise ValueError(f"{meta} holds more than data or is no torch file ({refusal(err)})") from None
 
 
 def folder_weights(folder: str | Path) -> dict[str, Tensor]:
     """The module's whole weights (the ``state_dict`` entries; optimizer states are not read), on CPU."""
-    import torch.distributed.checkpoint as dcp
-
-    reader = dcp.FileSystemReader(str(folder))
-    entries = reader.read_metadata().state_dict_metadata
+    entries = check_folder(folder).state_dict_metadata
+    reader = InertFileSystemReader(str(folder))
     prefix = "state_dict."
     weights = {key.removeprefix(prefix): torch.empty(entry.size, dtype=entry.properties.dtype)
                for key, entry in entries.items() if key.startswith(prefix) and hasattr(entry, "size")}

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+from ett_lightning.checkpoints.folder import check_folder
 from ett_lightning.distributed.units import loss_networks, wrap_classes
 
 log = logging.getLogger(__name__)
@@ -191,9 +192,11 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
         """A one-file checkpoint (this strategy's or DDP's): full weights and position-keyed optimizer states, each
-        rank keeping its shards; a checkpoint folder (``save_distributed_checkpoint``) loads as Lightning does."""
+        rank keeping its shards; a checkpoint folder (``save_distributed_checkpoint``) loads as Lightning does, once
+        :func:`~ett_lightning.checkpoints.folder.check_folder` has found nothing but data in it."""
         path = Path(self.broadcast(checkpoint_path))
         if path.is_dir():
+            check_folder(path)
             return super().load_checkpoint(path, weights_only)
         checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
         strict = self.lightning_module.strict_loading

@@ -8,14 +8,16 @@ from typing import Any
 
 import torch
 
-from ett_lightning.checkpoints.folder import folder_metadata, is_checkpoint_folder
+from ett_lightning.checkpoints.folder import check_folder, folder_metadata, is_checkpoint_folder
 
 
 def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
     """The ``hyper_parameters`` a Lightning checkpoint records, read memory-mapped (no tensor is loaded, so a 7B
-    model's checkpoint costs no memory here; of a checkpoint folder, its ``meta.pt``). Raises one-line ValueError
+    model's checkpoint costs no memory here; of a checkpoint folder, its ``meta.pt``, once :func:`check_folder` has
+    found nothing but data in it). Raises one-line ValueError
     for a file that is no readable checkpoint, naming an older checkpoint of the same folder to resume from instead."""
     if is_checkpoint_folder(path):
+        check_folder(path)
         return dict(folder_metadata(path).get("hyper_parameters") or {})
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
