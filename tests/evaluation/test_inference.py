@@ -67,6 +67,21 @@ def test_sampling_is_seeded_and_differs_from_greedy(export_dir):
     assert first != model.answer(images, questions, Decoding(max_new_tokens=8))
 
 
+def test_greedy_ignores_the_llms_generation_config_unless_asked(export_dir, tmp_path):
+    """An Instruct LLM ships sampling settings in generation_config.json; greedy answers must stay argmax answers."""
+    instruct = copy_of_export(export_dir, tmp_path / "instruct")
+    settings = instruct / "language_model" / "generation_config.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "repetition_penalty": 5.0,
+                                    "no_repeat_ngram_size": 1, "top_k": 3}))
+    images, questions = images_and_questions()
+    plain = InferenceModel.from_export(str(export_dir)).answer(images, questions, Decoding(max_new_tokens=8))
+    model = InferenceModel.from_export(str(instruct))
+    assert model.language_model.causal_lm.generation_config.no_repeat_ngram_size == 1  # the file was read
+    assert model.answer(images, questions, Decoding(max_new_tokens=8)) == plain
+    assert model.answer(images, questions, Decoding(max_new_tokens=8, model_defaults=True)) != plain
+    assert model.language_model.causal_lm.generation_config.repetition_penalty == 5.0  # left as loaded
+
+
 def test_log_likelihood_is_the_sum_of_the_answer_tokens_log_probabilities(export_dir):
     model = InferenceModel.from_export(str(export_dir))
     images, questions = images_and_questions(2)

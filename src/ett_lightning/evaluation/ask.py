@@ -125,6 +125,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument("--model-generation-config", action="store_true",
+                   help="also apply the LLM's generation_config.json (repetition penalty, top-k, ...); without it, "
+                        "greedy decoding is plain argmax")
     p.add_argument("--prompt", choices=PROMPT_STYLES, default="vqa",
                    help="vqa: the run's vqa template; chat: one user turn through the LLM's chat template")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -144,7 +147,8 @@ def main(args: list[str] | None = None) -> None:
         parser().error("give --image and --question, or --questions and --output")
     if options.batch_size < 1:
         parser().error("--batch-size must be at least 1")
-    decoding = Decoding(options.max_new_tokens, options.temperature, options.top_p)
+    decoding = Decoding(options.max_new_tokens, options.temperature, options.top_p,
+                        model_defaults=options.model_generation_config)
     torch.manual_seed(options.seed)
     if single:
         image = open_image(Path(options.image))

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from transformers import GenerationConfig, PreTrainedModel
 
 from ett_lightning.models.language_model import LanguageModel
 
@@ -20,12 +23,16 @@ class Decoding:
         temperature: 0 decodes greedily; above 0 samples from the softmax at this temperature.
         top_p: nucleus sampling's probability mass (sampling only).
         stop: strings that end an answer; the text from the first one on is cut (lmms-eval's ``until``).
+        model_defaults: also apply the LLM's own ``generation_config.json`` (an Instruct model's
+            ``repetition_penalty``, ``top_k``, ...). Off: greedy is plain argmax decoding and sampling uses only the
+            settings above, whatever the model's files say.
     """
 
     max_new_tokens: int = 16
     temperature: float = 0.0
     top_p: float = 1.0
     stop: tuple[str, ...] = field(default_factory=tuple)
+    model_defaults: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -79,9 +86,25 @@ def generate_text(language_model: LanguageModel, image_embeds: Tensor, input_ids
     lm = language_model
     ids, slots, attention_mask = left_padded_prompts(input_ids, image_slots, prompt_lengths, lm.tokenizer.pad_token_id)
     inputs_embeds = lm.splice(lm.embed(ids), image_embeds, slots)
-    generated = lm.model.generate(
-        inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=decoding.max_new_tokens,
-        use_cache=True, eos_token_id=lm.tokenizer.eos_token_id, pad_token_id=lm.tokenizer.pad_token_id,
-        synced_gpus=synced_gpus, **decoding.sampling_arguments(),
-    )
+    with generation_defaults(lm.causal_lm, decoding.model_defaults):
+        generated = lm.model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, max_new_tokens=decoding.max_new_tokens,
+            use_cache=True, eos_token_id=lm.tokenizer.eos_token_id, pad_token_id=lm.tokenizer.pad_token_id,
+            synced_gpus=synced_gpus, **decoding.sampling_arguments(),
+        )
     return [decoding.cut(text) for text in lm.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+
+
+@contextmanager
+def generation_defaults(model: PreTrainedModel, keep: bool) -> Iterator[None]:
+    """Within the block, ``model.generate`` starts from Hugging Face's plain defaults instead of the model's
+    ``generation_config`` (which fills every setting a call leaves unset), unless ``keep``."""
+    if keep:
+        yield
+        return
+    own = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = own
