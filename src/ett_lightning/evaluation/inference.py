@@ -8,6 +8,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from PIL import Image
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from ett_lightning.checkpoints.export import load_export
 from ett_lightning.data.batching.batch import ETTBatch
@@ -118,16 +119,21 @@ class InferenceModel(nn.Module):
     @torch.no_grad()
     def log_likelihood(self, images: Sequence[Image.Image], questions: Sequence[str],
                        continuations: Sequence[str]) -> list[tuple[float, bool]]:
-        """For each question, the summed log-probability of ``continuation`` as the answer (its tokens, not the
-        end of turn after them) and whether greedy decoding would produce exactly those tokens."""
+        """For each question, the summed log-probability of ``continuation`` as the answer and whether greedy decoding
+        would produce exactly its tokens. Scored are the answer's own tokens: the labelled tokens before the first
+        special token, so neither the EOS of the vqa layout nor a chat template's end of turn (``<|im_end|>``, which
+        need not be the tokenizer's EOS) and what the template puts after it."""
         batch = self.batch(images, questions, continuations)
         logits = self.language_model(batch.input_ids, batch.attention_mask, self.image_embeddings(batch),
                                      batch.image_slots).logits
         log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = batch.labels[:, 1:]
+        special = torch.tensor(sorted(special_ids(self.language_model.tokenizer)), device=targets.device)
         results = []
         for row in range(len(batch)):
-            positions = (targets[row] != IGNORE_INDEX).nonzero().flatten()[:-1]  # the answer without its end token
+            positions = (targets[row] != IGNORE_INDEX).nonzero().flatten()
+            ends = torch.isin(targets[row, positions], special).nonzero().flatten()
+            positions = positions[:int(ends[0])] if len(ends) else positions
             tokens = targets[row, positions]
             row_log_probs = log_probs[row, positions]
             total = float(row_log_probs.gather(-1, tokens[:, None]).sum())
@@ -137,3 +143,10 @@ class InferenceModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.projector.parameters()).dtype
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The ids of the tokenizer's special tokens, those its backend marks special included (a base model's ChatML
+    ``<|im_end|>`` is one without being its EOS or a listed additional special token)."""
+    marked = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return set(tokenizer.all_special_ids) | marked
