@@ -95,18 +95,24 @@ def open_image(path: Path) -> Image.Image | str:
 
 def answer_file(model: InferenceModel, questions: QuestionsFile, output: Path, batch_size: int,
                 decoding: Decoding) -> int:
-    """Writes one JSON line per answerable question to ``output``, in the file's order; returns how many."""
+    """Writes one JSON line per question with a readable image to ``output``, in the file's order: its ``answer``,
+    or an ``error`` saying why it was not asked (a prompt longer than the model's budget, counted as skipped);
+    returns how many were answered."""
     pending = questions.questions()
     answered = 0
     with output.open("w", encoding="utf-8") as out:
         for start in range(0, len(pending), batch_size):
             chunk = [(q, questions.open_image(q)) for q in pending[start:start + batch_size]]
-            chunk = [(q, image) for q, image in chunk if image is not None]
-            answers = model.answer([image for _, image in chunk], [q.question for q, _ in chunk], decoding)
-            for (question, _), answer in zip(chunk, answers):
-                out.write(json.dumps({"question_id": question.question_id, "question": question.question,
-                                      "answer": answer}, ensure_ascii=False) + "\n")
-            answered += len(chunk)
+            chunk = [(q, image, model.unfit(q.question)) for q, image in chunk if image is not None]
+            asked = [(q, image) for q, image, unfit in chunk if unfit is None]
+            answers = iter(model.answer([image for _, image in asked], [q.question for q, _ in asked], decoding))
+            for question, _, unfit in chunk:
+                result = {"answer": next(answers)} if unfit is None else {"error": unfit}
+                if unfit is not None:
+                    questions.skip(unfit.split(":")[0])
+                out.write(json.dumps({"question_id": question.question_id, "question": question.question, **result},
+                                     ensure_ascii=False) + "\n")
+            answered += len(asked)
     return answered
 
 
@@ -122,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
                                         "(default: the questions file's folder)")
     p.add_argument("--batch-size", type=int, default=8, help="questions answered together (left-padded)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="longest answer, in LLM tokens")
+    p.add_argument("--max-text-tokens", type=int, help="text tokens a question with its template may take (default: "
+                   "the LLM's context beside the image tokens); a longer question is refused, never cut")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above 0: sampling")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
@@ -160,10 +168,14 @@ def main(args: list[str] | None = None) -> None:
             parser().error(f"questions file not found: {questions.path}")
     try:
         model = InferenceModel.from_export(options.export, options.device, options.dtype, options.prompt,
-                                           options.image_size, options.trust_remote_code)
+                                           options.image_size, options.trust_remote_code,
+                                           options.max_text_tokens)
     except (FileNotFoundError, ValueError) as refused:  # a missing or refused export (ExportError is a ValueError)
         parser().error(str(refused).splitlines()[0])
     if single:
+        unfit = model.unfit(options.question)
+        if unfit is not None:
+            parser().error(f"{unfit}; give a shorter question or a larger --max-text-tokens")
         print(model.answer([image], [options.question], decoding)[0])
         return
     answered = answer_file(model, questions, Path(options.output), options.batch_size, decoding)

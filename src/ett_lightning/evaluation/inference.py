@@ -15,8 +15,8 @@ from ett_lightning.data.batching.batch import ETTBatch
 from ett_lightning.data.batching.collate import Collator
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
-from ett_lightning.data.sequences.token_sequence import IGNORE_INDEX
-from ett_lightning.data.skips import SkipCounter
+from ett_lightning.data.sequences.token_sequence import IGNORE_INDEX, TokenSequence
+from ett_lightning.data.skips import SkipCounter, SkipSample
 from ett_lightning.data.streaming.transforms import ImageTransform
 from ett_lightning.models import LanguageModel
 from ett_lightning.models.generation import GREEDY, Decoding, generate_text
@@ -41,10 +41,13 @@ class InferenceModel(nn.Module):
         language_model: the LLM with its text tokenizer.
         inputs: how images and prompts are prepared.
         prompt: ``"vqa"`` or ``"chat"`` (see above).
+        max_text_tokens: text tokens a question with its template and answer may take. Default: what the LLM's
+            context holds beside the image tokens, not training's ``max_text_tokens`` (which bounded the training
+            data). A question is never cut: one that does not fit is refused (:meth:`unfit` says why).
     """
 
     def __init__(self, tokenizer: VisionTokenizer, projector: nn.Module, language_model: LanguageModel,
-                 inputs: InputSpec, prompt: str = "vqa") -> None:
+                 inputs: InputSpec, prompt: str = "vqa", max_text_tokens: int | None = None) -> None:
         super().__init__()
         if prompt not in PROMPT_STYLES:
             raise ValueError(f"prompt must be one of {PROMPT_STYLES}, got {prompt!r}")
@@ -54,8 +57,11 @@ class InferenceModel(nn.Module):
         self.tokenizer, self.projector, self.language_model = tokenizer, projector, language_model
         self.inputs, self.prompt = inputs, prompt
         num_image_tokens = tokenizer.num_tokens(inputs.image_size)
+        context = getattr(language_model.causal_lm.config, "max_position_embeddings", None)
+        self.max_text_tokens = max_text_tokens or (context - num_image_tokens - 3 if context else
+                                                   inputs.max_text_tokens)  # 3: bos and the image markers
         self.builder = SequenceBuilder(language_model.tokenizer, num_image_tokens, inputs.all_templates,
-                                       inputs.max_text_tokens)
+                                       self.max_text_tokens)
         self.transform = ImageTransform(inputs.image_size)
         self.collate = Collator(language_model.tokenizer.pad_token_id, SkipCounter(), num_image_tokens)
         self.requires_grad_(False)
@@ -64,7 +70,7 @@ class InferenceModel(nn.Module):
     @classmethod
     def from_export(cls, directory: str, device: str | torch.device = "cpu", dtype: str | None = None,
                     prompt: str = "vqa", image_size: int | None = None,
-                    trust_remote_code: bool = False) -> InferenceModel:
+                    trust_remote_code: bool = False, max_text_tokens: int | None = None) -> InferenceModel:
         """The model of an ``ett export`` directory on ``device`` (weights cast to ``dtype``, e.g. ``"bfloat16"``,
         when given). ``image_size`` overrides the recorded one (for exports that predate recording it). Code the
         export's LLM ships runs only with ``trust_remote_code`` (see :func:`load_export`)."""
@@ -72,7 +78,7 @@ class InferenceModel(nn.Module):
         inputs = parts["inputs"]
         if image_size is not None:
             inputs = InputSpec(image_size, inputs.templates, inputs.max_text_tokens, inputs.layout)
-        model = cls(parts["tokenizer"], parts["projector"], parts["language_model"], inputs, prompt)
+        model = cls(parts["tokenizer"], parts["projector"], parts["language_model"], inputs, prompt, max_text_tokens)
         return model.to(device=device, dtype=getattr(torch, dtype) if dtype else None)
 
     @property
@@ -82,14 +88,25 @@ class InferenceModel(nn.Module):
     def sample(self, image: Image.Image, question: str, target: str = "") -> dict:
         """One decoded sample, as the training data's decoder makes it: the prepared image and the token sequence of
         the question with ``target`` as its answer (what generation is fed stops before the answer)."""
+        return {"image": self.transform(image), "sequence": self.sample_sequence(question, target),
+                "answers": [target], "task": "vqa", "key": question}
+
+    def sample_sequence(self, question: str, target: str) -> TokenSequence:
         if self.prompt == "chat":
             messages = [{"role": "user", "content": f"<image>\n{question.strip()}"},
                         {"role": "assistant", "content": target.strip() or "?"}]
-            sequence = self.builder.build("conversation", {"messages": messages}, target)
-        else:
-            sequence = self.builder.build("vqa", {"question": question.strip()}, target or "?")
-        return {"image": self.transform(image), "sequence": sequence, "answers": [target], "task": "vqa",
-                "key": question}
+            return self.builder.build("conversation", {"messages": messages}, target)
+        return self.builder.build("vqa", {"question": question.strip()}, target or "?")
+
+    def unfit(self, question: str, target: str = "") -> str | None:
+        """Why ``question`` (with ``target`` as its answer) cannot be asked, e.g. a prompt longer than
+        ``max_text_tokens``; None when it can. :meth:`answer` and :meth:`log_likelihood` raise
+        :class:`~ett_lightning.data.skips.SkipSample` on such a question; batch callers ask first."""
+        try:
+            self.sample_sequence(question, target)
+        except SkipSample as reason:
+            return str(reason)
+        return None
 
     def batch(self, images: Sequence[Image.Image], questions: Sequence[str],
               targets: Sequence[str] | None = None) -> ETTBatch:

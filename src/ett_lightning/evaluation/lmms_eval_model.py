@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 from accelerate import Accelerator
@@ -61,19 +62,22 @@ class ETT(lmms):
         prompt: ``vqa`` (the run's vqa template around the question) or ``chat`` (the LLM's chat template).
         image_size: override the image size the export records.
         trust_remote_code: let the export's LLM run code it ships (``auto_map``); off unless given here.
+        max_text_tokens: text tokens a question with its template may take (default: the LLM's context beside the
+            image tokens); a longer one is answered with "" and a logged reason.
     """
 
     is_simple = True
 
     def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 1, dtype: str | None = None,
                  prompt: str = "vqa", image_size: int | str | None = None, trust_remote_code: bool | str = False,
-                 **unused: Any) -> None:
+                 max_text_tokens: int | str | None = None, **unused: Any) -> None:
         super().__init__()
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.model = InferenceModel.from_export(pretrained, device or self.accelerator.device, dtype, prompt,
                                                 int(image_size) if image_size else None,
-                                                str(trust_remote_code).lower() in ("true", "1", "yes"))
+                                                str(trust_remote_code).lower() in ("true", "1", "yes"),
+                                                int(max_text_tokens) if max_text_tokens else None)
         self.batch_size = int(batch_size)
         if unused:
             log.warning("the ett model ignores these model_args: %s", ", ".join(sorted(unused)))
@@ -95,22 +99,40 @@ class ETT(lmms):
         return (self.first_image(doc_to_visual(self.document(task, split, doc_id))), context), decoding_of(gen_kwargs)
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        answers: list[str] = []
-        progress = tqdm(total=len(requests), disable=self.rank != 0, desc="ett answering")
-        for chunk, decoding in batches([self.question(r) for r in requests], self.batch_size):
-            answers += self.model.answer([image for image, _ in chunk], [text for _, text in chunk], decoding)
+        """Answers in request order; a question the model cannot be asked (a prompt longer than its budget) gets an
+        empty answer and a logged reason instead of stopping the whole evaluation."""
+        questions = [self.question(r) for r in requests]
+        unfit = [self.unfit(r, text) for r, ((_, text), _) in zip(requests, questions)]
+        answers = iter([])
+        asked = [question for question, reason in zip(questions, unfit) if reason is None]
+        progress = tqdm(total=len(asked), disable=self.rank != 0, desc="ett answering")
+        for chunk, decoding in batches(asked, self.batch_size):
+            answers = chain(answers, self.model.answer([image for image, _ in chunk], [text for _, text in chunk],
+                                                       decoding))
             progress.update(len(chunk))
         progress.close()
-        return answers
+        return [next(answers) if reason is None else "" for reason in unfit]
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """Scores in request order; a request that cannot be scored scores ``-inf`` (never chosen), with a reason
+        logged."""
         results = []
         for request in tqdm(requests, disable=self.rank != 0, desc="ett scoring"):
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
             doc = self.document(task, split, doc_id)
             continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc)
+            if self.unfit(request, context, continuation) is not None:
+                results.append((float("-inf"), False))
+                continue
             results += self.model.log_likelihood([self.first_image(doc_to_visual(doc))], [context], [continuation])
         return results
+
+    def unfit(self, request: Instance, question: str, target: str = "") -> str | None:
+        """Why ``question`` cannot be asked (logged with the request's task and document), or None."""
+        reason = self.model.unfit(question, target)
+        if reason is not None:
+            log.warning("ett: %s document %s not asked: %s", request.task_name, request.doc_id, reason)
+        return reason
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
         raise NotImplementedError("the ett model answers single-round tasks")

@@ -25,7 +25,9 @@ class SequenceBuilder:
 
     - ``image_first`` (understanding): ``[bos] <image_begin> slot x N <image_end> prompt target <eos>``. Labels
       are -100 on bos, markers, image slots and prompt, so the loss covers only the target and its EOS.
-      ``max_text_tokens`` bounds prompt + target (the target is truncated first, and keeps its EOS).
+      ``max_text_tokens`` bounds prompt + target: the target is truncated (and keeps its EOS); a prompt is never
+      cut, and one that leaves no room for an answer token skips the sample (:class:`SkipSample`): a question cut
+      in the middle would train, or be answered, as another question.
     - ``text_first`` (generation): ``[bos] caption <image_begin> slot x N <image_end> <eos>``, the caption put
       through the ``text_to_image`` template. Every label is -100: the targets are the image's codebook
       indices, which the model computes on the device. Only caption samples have this layout.
@@ -67,8 +69,11 @@ class SequenceBuilder:
         if task == "conversation":
             return self.chat.build(fields["messages"])
         prompt_ids = self.prompt_ids(self.prompt(task, fields))
+        budget = self.max_text_tokens - 1 - len(prompt_ids)
+        if budget < 1:
+            raise SkipSample(f"prompt too long: {len(prompt_ids)} tokens leave no room for an answer within "
+                             f"{self.max_text_tokens} text tokens")
         target_ids = self.encode(" " + target.strip())
-        budget = max(1, self.max_text_tokens - 1 - len(prompt_ids))
         truncated = len(target_ids) > budget
         target_ids = target_ids[: budget] + [self.tokenizer.eos_token_id]
         context = self.bos + [self.begin_id, self.end_id] + prompt_ids
@@ -98,8 +103,8 @@ class SequenceBuilder:
         return self._prompt_ids[prompt]
 
     def encode(self, text: str) -> list[int]:
-        """Token ids without special tokens; straight through the Rust tokenizer when there is one."""
+        """Token ids without special tokens, uncut; straight through the Rust tokenizer when there is one."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        ids = backend.encode(text, add_special_tokens=False).ids if backend else self.tokenizer.encode(
-            text, add_special_tokens=False)
-        return ids[: self.max_text_tokens]
+        if backend is not None:
+            return backend.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=False)
