@@ -86,6 +86,37 @@ def test_merged_and_exported_llms_equal_the_adapted_one_which_stays_as_it_was(tm
         torch.testing.assert_close(logits(reloaded, ids), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("adapter_dtype", [torch.float32, torch.bfloat16], ids=["bf16_mixed", "bf16_true"])
+def test_a_bf16_llm_is_merged_in_fp32_and_rounded_once(adapter_dtype):
+    """The 7B LoRA recipe's dtypes: LLM weights in bf16, adapters in fp32 (bf16-mixed) or in bf16 (a bf16-true run).
+    Updates of ~4e-5 sit below the bf16 spacing of weights ~1e-2 (~6e-5): an update rounded to bf16 before it is
+    added loses part of itself a second time."""
+    torch.manual_seed(0)
+    llm = LanguageModel(config=TINY_LLM, dtype="bfloat16", lora=LORA).model
+    with torch.no_grad():
+        for name, parameter in llm.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn_like(parameter) * 3e-3)
+            if is_adapter(name):
+                parameter.data = parameter.data.to(adapter_dtype)
+    adapted = {n: p.detach().clone() for n, p in llm.named_parameters()}
+    plain = dict(merged(llm).named_parameters())
+    scale = LORA.alpha / LORA.rank
+    checked = 0
+    for name, base in adapted.items():
+        if name.endswith("base_layer.weight"):
+            prefix = name.removesuffix("base_layer.weight")
+            update = scale * (adapted[f"{prefix}lora_B.default.weight"].float()
+                              @ adapted[f"{prefix}lora_A.default.weight"].float())
+            expected = (base.float() + update.float()).to(torch.bfloat16)
+            result = plain[plain_name(name)]
+            assert result.dtype == torch.bfloat16
+            assert torch.equal(result, expected), name
+            rounded_twice = base + update.to(torch.bfloat16)
+            checked += int(not torch.equal(rounded_twice, expected))
+    assert checked > 0, "the update should be small enough for a second rounding to lose part of it"
+
+
 def llm_state_without_adapters(module: ETTModule) -> dict[str, torch.Tensor]:
     """The adapted LLM's own weights under the names a plain Hugging Face model gives them."""
     state = module.language_model.state_dict()

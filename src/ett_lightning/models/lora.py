@@ -46,8 +46,16 @@ def is_adapter(name: str) -> bool:
 
 def merged(model: nn.Module) -> PreTrainedModel:
     """A plain Hugging Face model equal to ``model`` with its adapters folded into the weights (``W + s B A``); the
-    adapted ``model`` itself is left as it was (the merge works on a copy)."""
-    return copy.deepcopy(model).merge_and_unload()
+    adapted ``model`` itself is left as it was (the merge works on a copy).
+
+    The sum is formed in float32 and each weight cast back to its own dtype once: merged in bf16, an update whose
+    entries are far below a weight's bf16 spacing (``s B A`` ~ 4e-5 beside weights ~ 1e-2) would be rounded away
+    in part, and the exported model would not be the trained one."""
+    dtypes = {plain_name(name): parameter.dtype for name, parameter in model.named_parameters() if not is_adapter(name)}
+    plain = copy.deepcopy(model).float().merge_and_unload()
+    for name, parameter in plain.named_parameters():
+        parameter.data = parameter.data.to(dtypes[name])
+    return plain
 
 
 def plain_keys_to_adapted(state: dict[str, Tensor], adapted: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -62,3 +70,4 @@ def plain_name(adapted_key: str) -> str:
     """``model.base_model.model.model.layers.0.q_proj.base_layer.weight`` -> ``model.model.layers.0.q_proj.weight``:
     the name the same weight has in the LLM without adapters."""
     return adapted_key.replace("base_model.model.", "", 1).replace(".base_layer.", ".")
+
