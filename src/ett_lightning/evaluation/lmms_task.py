@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,11 +49,13 @@ def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
 
 
 def task_yaml(name: str, data_file: Path, max_new_tokens: int) -> str:
-    return f"""task: {name}
+    """The task's yaml; the name and path are written as quoted strings (JSON's are YAML's), so a path with spaces,
+    ``#`` or ``: `` reads back as itself."""
+    return f"""task: {json.dumps(name)}
 dataset_path: parquet
 dataset_kwargs:
   data_files:
-    test: {data_file.resolve()}
+    test: {json.dumps(str(data_file.resolve()))}
 test_split: test
 output_type: generate_until
 doc_to_visual: !function utils.doc_to_visual
@@ -121,7 +125,14 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--name", default="ett_vqa", help="task name (also the yaml and parquet file names)")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length the task asks for")
     options = parser.parse_args(args)
-    count, skips = write_task(options.shards, Path(options.out), options.name, options.max_new_tokens)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", options.name):
+        parser.error(f"--name {options.name!r:.60} must be letters, digits, '_', '-' and '.' (it names the files)")
+    if options.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
+    try:
+        count, skips = write_task(options.shards, Path(options.out), options.name, options.max_new_tokens)
+    except (FileNotFoundError, ValueError) as unusable:
+        parser.error(str(unusable).splitlines()[0])
     reasons = skips.by_reason
     print(f"wrote task {options.name} with {count} questions to {options.out}; skipped {skips.total}"
           + (f" ({', '.join(f'{r}: {n}' for r, n in reasons.most_common())})" if reasons else ""), file=sys.stderr)
