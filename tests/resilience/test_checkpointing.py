@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
+from ett_lightning.callbacks.prediction_writer import PredictionWriter
 from ett_lightning.cli import checkpoint_file
 from ett_lightning.resilience import AtomicCheckpointIO, PreemptionCheckpoint, RNGState
 from tests.conftest import make_batch, tiny_module
@@ -49,7 +50,8 @@ def batches(module, count):
 
 class SendSignal(Callback):
     """Raises ``number`` in this process ``times`` times at the start of the batch making step ``at_step``, or (with
-    ``in_validation``) at the start of the first validation batch after that step."""
+    ``in_validation``) at the start of the first validation batch after that step; in ``predict``, once at the start
+    of batch ``at_step``."""
 
     def __init__(self, number: int, at_step: int, times: int = 1, in_validation: bool = False) -> None:
         self.number, self.at_step, self.times, self.in_validation = number, at_step, times, in_validation
@@ -67,6 +69,10 @@ class SendSignal(Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         if self.in_validation:
             self.send(trainer)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.at_step:
+            signal.raise_signal(self.number)
 
 
 def trainer(tmp_path, max_steps, *callbacks, **options):
@@ -86,8 +92,9 @@ def test_a_signal_saves_last_and_stops_then_ckpt_path_last_resumes(tmp_path, num
     module = tiny_module("ett")
     data = batches(module, 8)
     first = trainer(tmp_path, 8, SendSignal(number, at_step=3))
-    with pytest.raises(SIGTERMException):  # Lightning's clean stop: exit status 0 from the command line
+    with pytest.raises(SIGTERMException) as stopped:
         first.fit(module, train_dataloaders=data)
+    assert stopped.value.code == 128 + number  # the command's exit status: interrupted, not finished
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert first.global_step == saved["global_step"] == 4  # the signalled step finished
     assert "RNGState" in saved["callbacks"] and saved["optimizer_states"]
@@ -109,6 +116,17 @@ def test_a_signal_during_validation_saves_the_last_training_step_and_the_resumed
     second = trainer(tmp_path, 8, val_check_interval=2, limit_val_batches=2)
     second.fit(tiny_module("ett"), train_dataloaders=data, val_dataloaders=batches(module, 2), ckpt_path="last")
     assert second.global_step == 8 and saved_step(tmp_path) == 8
+
+
+def test_a_signal_during_predict_stops_with_a_non_zero_status_and_no_predictions_file(tmp_path):
+    module = tiny_module("ett")
+    writer = PredictionWriter()
+    with pytest.raises(SIGTERMException) as stopped:
+        trainer(tmp_path, 8, SendSignal(signal.SIGTERM, at_step=1), writer).predict(module, batches(module, 4))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert not (tmp_path / writer.file_name).exists()
+    trainer(tmp_path, 8, writer).predict(module, batches(module, 4))  # the control: an uninterrupted run writes it
+    assert len((tmp_path / writer.file_name).read_text().splitlines()) == 8
 
 
 def test_a_second_sigint_interrupts_at_once_without_a_checkpoint(tmp_path):

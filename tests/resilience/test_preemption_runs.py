@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -51,10 +52,10 @@ def checkpoint_step(root: Path) -> int:
 
 
 def assert_stopped_cleanly(case: str, run, sent: dict, ended: float, root: Path, world_size: int) -> int:
-    """The run ended within 60 s of the signal with status 0, nothing left running, and one complete last.ckpt at
-    the step it reports; returns that step."""
+    """The run ended within 60 s of the signal with status 143 (128 + SIGTERM: interrupted, not finished), nothing
+    left running, and one complete last.ckpt at the step it reports; returns that step."""
     output = run.stdout
-    assert run.returncode == 0, f"{case}: exit status {run.returncode}\n{output[-4000:]}"
+    assert run.returncode == 128 + signal.SIGTERM, f"{case}: exit status {run.returncode}\n{output[-4000:]}"
     assert ended - sent["time"] < 60, f"{case}: ended {ended - sent['time']:.0f} s after the signal"
     assert not outlived(run.process_group), f"{case}: a rank or loader worker outlived the run"
     saved = re.search(r"SIGTERM on ranks? ([\d, ]+) of (\d): saved (\S+) at step (\d+)", output)

@@ -32,7 +32,9 @@ class PredictionWriter(BasePredictionWriter):
         self.directory: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Starts empty: rows an interrupted earlier run collected are not this run's."""
         self.directory = run_dir(trainer)
+        self.rows = []
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx: int,
                            dataloader_idx: int = 0) -> None:

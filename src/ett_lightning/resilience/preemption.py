@@ -22,7 +22,10 @@ class PreemptionCheckpoint(Callback):
     """SIGTERM, SIGINT and ``signals`` (SIGUSR1 by default: SLURM's ``--signal=USR1@120``) reaching any subset of
     the processes, in any phase, end the run the same way on every rank: the current batch finishes, the ranks agree
     at the next batch boundary (one small all-reduce per batch), ``last.ckpt`` is written where the ModelCheckpoint
-    callback writes it, and every rank leaves ``fit`` with Lightning's ``SIGTERMException`` (exit status 0).
+    callback writes it, and every rank leaves with Lightning's ``SIGTERMException`` carrying exit status 128 + the
+    signal's number (143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1: what a shell reports for a process that
+    signal ended), so ``lightning fit ... && next-step`` and a scheduler's job status see an interrupted run, never a
+    finished one. ``predict``, ``validate`` and ``test`` stop the same way, with their outputs incomplete.
 
     The signal handlers only record (:class:`RecordedSignalConnector`, installed in place of Lightning's, whose
     SIGTERM handler runs a collective inside the handler and deadlocks DDP). Training agrees after each optimizer
@@ -81,7 +84,7 @@ class PreemptionCheckpoint(Callback):
                     log.warning("%s: saved %s at step %d and stopping; resume with --ckpt_path=last",
                                 describe(received), path, trainer.global_step)
         connector.received_sigterm = True
-        raise SIGTERMException
+        raise SIGTERMException(interrupted_status(received))
 
 
 def signals_by_rank(trainer: Trainer, received: signal.Signals | None) -> list[int]:
@@ -91,6 +94,11 @@ def signals_by_rank(trainer: Trainer, received: signal.Signals | None) -> list[i
     if trainer.world_size > 1:
         numbers = trainer.strategy.reduce(numbers, reduce_op="sum")
     return numbers.tolist()
+
+
+def interrupted_status(received: list[int]) -> int:
+    """128 + the lowest signal number any rank received: the same status on every rank."""
+    return 128 + min(number for number in received if number)
 
 
 def describe(received: list[int]) -> str:
