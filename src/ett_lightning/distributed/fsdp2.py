@@ -16,6 +16,8 @@ read it like a DDP checkpoint).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
+from ett_lightning.checkpoints.atomic import promote_folder, temporary_path
 from ett_lightning.checkpoints.folder import check_folder
 from ett_lightning.distributed.units import loss_networks, wrap_classes
 
@@ -189,6 +192,26 @@ class FSDP2Strategy(ModelParallelStrategy):
         if not state:
             return state
         return rekeyed(state, {name: i for i, name in enumerate(optimizer_order(self.model, optimizer))})
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
+                        storage_options: Any | None = None) -> None:
+        """A checkpoint folder is written whole beside its target and then takes the target's place
+        (:func:`~ett_lightning.checkpoints.atomic.replace_folder`): a kill during the save leaves the previous
+        complete folder, never new shards beside an old ``.metadata``. One-file checkpoints go through the
+        checkpoint IO (``AtomicCheckpointIO`` in the recipes)."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        target = Path(self.broadcast(str(filepath)))
+        staging_pid = self.broadcast(os.getpid())  # rank 0's pid names the folder every rank writes into
+        staging = temporary_path(target, staging_pid)
+        if self.global_rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.barrier("checkpoint_staging")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("checkpoint_written")  # meta.pt is rank 0's, after every rank's shards
+        if self.global_rank == 0:
+            promote_folder(staging, target, temporary_path(target, staging_pid, "old"))
+        self.barrier("checkpoint_in_place")
 
     def load_checkpoint(self, checkpoint_path: str | Path, weights_only: bool | None = None) -> dict[str, Any]:
         """A one-file checkpoint (this strategy's or DDP's): full weights and position-keyed optimizer states, each
