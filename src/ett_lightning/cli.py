@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ett_lightning.callbacks.prediction_writer import PredictionWriter
 from ett_lightning.callbacks.run_config_saver import RunConfigSaver
+from ett_lightning.checkpoints.atomic import recover, remove_stale
 from ett_lightning.checkpoints.export import ORIGINAL_FILES, export_module
 from ett_lightning.checkpoints.folder import is_checkpoint_folder, write_checkpoint_file
 from ett_lightning.data.input_spec import InputSpec
@@ -51,6 +52,8 @@ class CheckedLightningCLI(LightningCLI):
         loads the whole checkpoint here (all weights and optimizer state, on every rank) only to read them."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
+        if config and config.get("ckpt_path"):
+            recover_interrupted_saves(config.get("ckpt_path"), config.get("trainer.default_root_dir"))
         path = config and checkpoint_file(config.get("ckpt_path"), config.get("trainer.default_root_dir"))
         if not path:
             return
@@ -99,11 +102,24 @@ def checkpoint_file(ckpt_path: str | None, root: str | None) -> Path | None:
     if not ckpt_path:
         return None
     if ckpt_path != "last":
-        return Path(ckpt_path) if Path(ckpt_path).is_file() else None
+        return Path(ckpt_path) if Path(ckpt_path).is_file() or is_checkpoint_folder(ckpt_path) else None
     run = Path(root or os.getcwd())
     candidates = [run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")]
-    existing = [path for path in candidates if path.is_file()]
+    existing = [path for path in candidates if path.is_file() or is_checkpoint_folder(path)]
     return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
+
+
+def recover_interrupted_saves(ckpt_path: str, root: str | None) -> None:
+    """Before a resume, in the first process only: the previous checkpoint folder back under its name when a kill
+    came between the two renames of its replacement, and the temporaries of killed writers removed
+    (:mod:`ett_lightning.checkpoints.atomic`)."""
+    if int(os.environ.get("RANK", 0)) != 0 or ckpt_path == "best":
+        return
+    target = Path(root or os.getcwd()) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if recover(target):
+        print(f"{target}: put back the previous checkpoint, whose replacement was interrupted", file=sys.stderr)
+    for stale in remove_stale(target.parent):
+        print(f"removed {stale}, left by a process killed while writing a checkpoint", file=sys.stderr)
 
 
 def with_prediction_writer(kwargs: dict[str, Any], trainer_config: dict[str, Any]) -> dict[str, Any]:
