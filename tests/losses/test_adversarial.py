@@ -78,7 +78,7 @@ def test_before_the_start_step_the_discriminator_neither_trains_nor_contributes(
     reconstructions, encoded = module.tokenizer(images)
     vq, parts = loss.vq_loss(images, reconstructions, encoded.quant_losses, module.tokenizer.last_layer, step=0)
     assert torch.equal(vq, loss.reconstruction_weight * parts["reconstruction"] + parts["quantizer"])
-    assert parts["d_term"] == 0
+    assert parts["discriminator"] == 0
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])

@@ -13,15 +13,22 @@ def test_total_equals_weighted_formula():
     loss = ETTLoss(caption_weight=1.5, alpha=0.25, reconstruction_weight=2.0, reconstruction_loss="l2",
                    perceptual_weight=0.5, quantizer_weight=3.0, perceptual=ConstantPerceptual())
     images, recon = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
-    quant = {"commitment": torch.tensor(0.1), "codebook": torch.tensor(0.2)}
+    quant = {"commitment": torch.tensor(0.1), "codebook": torch.tensor(0.2), "quantizer": torch.tensor(0.3)}
     total, parts = loss(torch.tensor(2.0), images, recon, quant)
-    expected = 1.5 * 2.0 + 0.25 * (2.0 * 0.25 + 0.5 * 0.7 + 3.0 * (0.1 + 0.2))
-    assert total.item() == pytest.approx(expected)
+    expected = 1.5 * 2.0 + 0.25 * (2.0 * 0.25 + 0.5 * 0.7 + 3.0 * 0.3)
+    assert total.item() == pytest.approx(expected) and parts["total"].item() == pytest.approx(expected)
     assert parts["reconstruction"].item() == pytest.approx(0.25)
-    assert parts["quantizer"].item() == pytest.approx(0.3)
+    assert parts["commitment"].item() == pytest.approx(0.1)  # the quantizer's terms, as it gave them
+    assert parts["quantizer"].item() == pytest.approx(0.3)  # its objective, weighted by quantizer_weight here
     assert parts["vq"].item() == pytest.approx(2.0 * 0.25 + 0.5 * 0.7 + 3.0 * 0.3)
     assert set(parts) == {"caption", "reconstruction", "perceptual", "commitment", "codebook", "quantizer", "vq",
                           "total"}
+
+
+def test_quantizer_terms_without_an_objective_are_refused():
+    with pytest.raises(ValueError, match="without its objective"):
+        ETTLoss(perceptual_weight=0.0)(torch.tensor(1.0), torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4),
+                                       {"commitment": torch.tensor(0.1)})
 
 
 def test_caption_only_when_tokenizer_frozen():

@@ -41,8 +41,9 @@ def test_vq_losses_equal_their_formula():
     out = quantizer(z)
     codes = quantizer.embed(out.indices).permute(0, 3, 1, 2)
     mse = F.mse_loss(z, codes).item()
-    assert out.losses["commitment"].item() == pytest.approx(0.3 * mse, rel=1e-5)
+    assert out.losses["commitment"].item() == pytest.approx(mse, rel=1e-5)  # logged unweighted
     assert out.losses["codebook"].item() == pytest.approx(mse, rel=1e-5)
+    assert out.losses["quantizer"].item() == pytest.approx(1.3 * mse, rel=1e-5)  # taming: codebook + beta * commitment
 
 
 def test_ibq_forward_value_is_argmax_code_and_every_code_gets_gradient():
@@ -78,8 +79,9 @@ def test_ibq_gradient_equals_textbook_onehot_form():
 
 def test_ibq_entropy_term_only_when_weighted():
     z = latents()
-    assert "entropy" not in IndexBackpropQuantizer(32, 8)(z).losses
-    assert torch.isfinite(IndexBackpropQuantizer(32, 8, entropy_weight=0.1)(z).losses["entropy"])
+    assert "sample_entropy" not in IndexBackpropQuantizer(32, 8)(z).losses
+    losses = IndexBackpropQuantizer(32, 8, entropy_weight=0.1)(z).losses
+    assert torch.isfinite(losses["sample_entropy"]) and torch.isfinite(losses["codebook_entropy"])
 
 
 def test_quantizer_rejects_wrong_channel_count():

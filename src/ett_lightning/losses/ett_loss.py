@@ -12,16 +12,21 @@ from ett_lightning.losses.perceptual import LPIPSLoss
 
 
 class ETTLoss(nn.Module):
-    """``total = w_cap * caption + alpha * (w_rec * rec + w_perc * lpips + w_quant * sum(quantizer terms))``.
+    """ETT's objective, ``total = w_cap * caption + alpha * vq``, with the tokenizer's own objective
+    ``vq = w_rec * reconstruction + w_perc * perceptual + w_quant * quantizer + d_weight * g_adv``.
 
-    Returns ``(total, parts)``; ``parts`` holds every unweighted term plus the weighted ``vq`` and ``total``,
-    which the module logs as ``train/<part>``. Without reconstructions (tokenizer frozen) only the caption
-    term exists. ``perceptual`` defaults to VGG LPIPS when ``perceptual_weight`` > 0.
+    ``quantizer`` is the quantizer's objective as its authors train it (:class:`IndexBackpropQuantizer`:
+    SEED-Voken's IBQ loss; :class:`VectorQuantizer`: taming's), computed by the quantizer from its unweighted terms.
+    ``g_adv`` is the generator's adversarial term and ``d_weight`` its adaptive weight (when ``adversarial_weight``
+    > 0; a PatchGAN unless ``adversarial`` configures another). The discriminator's own objective is
+    ``discriminator`` (``discriminator_weight * d_loss``); it is not part of ``total`` and reaches no generator
+    parameter (see :class:`AdversarialLoss` for how one backward trains both).
 
-    ``adversarial_weight`` > 0 adds a GAN term (a PatchGAN unless ``adversarial`` configures another): the
-    generator's ``d_weight * g_adv`` joins the VQ loss, and the discriminator's own term ``d_term`` is added to
-    the total unscaled (see :class:`AdversarialLoss` for how one backward trains both). The discriminator
-    exists only then; it sees images, never the caption loss.
+    Returns ``(loss, parts)``: ``loss = total + discriminator`` is what the step backpropagates; ``parts`` holds every
+    term unweighted under its own name (``caption``, ``reconstruction``, ``perceptual``, the quantizer's terms,
+    ``g_adv``, ``d_loss``), the weighted objectives ``quantizer``, ``vq`` and ``total``, and ``discriminator``, which
+    the module logs as ``train/<part>``. Without reconstructions (tokenizer frozen) only the caption term exists.
+    ``perceptual`` defaults to VGG LPIPS when ``perceptual_weight`` > 0.
 
     Args:
         caption_weight: weight of the LLM's caption (next-token) loss.
@@ -29,7 +34,7 @@ class ETTLoss(nn.Module):
         reconstruction_weight: weight of the pixel reconstruction term.
         reconstruction_loss: ``l1`` or ``l2`` pixel loss.
         perceptual_weight: weight of the LPIPS term (0 switches it off and builds no LPIPS).
-        quantizer_weight: weight of the quantizer's codebook and commitment terms.
+        quantizer_weight: weight of the quantizer's objective.
         perceptual: the perceptual loss module (default: VGG LPIPS when ``perceptual_weight`` > 0).
         adversarial_weight: weight of the GAN generator term (0: no discriminator).
         adversarial: the adversarial loss and its discriminator (default: a PatchGAN when ``adversarial_weight`` > 0).
@@ -87,9 +92,9 @@ class ETTLoss(nn.Module):
         if reconstructions is not None:
             vq, vq_parts = self.vq_loss(images, reconstructions, quant_losses or {}, last_layer, step)
             parts.update(vq_parts)
-            total = total + self.alpha * vq + vq_parts.get("d_term", 0.0)
+            total = total + self.alpha * vq
         parts["total"] = total
-        return total, parts
+        return total + parts.get("discriminator", 0.0), parts
 
     def last_layer_of(self, tokenizer: nn.Module) -> Tensor | None:
         """The tokenizer's last decoder weight when the adversarial loss's adaptive weight needs it, else None: an
@@ -104,8 +109,9 @@ class ETTLoss(nn.Module):
         """The tokenizer's own objective (what it was pre-trained with) and its parts.
 
         With the adversarial term, ``last_layer`` (the decoder's last weight, for the adaptive weight) and the
-        global ``step`` are needed; ``parts["d_term"]`` is then the discriminator's objective, for the caller
-        to add to its total.
+        global ``step`` are needed; ``parts["discriminator"]`` is then the discriminator's objective, for the caller
+        to add to what it backpropagates. ``quant_losses`` are the quantizer's (its terms and, under
+        ``"quantizer"``, its objective).
         """
         distance = F.l1_loss if self.reconstruction_loss == "l1" else F.mse_loss
         rec = distance(reconstructions.float(), images.float())
@@ -115,15 +121,17 @@ class ETTLoss(nn.Module):
             parts["perceptual"] = self.perceptual(reconstructions, images)
             vq = vq + self.perceptual_weight * parts["perceptual"]
         if quant_losses:
-            parts["quantizer"] = sum(quant_losses.values())
-            vq = vq + self.quantizer_weight * parts["quantizer"]
+            if "quantizer" not in quant_losses:
+                raise ValueError(f"the quantizer returned terms {sorted(quant_losses)} without its objective: a "
+                                 "Quantizer's losses hold its weighted objective under 'quantizer'")
+            vq = vq + self.quantizer_weight * quant_losses["quantizer"]
         if self.adversarial is not None:
             if last_layer is None and self.adversarial.adaptive_weight:
                 raise ValueError("the adversarial loss's adaptive weight needs the decoder's last layer: pass "
                                  "last_layer")
             nll = vq - self.quantizer_weight * parts.get("quantizer", 0.0)
             g_term, d_term, adversarial_parts = self.adversarial(images, reconstructions, nll, last_layer, step)
-            parts.update(adversarial_parts, d_term=d_term)
+            parts.update(adversarial_parts, discriminator=d_term)
             vq = vq + g_term
         parts["vq"] = vq
         return vq, parts

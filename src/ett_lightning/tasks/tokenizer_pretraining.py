@@ -70,7 +70,7 @@ class TokenizerPretraining(L.LightningModule):
         vq, parts = self.loss.vq_loss(batch.images, reconstructions, encoded.quant_losses,
                                       self.loss.last_layer_of(self.tokenizer), self.global_step)
         log_split(self, split, {**parts, **encoded.stats}, weight)
-        return vq + parts.get("d_term", 0.0)
+        return vq + parts.get("discriminator", 0.0)
 
     def training_step(self, batch: ETTBatch, batch_idx: int) -> Tensor:
         return self.step(batch, "train", len(batch))

@@ -12,7 +12,10 @@ from torch import Tensor, nn
 
 @dataclass
 class QuantizerOutput:
-    """``quantized`` [B, D, H, W] has the value of the selected codes and a gradient path to the encoder."""
+    """``quantized`` [B, D, H, W] has the value of the selected codes and a gradient path to the encoder.
+
+    ``losses`` holds the quantizer's terms unweighted, by name, and its objective, weighted as the quantizer's
+    authors train it, under ``"quantizer"``."""
 
     quantized: Tensor
     indices: Tensor
@@ -30,7 +33,7 @@ class Quantizer(nn.Module):
     Args:
         codebook_size: number of codes.
         code_dim: dimension of each code.
-        beta: weight of the commitment term.
+        beta: the weight VQ-VAE calls beta (where it applies is the subclass's, as in its authors' code).
         l2_norm: compare latents and codes on the unit sphere (LlamaGen style).
     """
 
@@ -65,12 +68,6 @@ class Quantizer(nn.Module):
         flat = z.permute(0, 2, 3, 1).reshape(-1, self.code_dim).float()
         return F.normalize(flat, dim=-1) if self.l2_norm else flat
 
-    def vq_losses(self, flat: Tensor, codes: Tensor) -> dict[str, Tensor]:
-        """Commitment (pulls the encoder to its codes, scaled by beta) and codebook (pulls codes to the encoder)."""
-        return {
-            "commitment": self.beta * F.mse_loss(flat, codes.detach()),
-            "codebook": F.mse_loss(codes, flat.detach()),
-        }
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         """[B, D, H, W] latents -> codes on the same grid, in ``z``'s dtype; the lookup itself in float32."""
@@ -81,7 +78,8 @@ class Quantizer(nn.Module):
         return QuantizerOutput(quantized.contiguous(), indices.reshape(b, h, w), losses)
 
     def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Float32 latents [N, D] -> (codes [N, D] with the gradient path to the encoder, indices [N], losses)."""
+        """Float32 latents [N, D] -> (codes [N, D] with the gradient path to the encoder, indices [N], losses: the
+        unweighted terms and the weighted objective under ``"quantizer"``)."""
         raise NotImplementedError
 
 

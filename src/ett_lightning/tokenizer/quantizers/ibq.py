@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ett_lightning.tokenizer.quantizers.base import Quantizer
@@ -17,13 +18,19 @@ class IndexBackpropQuantizer(Quantizer):
     that of ``softmax(logits) @ codebook``, written as ``codes + (p - sg(p)) @ codebook`` so the one-hot matrix of
     the textbook form ``(onehot - sg(p) + p) @ codebook`` is never built (same value, same gradient).
 
-    ``entropy_weight`` > 0 adds the entropy regulariser: per-token entropy minimised, codebook-average entropy
-    maximised, on logits sharpened by ``entropy_temperature``.
+    The objective is SEED-Voken's (``IndexPropagationQuantize``, the paper's tokenizer), over latents ``z``, the
+    output ``z_q`` above and the selected codes ``c``:
+    ``quantization + commitment + beta * codebook`` with ``quantization = mean((z_q - z)^2)`` (through the softmax:
+    reaches the encoder and every code), ``commitment = mean((sg(c) - z)^2)`` (encoder only) and
+    ``codebook = mean((c - sg(z))^2)`` (selected codes only). ``entropy_weight`` > 0 adds
+    ``entropy_weight * (sample_entropy - codebook_entropy)`` on logits divided by ``entropy_temperature``: the
+    entropy of each token's code distribution, minimised, and of their batch mean, maximised (its log taken of the
+    mean plus 1e-5, as upstream).
 
     Args:
         codebook_size: number of codes.
         code_dim: dimension of each code.
-        beta: weight of the commitment term.
+        beta: weight of the codebook term.
         l2_norm: compare latents and codes on the unit sphere.
         entropy_weight: weight of the entropy regulariser (0 switches it off).
         entropy_temperature: temperature that sharpens the logits of the entropy terms.
@@ -53,17 +60,21 @@ class IndexBackpropQuantizer(Quantizer):
         probs = logits.softmax(dim=1)
         codes = self.embed(indices).float()
         quantized = codes + (probs - probs.detach()) @ codebook
-        losses = self.vq_losses(flat, quantized)
+        losses = {"quantization": F.mse_loss(quantized, flat), "commitment": F.mse_loss(flat, codes.detach()),
+                  "codebook": F.mse_loss(codes, flat.detach())}
+        objective = losses["quantization"] + losses["commitment"] + self.beta * losses["codebook"]
         if self.entropy_weight > 0:
-            losses["entropy"] = self.entropy_weight * entropy_regulariser(logits / self.entropy_temperature)
+            sample, mean = entropies(logits / self.entropy_temperature)
+            losses.update(sample_entropy=sample, codebook_entropy=mean)
+            objective = objective + self.entropy_weight * (sample - mean)
+        losses["quantizer"] = objective
         return quantized, indices, losses
 
 
-def entropy_regulariser(logits: Tensor) -> Tensor:
-    """Mean per-token entropy minus the entropy of the average code distribution (low = confident and diverse)."""
+def entropies(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean entropy of each row's softmax, and the entropy of the rows' mean distribution."""
     log_probs = logits.log_softmax(dim=1)
     probs = log_probs.exp()
-    token_entropy = -(probs * log_probs).sum(dim=1).mean()
+    sample = -(probs * log_probs).sum(dim=1).mean()
     mean_probs = probs.mean(dim=0)
-    codebook_entropy = -(mean_probs * torch.log(mean_probs.clamp_min(1e-12))).sum()
-    return token_entropy - codebook_entropy
+    return sample, -(mean_probs * torch.log(mean_probs + 1e-5)).sum()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from ett_lightning.tokenizer.quantizers.base import Quantizer, squared_distances
@@ -12,7 +13,11 @@ class VectorQuantizer(Quantizer):
 
     The output has the value of the nearest code. Its gradient reaches the encoder (straight-through, as in
     VQ-VAE) *and* the selected codebook rows, so that a downstream loss (ETT's caption loss) tunes the codebook
-    embeddings the LLM reads, not only the encoder. The codebook and commitment terms are returned as losses.
+    embeddings the LLM reads, not only the encoder.
+
+    Its objective is taming's and LlamaGen's: ``codebook + beta * commitment``, with ``codebook = mean((c - sg(z))^2)``
+    (pulls the selected codes to the encoder) and ``commitment = mean((sg(c) - z)^2)`` (pulls the encoder to its
+    codes).
 
     Args:
         codebook_size: number of codes.
@@ -24,4 +29,6 @@ class VectorQuantizer(Quantizer):
     def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         indices = squared_distances(flat, self.codebook()).argmin(dim=1)
         codes = self.embed(indices).float()
-        return codes + (flat - flat.detach()), indices, self.vq_losses(flat, codes)
+        losses = {"codebook": F.mse_loss(codes, flat.detach()), "commitment": F.mse_loss(flat, codes.detach())}
+        losses["quantizer"] = losses["codebook"] + self.beta * losses["commitment"]
+        return codes + (flat - flat.detach()), indices, losses
