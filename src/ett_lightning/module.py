@@ -179,6 +179,17 @@ class ETTModule(L.LightningModule):
                 getattr(self, name).eval()
         return self
 
+    def on_train_start(self) -> None:
+        """Lightning 2.6 starts ``fit`` (and a resumed ``fit``) in whatever modes the modules were built in, all
+        training: the frozen components go to eval mode here."""
+        self.train()
+
+    def on_validation_model_train(self) -> None:
+        """After validation Lightning restores the modes it saw before; ``train()`` then puts frozen parts back in
+        eval mode whatever they were."""
+        super().on_validation_model_train()
+        self.train()
+
     def encode_images(self, images: Tensor) -> TokenizerOutput:
         """Tokenizer forward; without gradient bookkeeping when the tokenizer is frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.is_trainable("tokenizer")):
