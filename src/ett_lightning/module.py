@@ -57,7 +57,8 @@ class ETTModule(L.LightningModule):
         trainable: per-component overrides of the stage, e.g. ``{"language_model": false}``.
         learning_rates: per-component learning rates; unnamed components keep the defaults (tokenizer 1e-5, projector
             1e-3, language_model 2e-5).
-        weight_decay: AdamW weight decay of matrices and convolutions (biases and norms get none).
+        weight_decay: AdamW weight decay of matrices and convolutions (biases, norms, codebooks and learned
+            positions get none).
         betas: AdamW betas.
         warmup_steps: linear warmup steps before the cosine decay.
         min_lr_ratio: the cosine schedule's floor, as a fraction of each learning rate.
@@ -259,7 +260,8 @@ class ETTModule(L.LightningModule):
         return [{"key": k, "prediction": p, "references": r} for k, p, r in zip(batch.keys, predictions, batch.answers)]
 
     def configure_optimizers(self) -> dict:
-        """AdamW with one learning rate per trainable component (no decay on biases and norms), warmup + cosine."""
+        """AdamW with one learning rate per trainable component (no decay on biases, norms, codebooks and positions),
+        warmup + cosine."""
         groups = []
         for name in self.components():
             if self.is_trainable(name):

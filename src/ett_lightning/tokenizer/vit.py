@@ -77,6 +77,10 @@ class ViTDecoder(nn.Module):
     def last_layer(self) -> Tensor:
         return self.proj_out.weight
 
+    def no_weight_decay(self) -> set[str]:
+        """timm's convention: the learned positions take no weight decay."""
+        return {"pos_embed"}
+
     def forward(self, z: Tensor) -> Tensor:
         _, _, h, w = z.shape
         tokens = self.proj_in(z.flatten(2).transpose(1, 2)) + self.pos_embed

@@ -1,7 +1,9 @@
-"""AdamW with one learning rate per component, no decay on biases and norms, and a warmup + cosine schedule."""
+"""AdamW with one learning rate per component, no decay on biases, norms, codebooks and positions, and a warmup +
+cosine schedule."""
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 
@@ -10,20 +12,43 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ett_lightning.losses import ETTLoss
+from ett_lightning.tokenizer.quantizers import Quantizer
+
+log = logging.getLogger(__name__)
 
 DISCRIMINATOR = "discriminator"
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
 def parameter_groups(name: str, module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """Two AdamW groups for ``module``: matrices/convs with weight decay, biases/norm/scalars without."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    """Two AdamW groups for ``module``'s trainable parameters: weight matrices and convolutions with weight decay,
+    the rest (:func:`undecayed_names`) without. The split is logged at debug level, by parameter name."""
+    parameters = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    undecayed = undecayed_names(module)
+    log.debug("%s: weight decay %s on %s; none on %s", name, weight_decay,
+              [n for n in parameters if n not in undecayed], [n for n in parameters if n in undecayed])
     return [
-        {"name": name, "params": decay, "lr": lr, "weight_decay": weight_decay},
-        {"name": f"{name}/no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0},
+        {"name": name, "params": [p for n, p in parameters.items() if n not in undecayed], "lr": lr,
+         "weight_decay": weight_decay},
+        {"name": f"{name}/no_decay", "params": [p for n, p in parameters.items() if n in undecayed], "lr": lr,
+         "weight_decay": 0.0},
     ]
+
+
+def undecayed_names(module: nn.Module) -> set[str]:
+    """The parameters of ``module`` AdamW leaves without weight decay, as timm, VQGAN and Hugging Face's Trainer
+    do: biases, norm weights and other vectors; codebooks (every parameter of a quantizer: decay would shrink the
+    codes the encoder is matched against); and what a submodule lists in timm's ``no_weight_decay()`` (learned
+    positions, class tokens). Embedding tables of the LLM are decayed, as Hugging Face's Trainer does."""
+    names = {n for n, p in module.named_parameters() if p.ndim < 2}
+    for prefix, submodule in module.named_modules():
+        joined = f"{prefix}." if prefix else ""
+        if isinstance(submodule, Quantizer):
+            names |= {joined + n for n, _ in submodule.named_parameters()}
+        listed = getattr(submodule, "no_weight_decay", None)
+        if callable(listed):
+            names |= {joined + n for n in listed()}
+    return names
 
 
 def discriminator_groups(loss: ETTLoss) -> list[dict]:
