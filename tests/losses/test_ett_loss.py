@@ -1,7 +1,9 @@
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
-from ett_lightning.losses import ETTLoss, LPIPSLoss
+from ett_lightning.losses import AdversarialLoss, ETTLoss, LPIPSLoss, PatchGANDiscriminator
+from tests.conftest import fit, tiny_module
 
 
 class ConstantPerceptual(torch.nn.Module):
@@ -64,3 +66,40 @@ def test_lpips_backbone_loads_from_local_torchvision_file(tmp_path):
 def test_lpips_missing_backbone_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="backbone_weights file not found"):
         LPIPSLoss(backbone_weights=str(tmp_path / "missing.pth"))
+
+
+class Recorded(Logger):
+    """The metrics a real fit writes, step by step."""
+
+    name, version = "recorded", "0"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[dict[str, float]] = []
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.steps.append(dict(metrics))
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+
+def test_train_total_is_recomputed_from_the_logged_parts():
+    """In a real fit with an IBQ tokenizer and a discriminator: train/quantizer from the quantizer's logged terms,
+    train/total from the logged unweighted parts and the recipe's weights, the discriminator's objective apart."""
+    loss = ETTLoss(caption_weight=1.5, alpha=0.4, reconstruction_weight=2.0, perceptual_weight=0.0,
+                   quantizer_weight=0.7, adversarial_weight=0.5,
+                   adversarial=AdversarialLoss(PatchGANDiscriminator(ch=8, num_layers=2)))
+    module = tiny_module("ett", loss=loss)
+    recorded = Recorded()
+    fit(module, steps=2, logger=recorded, log_every_n_steps=1)
+    assert len(recorded.steps) == 2
+    beta = module.tokenizer.quantize.beta
+    for logged in recorded.steps:
+        part = {name.removeprefix("train/"): value for name, value in logged.items() if name.startswith("train/")}
+        assert part["quantizer"] == pytest.approx(part["quantization"] + part["commitment"] + beta * part["codebook"],
+                                                  rel=1e-5)
+        vq = 2.0 * part["reconstruction"] + 0.7 * part["quantizer"] + part["d_weight"] * part["g_adv"]
+        assert part["vq"] == pytest.approx(vq, rel=1e-5)
+        assert part["total"] == pytest.approx(1.5 * part["caption"] + 0.4 * vq, rel=1e-5)
+        assert part["discriminator"] == pytest.approx(loss.adversarial.discriminator_weight * part["d_loss"], rel=1e-5)
