@@ -57,8 +57,7 @@ class ETTModule(L.LightningModule):
         trainable: per-component overrides of the stage, e.g. ``{"language_model": false}``.
         learning_rates: per-component learning rates; unnamed components keep the defaults (tokenizer 1e-5, projector
             1e-3, language_model 2e-5).
-        weight_decay: AdamW weight decay of matrices and convolutions (biases, norms, codebooks and learned
-            positions get none).
+        weight_decay: AdamW weight decay of matrices and convolutions (none on biases, norms, codebooks, positions).
         betas: AdamW betas.
         warmup_steps: linear warmup steps before the cosine decay.
         min_lr_ratio: the cosine schedule's floor, as a fraction of each learning rate.
@@ -123,18 +122,15 @@ class ETTModule(L.LightningModule):
 
     @classmethod
     def from_export(cls, directory: str, trust_remote_code: bool = False, **kwargs: Any) -> ETTModule:
-        """The module of an ``ett export`` directory; ``kwargs`` (``stage``, ``loss``, learning rates, ...) set
-        the training configuration for further tuning, as in ``__init__``. Code the export's LLM ships runs only
-        with ``trust_remote_code`` (see :func:`~ett_lightning.checkpoints.export.load_export`)."""
-        components = load_export(directory, trust_remote_code)
-        components.pop("inputs")
-        exported_stage = components.pop("stage") or "ett"
-        return cls(**components, **{"stage": exported_stage, **kwargs})
+        """The module of an ``ett export`` directory (:func:`~ett_lightning.checkpoints.export.load_export`);
+        ``kwargs`` (``stage``, ``loss``, learning rates, ...) set the training configuration, as in ``__init__``."""
+        parts = load_export(directory, trust_remote_code)
+        return cls(parts["tokenizer"], parts["projector"], parts["language_model"],
+                   **{"stage": parts["stage"] or "ett", **kwargs})
 
     def load_components(self, path: str) -> None:
-        """Loads the components a checkpoint holds (each one strictly); loss modules are skipped.
-
-        A tokenizer-only checkpoint (``TokenizerPretraining``) loads just the tokenizer.
+        """Loads the components a checkpoint holds (each one strictly); loss modules are skipped. A tokenizer-only
+        checkpoint (``TokenizerPretraining``) loads just the tokenizer.
         """
         load_component_weights(self, path, self.components())
 
@@ -181,14 +177,11 @@ class ETTModule(L.LightningModule):
         return self
 
     def on_train_start(self) -> None:
-        """Lightning 2.6 starts ``fit`` (and a resumed ``fit``) in whatever modes the modules were built in, all
-        training: the frozen components go to eval mode here."""
+        """Lightning 2.6 starts (and resumes) ``fit`` in the modes modules were built in: frozen parts to eval."""
         self.train()
 
     def on_validation_model_train(self) -> None:
-        """After validation Lightning restores the modes it saw before; ``train()`` then puts frozen parts back in
-        eval mode whatever they were."""
-        super().on_validation_model_train()
+        super().on_validation_model_train()  # Lightning restores the modes it saw; frozen parts back to eval
         self.train()
 
     def encode_images(self, images: Tensor) -> TokenizerOutput:
@@ -260,8 +253,7 @@ class ETTModule(L.LightningModule):
         return [{"key": k, "prediction": p, "references": r} for k, p, r in zip(batch.keys, predictions, batch.answers)]
 
     def configure_optimizers(self) -> dict:
-        """AdamW with one learning rate per trainable component (no decay on biases, norms, codebooks and positions),
-        warmup + cosine."""
+        """AdamW, one learning rate per trainable component (decay as ``parameter_groups``), warmup + cosine."""
         groups = []
         for name in self.components():
             if self.is_trainable(name):
