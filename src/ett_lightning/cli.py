@@ -20,6 +20,7 @@ from ett_lightning.callbacks.run_config_saver import RunConfigSaver
 from ett_lightning.checkpoints.atomic import recover, remove_stale
 from ett_lightning.checkpoints.export import ORIGINAL_FILES, export_module
 from ett_lightning.checkpoints.folder import is_checkpoint_folder, write_checkpoint_file
+from ett_lightning.checkpoints.hyperparameters import entries, rebuild_refusal
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.distributed import fsdp2  # noqa: F401  registers --trainer.strategy=fsdp2
 from ett_lightning.module import ETTModule
@@ -60,8 +61,11 @@ class CheckedLightningCLI(LightningCLI):
         try:
             hyperparameters = checkpoint_hyperparameters(path)
             model = config.get("model")
+            model = model.as_dict() if model else {}
             strategy = config.get("trainer.strategy")
-            problem = (checkpoint_mismatch(path, hyperparameters, model.as_dict() if model else {}, subcommand)
+            trusted = any(key == "trust_remote_code" and value is True for _, key, value in entries(model))
+            problem = (rebuild_refusal(hyperparameters, str(path), trusted)
+                       or checkpoint_mismatch(path, hyperparameters, model, subcommand)
                        or folder_needs_fsdp2(path, strategy.as_dict() if hasattr(strategy, "as_dict") else strategy))
         except ValueError as unreadable:
             problem = str(unreadable)
@@ -143,13 +147,18 @@ def export_command(args: list[str] | None = None) -> None:
                         help="also write the tokenizer in this public layout (default: the layout it was loaded from)")
     parser.add_argument("--config", help="the run's config.yaml, whose data section says how images and prompts "
                                          "were prepared (default: config.yaml of the checkpoint's run directory)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the checkpoint's LLM run the code it ships, when its run set trust_remote_code")
     options = parser.parse_args(args)
     if not Path(options.ckpt).exists():
         parser.error(f"checkpoint not found: {options.ckpt}")
     try:  # the one-line reading check of --ckpt_path: a folder's files are data, a file is a Lightning checkpoint
-        checkpoint_hyperparameters(Path(options.ckpt))
+        hyperparameters = checkpoint_hyperparameters(Path(options.ckpt))
     except ValueError as unreadable:
         parser.error(str(unreadable))
+    refused = rebuild_refusal(hyperparameters, options.ckpt, options.trust_remote_code)
+    if refused:
+        parser.error(refused)
     if is_checkpoint_folder(options.ckpt):  # Lightning loads files: a file of the folder's weights, then removed
         with tempfile.TemporaryDirectory(dir=Path(options.out).resolve().parent) as scratch:
             module = ETTModule.load_from_checkpoint(write_checkpoint_file(options.ckpt, Path(scratch) / "last.ckpt"),

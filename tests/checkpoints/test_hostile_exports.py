@@ -7,6 +7,7 @@ Hugging Face directory whose config may ask to run Python it ships (``auto_map``
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_code_needed_by_an_unknown_architecture_runs_only_when_the_caller_trusts
     with pytest.raises(ExportError, match="needs code shipped with the export .* refused"):
         load_export(custom)
     assert not marker.exists()
-    with pytest.raises(AttributeError, match="has no attribute 'Config'"):  # it was imported, and defines no model
+    with pytest.raises(ExportError, match="has no attribute 'Config'"):  # it was imported, and defines no model
         load_export(custom, trust_remote_code=True)
     assert marker.exists(), "the control: with the caller's consent, transformers imports the shipped file"
 
@@ -172,3 +173,31 @@ def test_ett_ask_answers_a_missing_export_or_image_in_one_line(tiny_export, tmp_
 
 def test_an_untampered_export_still_loads(tiny_export):
     assert InferenceModel.from_export(str(tiny_export)).inputs.layout == "image_first"
+
+
+@pytest.mark.parametrize("tamper,message", [
+    (lambda e: (e / "projector" / "model.safetensors").unlink() or os.mkfifo(e / "projector" / "model.safetensors"),
+     "is neither a regular file nor a folder"),  # a FIFO would block the reader for ever
+    (lambda e: (e / "loop_a").symlink_to(e / "loop_b") or (e / "loop_b").symlink_to(e / "loop_a"),
+     "an entry cannot be resolved"),
+    (lambda e: (e / "language_model" / "tokenizer_config.json").unlink(), "holds no tokenizer_config.json"),
+    (lambda e: (e / "language_model" / "config.json").write_text("[1]"), "does not load as the export's LLM"),
+    (lambda e: os.makedirs(e / "/".join(["d"] * 40)), "nested more than 16 folders deep"),
+])
+def test_export_files_that_would_hang_mislead_or_crash_the_loader_are_refused(tiny_export, tmp_path, tamper,
+                                                                               message):
+    bad = copy_of_export(tiny_export, tmp_path / "bad")
+    tamper(bad)
+    with pytest.raises(ExportError, match=message):
+        load_export(bad)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m["projector"].update(depth=2**24), "projector.depth: expected a whole number from 1 to 1024"),
+    (lambda m: m["tokenizer"]["arch"].update(num_res_blocks=2**20), "num_res_blocks: expected a whole number from 1"),
+    (lambda m: m["inputs"]["image"].update(size=2**24), "inputs.image.size: expected an image side"),
+    (lambda m: m["tokenizer"]["arch"].update(ch_mult=[]), "ch_mult: expected a list of 1 to 16"),
+])
+def test_sizes_that_would_build_for_ever_are_refused_before_building(tiny_export, tmp_path, edit, message):
+    with pytest.raises(ExportError, match=message):
+        load_export(copy_of_export(tiny_export, tmp_path / "bad", edit))

@@ -9,13 +9,17 @@ tests/distributed read real Lightning folders through the same checks.
 
 from __future__ import annotations
 
+import copy
+import io
 import pickle
+import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import MetadataIndex
 
 from ett_lightning.checkpoints.files import load_state_dict_file
 from ett_lightning.checkpoints.folder import MetadataUnpickler, check_folder, folder_weights
@@ -121,3 +125,64 @@ def test_an_index_pointing_out_of_the_folder_or_past_its_bytes_is_refused(tmp_pa
     rewritten_index(huge, enormous)
     with pytest.raises(ValueError, match="the index lists .* bytes of tensors, the folder holds"):
         load_state_dict_file(huge)  # refused before a 4 TiB tensor is allocated
+
+
+def test_a_second_place_for_a_data_entry_is_checked_too(tmp_path):
+    """Two index places for one non-tensor entry: torch's reader may take either, so both must hold only data."""
+    marker, folder = tmp_path / "ran", tmp_path / "ckpt"
+    save_folder(folder, optimizer_extra="benign")
+    hostile = io.BytesIO()
+    torch.save(CreatesFile(str(marker)), hostile)
+    (folder / "extra.distcp").write_bytes(hostile.getvalue())
+    key = "optimizer_0.param_groups.0.hook"
+
+    def second_place(metadata):
+        benign = next(where for index, where in metadata.storage_data.items() if index.fqn == key)
+        other = copy.copy(benign)
+        other.relative_path, other.offset, other.length = "extra.distcp", 0, len(hostile.getvalue())
+        metadata.storage_data[MetadataIndex(key, torch.Size([0]))] = other
+
+    rewritten_index(folder, second_place)
+    with pytest.raises(ValueError, match=f"entry '{key}' holds more than data"):
+        checkpoint_hyperparameters(folder)
+    assert not marker.exists()
+
+
+def test_negative_sizes_cannot_hide_a_huge_tensor(tmp_path):
+    save_folder(folder := tmp_path / "ckpt")
+
+    def cancelled(metadata):
+        metadata.state_dict_metadata["state_dict.projector.net.0.weight"].size = torch.Size([2**15, 2**15])
+        metadata.state_dict_metadata["state_dict.projector.net.0.bias"].size = torch.Size([-(2**30)])
+
+    rewritten_index(folder, cancelled)
+    with pytest.raises(ValueError, match="has a negative size"):
+        load_state_dict_file(folder)
+
+
+def test_hyperparameters_that_would_import_or_run_code_are_refused_by_ett_export(tmp_path, capsys):
+    """The folder and the file hold only data, but their hyper_parameters are a recipe Lightning would follow:
+    importing any class_path and building an LLM with trust_remote_code."""
+    marker = tmp_path / "ran"
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    (llm / "custom.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    (llm / "config.json").write_text('{"model_type": "evil", "auto_map": {"AutoConfig": "custom.Config"}}')
+    cases = {"trust_remote_code": ({"class_path": "ett_lightning.models.LanguageModel",
+                                    "init_args": {"pretrained": str(llm), "trust_remote_code": True}},
+                                   "language_model.init_args.trust_remote_code asks to run the LLM's shipped code"),
+             "import": ({"class_path": "this.Anything"}, "names 'this.Anything', a class outside ett_lightning"),
+             "init_from": ({"class_path": "ett_lightning.models.LanguageModel"}, "init_from names a file")}
+    for name, (language_model, message) in cases.items():
+        hyperparameters = {"_class_path": "ett_lightning.module.ETTModule", "language_model": language_model,
+                           "stage": "ett", **({"init_from": "/etc/passwd"} if name == "init_from" else {})}
+        save_folder(folder := tmp_path / name / "last.ckpt")
+        torch.save({"global_step": 1, "hyper_parameters": hyperparameters}, folder / "meta.pt")
+        torch.save({"state_dict": {}, "hyper_parameters": hyperparameters}, one_file := tmp_path / f"{name}.ckpt")
+        for checkpoint in (folder, one_file):
+            with pytest.raises(SystemExit) as exit_:
+                cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "out")])
+            error = capsys.readouterr()
+            assert exit_.value.code == 2 and message in error.err and "Traceback" not in error.err
+            assert "Beautiful is better" not in error.out
+    assert not marker.exists() and "this" not in sys.modules

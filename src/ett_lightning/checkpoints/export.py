@@ -122,9 +122,15 @@ def load_export(directory: str | Path, trust_remote_code: bool = False) -> dict[
     """
     manifest = read_manifest(directory)
     directory = manifest.directory
-    with torch.device("meta"):  # shapes first: a manifest asking for a huge model costs nothing before the check
-        check_shapes(manifest.build_tokenizer(), directory / "tokenizer" / "model.safetensors")
-        check_shapes(manifest.build_projector(), directory / "projector" / "model.safetensors")
+    try:
+        with torch.device("meta"):  # shapes first: a manifest asking for a huge model costs nothing before the check
+            check_shapes(manifest.build_tokenizer(), directory / "tokenizer" / "model.safetensors")
+            check_shapes(manifest.build_projector(), directory / "projector" / "model.safetensors")
+    except (RuntimeError, TypeError, ValueError, IndexError) as err:  # arguments that build no model
+        if isinstance(err, ExportError):
+            raise
+        raise ExportError(f"{manifest.path}: its tokenizer or projector arguments build no model "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
     tokenizer = manifest.build_tokenizer()
     load_strict(tokenizer, load_file(directory / "tokenizer" / "model.safetensors"), f"{directory} [tokenizer]")
     tokenizer.source_format = manifest.source_format
@@ -157,13 +163,18 @@ def check_shapes(module: nn.Module, weights: Path) -> None:
 
 
 def load_language_model(directory: Path, attn_implementation: str, trust_remote_code: bool) -> LanguageModel:
-    """The export's LLM; one whose files ask to run code they ship (``auto_map``) is refused unless trusted."""
+    """The export's LLM; one whose files ask to run code they ship (``auto_map``) is refused unless trusted, and one
+    whose files do not make an LLM with its text tokenizer is refused with the reason."""
+    if not (directory / "tokenizer_config.json").is_file():
+        raise ExportError(f"{directory} holds no tokenizer_config.json: the export's text tokenizer is missing "
+                          "(Hugging Face would fall back to another tokenizer and the answers would be noise)")
     try:
         return LanguageModel(pretrained=str(directory), attn_implementation=attn_implementation,
                              trust_remote_code=trust_remote_code)
-    except ValueError as err:
+    except Exception as err:  # untrusted files fail inside transformers in many types; each is a refused export
         if "trust_remote_code" in str(err):
             raise ExportError(f"{directory} needs code shipped with the export to build its LLM (an auto_map in its "
                               "config): refused. Load it with trust_remote_code=True (ett ask --trust-remote-code) "
                               "only if you trust its author") from None
-        raise
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise ExportError(f"{directory} does not load as the export's LLM ({type(err).__name__}: {reason})") from None

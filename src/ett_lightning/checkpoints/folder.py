@@ -60,33 +60,50 @@ def folder_index(folder: str | Path) -> Metadata:
 
 
 def check_folder(folder: str | Path) -> Metadata:
-    """The folder's index, once every entry it lists has been found to lie in a file of the folder, the tensors to
-    fit in the bytes stored, and every non-tensor entry to read weights-only (Lightning reads those with
-    ``weights_only=False`` when it resumes); ValueError (one line) naming what is refused."""
+    """The folder's index, once every entry it lists has been found to lie within a file of the folder, the tensors
+    to fit in the bytes stored, and every stored piece of a non-tensor entry to read weights-only (Lightning reads
+    those with ``weights_only=False`` when it resumes); ValueError (one line) naming what is refused."""
     folder = Path(folder)
     metadata = folder_index(folder)
-    root = folder.resolve()
-    stored = {}
-    for index, where in (metadata.storage_data or {}).items():
-        file = (folder / str(getattr(where, "relative_path", ""))).resolve()
-        if not file.is_relative_to(root) or not file.is_file() or getattr(where, "transform_descriptors", None):
-            raise ValueError(f"{folder}: entry {index.fqn!r:.80} is not stored as plain bytes in a file of the folder")
-        stored[index.fqn] = (file, where.offset, where.length)
-    tensor_bytes = sum(entry.size.numel() * entry.properties.dtype.itemsize
-                       for entry in metadata.state_dict_metadata.values() if hasattr(entry, "size"))
-    folder_bytes = sum(file.stat().st_size for file in root.iterdir() if file.is_file())
-    if tensor_bytes > folder_bytes:
-        raise ValueError(f"{folder}: the index lists {tensor_bytes} bytes of tensors, the folder holds {folder_bytes}")
-    for key, entry in metadata.state_dict_metadata.items():
-        if isinstance(entry, BytesStorageMetadata):
-            check_data_entry(folder, key, *stored.get(key, (None, 0, 0)))
+    try:
+        entries, places = dict(metadata.state_dict_metadata), dict(metadata.storage_data or {})
+        tensor_bytes = 0
+        for key, entry in entries.items():
+            if not isinstance(entry, BytesStorageMetadata):
+                if any(side < 0 for side in entry.size):
+                    raise ValueError(f"{folder}: entry {key!r:.80} has a negative size {tuple(entry.size)}")
+                tensor_bytes += entry.size.numel() * entry.properties.dtype.itemsize
+        folder_bytes = sum(file.stat().st_size for file in folder.iterdir() if file.is_file())
+        if tensor_bytes > folder_bytes:
+            raise ValueError(f"{folder}: the index lists {tensor_bytes} bytes of tensors, the folder holds "
+                             f"{folder_bytes}")
+        data_keys = {key for key, entry in entries.items() if isinstance(entry, BytesStorageMetadata)}
+        placed = set()
+        for index, where in places.items():
+            place = stored_place(folder, index.fqn, where)
+            if index.fqn in data_keys:
+                check_data_entry(folder, index.fqn, *place)
+                placed.add(index.fqn)
+    except (AttributeError, TypeError, KeyError) as err:
+        raise ValueError(f"{folder}: its index is not a checkpoint folder's ({type(err).__name__}: "
+                         f"{str(err)[:120]})") from None
+    if data_keys - placed:
+        raise ValueError(f"{folder}: entry {min(data_keys - placed)!r:.80} is listed without a place in the folder")
     return metadata
 
 
-def check_data_entry(folder: Path, key: str, file: Path | None, offset: int, length: int) -> None:
-    """The non-tensor entry ``key`` unpickles weights-only (numbers, strings, containers, tensors)."""
-    if file is None:
-        raise ValueError(f"{folder}: entry {key!r:.80} is listed without a place in the folder")
+def stored_place(folder: Path, key: str, where: Any) -> tuple[Path, int, int]:
+    """Where entry ``key`` is stored: a regular file of the folder, and a byte range inside it."""
+    file = (folder / str(where.relative_path)).resolve()
+    offset, length = int(where.offset), int(where.length)
+    if (not file.is_relative_to(folder.resolve()) or not file.is_file() or getattr(where, "transform_descriptors", None)
+            or offset < 0 or length < 0 or offset + length > file.stat().st_size):
+        raise ValueError(f"{folder}: entry {key!r:.80} is not stored as plain bytes in a file of the folder")
+    return file, offset, length
+
+
+def check_data_entry(folder: Path, key: str, file: Path, offset: int, length: int) -> None:
+    """The stored piece of non-tensor entry ``key`` unpickles weights-only (numbers, strings, containers)."""
     with file.open("rb") as data:
         data.seek(offset)
         raw = data.read(length)
@@ -124,9 +141,12 @@ def folder_metadata(folder: str | Path) -> dict[str, Any]:
     if not meta.is_file():
         raise ValueError(f"{folder} is a checkpoint folder without meta.pt (incomplete, or not written by Lightning)")
     try:
-        return torch.load(meta, map_location="cpu", weights_only=True)
+        metadata = torch.load(meta, map_location="cpu", weights_only=True)
     except Exception as err:  # the weights-only unpickler refuses in several types
         raise ValueError(f"{meta} holds more than data or is no torch file ({refusal(err)})") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("hyper_parameters", {}), dict):
+        raise ValueError(f"{meta} is not Lightning's checkpoint metadata (a mapping with hyper_parameters)")
+    return metadata
 
 
 def folder_weights(folder: str | Path) -> dict[str, Tensor]:

@@ -31,8 +31,10 @@ from ett_lightning.checkpoints.registry import (
     Buildable,
     ExportError,
     count,
+    depth,
     one_of,
     optional,
+    side,
 )
 from ett_lightning.data.input_spec import IMAGE_PREPARATION, InputSpec
 from ett_lightning.models import LanguageModel, MLPProjector
@@ -44,8 +46,9 @@ FORMAT_VERSION = 1
 LARGEST_MANIFEST = 1 << 20  # bytes; a manifest is a few kilobytes
 TEMPLATE_FIELDS = {"question", "caption"}
 LARGEST_TEMPLATE = 4096  # characters
+LARGEST_NESTING = 16  # folders; an export has two levels
 SECTIONS = {"format_version", "stage", "tokenizer", "projector", "language_model", "inputs"}
-PROJECTOR = Buildable(MLPProjector, {"in_dim": count, "out_dim": count, "depth": count, "hidden_dim": optional(count)})
+PROJECTOR = Buildable(MLPProjector, {"in_dim": count, "out_dim": count, "depth": depth, "hidden_dim": optional(count)})
 LANGUAGE_MODEL = Buildable(LanguageModel, {"attn_implementation": one_of("sdpa", "eager", "flash_attention_2",
                                                                          SEGMENT_SDPA)})
 STAGE = optional(one_of("align", "ett", "posttrain"))
@@ -146,7 +149,7 @@ def checked_inputs(inputs: Any, path: Path) -> InputSpec:
         raise ExportError(f"{path}: inputs.prompt.templates must map task names to template strings")
     for task, template in templates.items():
         checked_value(template_text, template, f"{path}: inputs.prompt.templates.{task}")
-    return InputSpec(checked_value(count, image.get("size"), f"{path}: inputs.image.size"), dict(templates),
+    return InputSpec(checked_value(side, image.get("size"), f"{path}: inputs.image.size"), dict(templates),
                      checked_value(count, prompt.get("max_text_tokens"), f"{path}: inputs.prompt.max_text_tokens"),
                      checked_value(one_of("image_first", "text_first"), prompt.get("layout"),
                                    f"{path}: inputs.prompt.layout"))
@@ -169,11 +172,19 @@ def template_text(value: Any) -> str:
 
 
 def check_files_inside(directory: Path) -> None:
-    """Every file and folder of the export resolves inside it: a link to ``~/.ssh`` or ``/etc`` is refused."""
+    """Every entry of the export is a regular file or folder inside it: a link to ``~/.ssh`` or ``/etc``, a FIFO that
+    would block the reader, a device or a link loop is refused."""
     root = directory.resolve()
-    for folder, folders, files in os.walk(directory):
-        for name in folders + files:
-            entry = Path(folder) / name
-            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
-                raise ExportError(f"{entry} links to {os.readlink(entry)!s:.120}, outside the export {directory}: "
-                                  "an export's files must lie inside it")
+    try:
+        for folder, folders, files in os.walk(directory):
+            if len(Path(folder).relative_to(directory).parts) > LARGEST_NESTING:
+                raise ExportError(f"{folder} is nested more than {LARGEST_NESTING} folders deep inside the export")
+            for name in folders + files:
+                entry = Path(folder) / name
+                if entry.is_symlink() and not entry.resolve(strict=True).is_relative_to(root):
+                    raise ExportError(f"{entry} links to {os.readlink(entry)!s:.120}, outside the export {directory}: "
+                                      "an export's files must lie inside it")
+                if not (entry.is_file() or entry.is_dir()):
+                    raise ExportError(f"{entry} is neither a regular file nor a folder")
+    except (OSError, RuntimeError) as err:  # a link loop or a link to nothing
+        raise ExportError(f"{directory}: an entry cannot be resolved ({type(err).__name__}: {err!s:.100})") from None

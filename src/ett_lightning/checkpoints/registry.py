@@ -23,7 +23,9 @@ from typing import Any
 from ett_lightning.tokenizer import IndexBackpropQuantizer, VectorQuantizer, ViTVQTokenizer, VQTokenizer
 
 Check = Callable[[Any], Any]
-LARGEST_COUNT = 2**24  # far above any width, depth or codebook size in use; the weights file decides the rest
+LARGEST_COUNT = 2**24  # far above any width or codebook size in use; the weights file decides the rest
+LARGEST_DEPTH = 1024  # layers or blocks; the models are built (on the meta device) before their weights are compared
+LARGEST_SIDE = 8192  # pixels
 
 
 class ExportError(ValueError):
@@ -37,10 +39,31 @@ def count(value: Any) -> int:
     return value
 
 
+def depth(value: Any) -> int:
+    """A number of layers or blocks: building a model is linear in it, before any weight is compared."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LARGEST_DEPTH:
+        raise ValueError(f"expected a whole number from 1 to {LARGEST_DEPTH}, found {value!r:.80}")
+    return value
+
+
+def side(value: Any) -> int:
+    """An image side in pixels."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LARGEST_SIDE:
+        raise ValueError(f"expected an image side from 1 to {LARGEST_SIDE} pixels, found {value!r:.80}")
+    return value
+
+
 def counts(value: Any) -> tuple[int, ...]:
-    """A short list of positive whole numbers (channel multipliers, attention resolutions)."""
+    """A short list of positive whole numbers (attention resolutions)."""
     if not isinstance(value, list | tuple) or len(value) > 16:
         raise ValueError(f"expected a list of at most 16 whole numbers, found {value!r:.80}")
+    return tuple(count(item) for item in value)
+
+
+def levels(value: Any) -> tuple[int, ...]:
+    """Channel multipliers, one per level: at least one."""
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= 16:
+        raise ValueError(f"expected a list of 1 to 16 whole numbers, found {value!r:.80}")
     return tuple(count(item) for item in value)
 
 
@@ -129,10 +152,10 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-CONV_ARCHITECTURE = {"ch": count, "ch_mult": counts, "num_res_blocks": count, "attn_resolutions": counts,
-                     "resolution": count, "z_channels": count, "dropout": real}
-VIT_ARCHITECTURE = {"image_size": count, "patch_size": count, "encoder_model": timm_architecture, "width": count,
-                    "depth": count, "num_heads": count, "decoder_depth": optional(count)}
+CONV_ARCHITECTURE = {"ch": count, "ch_mult": levels, "num_res_blocks": depth, "attn_resolutions": counts,
+                     "resolution": side, "z_channels": count, "dropout": real}
+VIT_ARCHITECTURE = {"image_size": side, "patch_size": count, "encoder_model": timm_architecture, "width": count,
+                    "depth": depth, "num_heads": count, "decoder_depth": optional(depth)}
 QUANTIZER = {"codebook_size": count, "code_dim": count, "beta": real, "l2_norm": flag}
 
 TOKENIZERS = Registry("tokenizer")
