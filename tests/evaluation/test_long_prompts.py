@@ -88,3 +88,36 @@ def test_lmms_eval_answers_a_long_question_with_an_empty_answer_and_goes_on(tiny
                                            idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1})
                                   for i, q in enumerate(questions)])
     assert scores[1] == (float("-inf"), False) and all(np.isfinite(score) for score, _ in (scores[0], scores[2]))
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--temperature", "nan"], "--temperature must be a number >= 0"),
+    (["--top-p", "2"], "--top-p must be in (0, 1]"),
+    (["--device", "bogus"], "is no device"),
+    (["--image-size", "-4"], "--image-size must be at least 1"),
+    (["--max-text-tokens", "0"], "--max-text-tokens must be at least 1"),
+])
+def test_ett_ask_checks_its_numbers_before_loading(tiny_export, tmp_path, capsys, arguments, message):
+    images(1)[0].save(tmp_path / "q.png")
+    with pytest.raises(SystemExit) as exit_:
+        ask_main(["--export", str(tiny_export), "--image", str(tmp_path / "q.png"), "--question", "what?", *arguments])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_bad_line_of_a_questions_file_is_skipped_not_fatal(tiny_export, tmp_path, capsys):
+    images(1)[0].save(tmp_path / "a.png")
+    lines = ['{"image": "a.png", "question": "q", "question_id": ' + "9" * 5000 + "}",
+             '{"image": "a.png", "question": "q\\ud800"}',
+             '{"image": "a.png", "question": "q", "question_id": NaN}',
+             '{"image": "a.png", "question": "fine", "question_id": "ok"}']
+    (tmp_path / "q.jsonl").write_text("\n".join(lines) + "\n")
+    ask_main(["--export", str(tiny_export), "--questions", str(tmp_path / "q.jsonl"), "--output",
+              str(tmp_path / "out.jsonl")])
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["question_id"] for row in rows] == ["ok"]
+    assert "skipped 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ask_main(["--export", str(tiny_export), "--questions", str(tmp_path / "q.jsonl"), "--output",
+                  str(tmp_path / "q.jsonl")])
+    assert "names the questions file itself" in capsys.readouterr().err

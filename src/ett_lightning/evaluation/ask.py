@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -53,16 +54,19 @@ class QuestionsFile:
     def parse(self, number: int, raw: bytes) -> Question | None:
         try:
             entry = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: also an integer of 5000 digits
             return self.skip("not a JSON line in UTF-8")
         if not isinstance(entry, dict) or not isinstance(entry.get("question"), str) or not entry["question"].strip():
             return self.skip("no question text")
+        question_id = entry.get("question_id", number)
+        if not (isinstance(question_id, int | str) and text_encodes(entry["question"] + str(question_id))):
+            return self.skip("question or question_id is not UTF-8 text or a whole number")
         if not isinstance(entry.get("image"), str):
             return self.skip("no image path")
         image = resolved_inside(self.image_root / entry["image"], self.image_root)
         if image is None:
             return self.skip(f"image outside {self.image_root}")
-        return Question(entry.get("question_id", number), entry["question"], image)
+        return Question(question_id, entry["question"], image)
 
     def open_image(self, question: Question) -> Image.Image | None:
         try:
@@ -77,6 +81,15 @@ class QuestionsFile:
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
         return None
+
+
+def text_encodes(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (a JSON ``\\ud800`` escape decodes to a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def open_image(path: Path) -> Image.Image | str:
@@ -146,6 +159,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def argument_problem(options: argparse.Namespace) -> str | None:
+    """What is wrong with the numbers, device and output path, before the model is loaded; None when nothing."""
+    for name in ("batch_size", "max_new_tokens", "image_size", "max_text_tokens"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            return f"--{name.replace('_', '-')} must be at least 1, got {value}"
+    if not (math.isfinite(options.temperature) and options.temperature >= 0):
+        return f"--temperature must be a number >= 0 (0: greedy), got {options.temperature}"
+    if options.question is not None and not text_encodes(options.question):
+        return "--question is not valid UTF-8 text"
+    if not 0 < options.top_p <= 1:
+        return f"--top-p must be in (0, 1], got {options.top_p}"
+    try:
+        device = torch.device(options.device)
+    except (RuntimeError, ValueError):
+        return f"--device {options.device!r} is no device (cpu, cuda, cuda:1, ...)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: no CUDA device is available here; use --device cpu"
+    if options.output:
+        output = Path(options.output)
+        if output.is_dir() or not output.parent.is_dir():
+            return f"--output {output}: expected a file path in an existing folder"
+        if options.questions and output.resolve() == Path(options.questions).resolve():
+            return "--output names the questions file itself; write the answers elsewhere"
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """``ett ask --export DIR --image PATH --question TEXT`` or ``... --questions IN.jsonl --output OUT.jsonl``."""
     options = parser().parse_args(args)
@@ -153,8 +193,9 @@ def main(args: list[str] | None = None) -> None:
     if bool(single) == bool(many) or (single and not (options.image and options.question)) or (
             many and not (options.questions and options.output)):
         parser().error("give --image and --question, or --questions and --output")
-    if options.batch_size < 1:
-        parser().error("--batch-size must be at least 1")
+    problem = argument_problem(options)
+    if problem:
+        parser().error(problem)
     decoding = Decoding(options.max_new_tokens, options.temperature, options.top_p,
                         model_defaults=options.model_generation_config)
     torch.manual_seed(options.seed)
