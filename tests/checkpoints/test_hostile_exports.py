@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -144,17 +143,17 @@ def test_manifests_that_are_not_json_objects_are_refused(tiny_export, tmp_path):
             load_export(bad)
 
 
-def test_ett_ask_ends_a_refused_export_with_one_line(tiny_export, tmp_path):
-    """The command as users run it: exit status 2, one line naming the problem, no traceback."""
+def test_ett_ask_ends_a_refused_export_with_one_line(tiny_export, tmp_path, capsys):
+    """The command as users run it: exit status 2, one line naming the problem, nothing imported."""
     bad = copy_of_export(tiny_export, tmp_path / "bad", lambda m: m["tokenizer"].update(class_path="this.Anything"))
     image = tmp_path / "q.png"
     Image.new("RGB", (8, 8)).save(image)
-    result = subprocess.run([sys.executable, "-m", "ett_lightning", "ask", "--export", str(bad), "--image", str(image),
-                             "--question", "what?"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr and "Beautiful is better" not in result.stdout
-    assert result.stderr.strip().splitlines()[-1].startswith("ett ask: error: ")
-    assert "not a tokenizer an export may name" in result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        ask_main(["--export", str(bad), "--image", str(image), "--question", "what?"])
+    output = capsys.readouterr()
+    assert exit_.value.code == 2 and "Beautiful is better" not in output.out
+    assert output.err.strip().splitlines()[-1].startswith("ett ask: error: ")
+    assert "not a tokenizer an export may name" in output.err and "this" not in sys.modules
 
 
 def test_ett_ask_answers_a_missing_export_or_image_in_one_line(tiny_export, tmp_path, capsys):
