@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ett_lightning import ETTModule
+from ett_lightning.cli import main as cli_main
 from tests.cli_runs import LIGHTNING
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,16 +85,17 @@ CRASH_ON_SECOND_LAST_WRITE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_intact(run_dir, synthetic_shards):
+def test_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_intact(run_dir, synthetic_shards, monkeypatch,
+                                                                              capsys):
     result = subprocess.run([sys.executable, "-c", CRASH_ON_SECOND_LAST_WRITE, *fit_args(synthetic_shards, 30)],
                             cwd=run_dir, capture_output=True, text=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     partial = list((run_dir / "ckpts").glob(".last.ckpt.tmp-*"))
     assert len(partial) == 1 and partial[0].stat().st_size > 0
     assert step_of(run_dir / "ckpts" / "last.ckpt") == 3
-    resumed = subprocess.run([LIGHTNING, *fit_args(synthetic_shards, 4), "--ckpt_path=ckpts/last.ckpt"], cwd=run_dir,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"removed ckpts/{partial[0].name}, left by a process killed while writing a checkpoint" in resumed.stderr
+    monkeypatch.chdir(run_dir)  # resumed in this process: the same CLI, without another start-up
+    cli_main([*fit_args(synthetic_shards, 4), "--ckpt_path=ckpts/last.ckpt"])
+    removed = f"removed ckpts/{partial[0].name}, left by a process killed while writing a checkpoint"
+    assert removed in capsys.readouterr().err
     assert sorted(p.name for p in (run_dir / "ckpts").iterdir()) == ["last.ckpt"]  # the killed write's file is gone
     assert step_of(run_dir / "ckpts" / "last.ckpt") == 4
