@@ -28,10 +28,11 @@ def entries(value: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
             yield from entries(item, f"{path}[{index}]")
 
 
-def imported(class_path: str) -> bool:
-    """Whether ``class_path`` names an object of a module already imported (resolving it imports nothing)."""
+def loaded_class(class_path: str) -> Any:
+    """The object ``class_path`` names among modules already imported, so a name read from a checkpoint imports
+    nothing; the path itself when it is not loaded."""
     module, _, name = class_path.rpartition(".")
-    return module in sys.modules and hasattr(sys.modules[module], name)
+    return getattr(sys.modules.get(module), name, class_path)
 
 
 def rebuild_refusal(hyperparameters: dict[str, Any], source: str, remote_code: bool = False) -> str | None:
@@ -44,7 +45,8 @@ def rebuild_refusal(hyperparameters: dict[str, Any], source: str, remote_code: b
     for path, key, value in found:
         where = f"{source}: hyper_parameters {path + '.' if path else ''}{key}"
         if key in CLASS_KEYS:
-            if not isinstance(value, str) or not (value.startswith(PACKAGE) or "." not in value or imported(value)):
+            if not isinstance(value, str) or not (value.startswith(PACKAGE) or "." not in value
+                                                  or loaded_class(value) is not value):
                 return (f"{where} names {value!r:.120}, a class outside ett_lightning that is not imported: refusing "
                         "to import it. Rebuild your own classes in Python and export with "
                         "ett_lightning.checkpoints.export.export_module")

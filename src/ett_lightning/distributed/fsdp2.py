@@ -196,7 +196,7 @@ class FSDP2Strategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | Path,
                         storage_options: Any | None = None) -> None:
         """A checkpoint folder is written whole beside its target and then takes the target's place
-        (:func:`~ett_lightning.checkpoints.atomic.replace_folder`): a kill during the save leaves the previous
+        (:func:`~ett_lightning.checkpoints.atomic.promote_folder`): a kill during the save leaves the previous
         complete folder, never new shards beside an old ``.metadata``. One-file checkpoints go through the
         checkpoint IO (``AtomicCheckpointIO`` in the recipes)."""
         if not self._save_distributed_checkpoint:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ett_lightning.checkpoints.folder import check_folder, folder_metadata, is_checkpoint_folder
+from ett_lightning.checkpoints.hyperparameters import loaded_class
 
 
 def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
@@ -64,10 +64,3 @@ def folder_needs_fsdp2(path: Path, strategy: Any) -> str | None:
     return (f"{path} is a checkpoint folder (FSDP2's save_distributed_checkpoint), which only FSDP2Strategy resumes: "
             "add --trainer.strategy=fsdp2, or start from its weights with --model.init_args.init_from, or export it "
             "with `ett export`")
-
-
-def loaded_class(class_path: str) -> Any:
-    """The object ``class_path`` names among modules already imported (the configured class always is, having been
-    parsed), so a name read from a checkpoint imports nothing; the path itself when it is not loaded."""
-    module, _, name = class_path.rpartition(".")
-    return getattr(sys.modules.get(module), name, class_path)
