@@ -126,9 +126,9 @@ def load_export(directory: str | Path, trust_remote_code: bool = False) -> dict[
         with torch.device("meta"):  # shapes first: a manifest asking for a huge model costs nothing before the check
             check_shapes(manifest.build_tokenizer(), directory / "tokenizer" / "model.safetensors")
             check_shapes(manifest.build_projector(), directory / "projector" / "model.safetensors")
+    except ExportError:
+        raise
     except (RuntimeError, TypeError, ValueError, IndexError) as err:  # arguments that build no model
-        if isinstance(err, ExportError):
-            raise
         raise ExportError(f"{manifest.path}: its tokenizer or projector arguments build no model "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
     tokenizer = manifest.build_tokenizer()

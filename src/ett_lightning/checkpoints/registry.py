@@ -32,39 +32,33 @@ class ExportError(ValueError):
     """An export that cannot be loaded as it is: one line that names the file, the entry and what is wrong."""
 
 
-def count(value: Any) -> int:
-    """A positive whole number (a width, a depth, a codebook size)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LARGEST_COUNT:
-        raise ValueError(f"expected a whole number from 1 to {LARGEST_COUNT}, found {value!r:.80}")
-    return value
+def whole(largest: int, kind: str = "a whole number") -> Check:
+    """A check of a whole number from 1 to ``largest`` (booleans, which are ints to Python, refused)."""
+
+    def checked(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+            raise ValueError(f"expected {kind} from 1 to {largest}, found {value!r:.80}")
+        return value
+
+    return checked
 
 
-def depth(value: Any) -> int:
-    """A number of layers or blocks: building a model is linear in it, before any weight is compared."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LARGEST_DEPTH:
-        raise ValueError(f"expected a whole number from 1 to {LARGEST_DEPTH}, found {value!r:.80}")
-    return value
+def wholes(shortest: int) -> Check:
+    """A check of a list of ``shortest`` to 16 whole numbers (channel multipliers, attention resolutions)."""
+
+    def checked(value: Any) -> tuple[int, ...]:
+        if not isinstance(value, list | tuple) or not shortest <= len(value) <= 16:
+            raise ValueError(f"expected a list of {shortest} to 16 whole numbers, found {value!r:.80}")
+        return tuple(count(item) for item in value)
+
+    return checked
 
 
-def side(value: Any) -> int:
-    """An image side in pixels."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LARGEST_SIDE:
-        raise ValueError(f"expected an image side from 1 to {LARGEST_SIDE} pixels, found {value!r:.80}")
-    return value
-
-
-def counts(value: Any) -> tuple[int, ...]:
-    """A short list of positive whole numbers (attention resolutions)."""
-    if not isinstance(value, list | tuple) or len(value) > 16:
-        raise ValueError(f"expected a list of at most 16 whole numbers, found {value!r:.80}")
-    return tuple(count(item) for item in value)
-
-
-def levels(value: Any) -> tuple[int, ...]:
-    """Channel multipliers, one per level: at least one."""
-    if not isinstance(value, list | tuple) or not 1 <= len(value) <= 16:
-        raise ValueError(f"expected a list of 1 to 16 whole numbers, found {value!r:.80}")
-    return tuple(count(item) for item in value)
+count = whole(LARGEST_COUNT)  # a width, a codebook size
+depth = whole(LARGEST_DEPTH)  # layers or blocks: building a model is linear in it, before any weight is compared
+side = whole(LARGEST_SIDE, "an image side in pixels")
+counts = wholes(0)  # attention resolutions: none is allowed
+levels = wholes(1)  # channel multipliers: one per level, at least one
 
 
 def real(value: Any) -> float:
