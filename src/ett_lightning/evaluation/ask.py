@@ -18,6 +18,8 @@ from ett_lightning.confined_paths import resolved_inside
 from ett_lightning.evaluation.inference import PROMPT_STYLES, InferenceModel
 from ett_lightning.models.generation import Decoding
 
+IMAGE_NOT_FOUND = "image not found"
+
 
 @dataclass
 class Question:
@@ -69,13 +71,9 @@ class QuestionsFile:
         return Question(question_id, entry["question"], image)
 
     def open_image(self, question: Question) -> Image.Image | None:
-        try:
-            image = Image.open(question.image)
-            image.load()
-        except FileNotFoundError:
-            return self.skip("image not found")
-        except Exception:  # PIL raises many types for broken or foreign files
-            return self.skip("unreadable image")
+        image = open_image(question.image)
+        if isinstance(image, str):
+            return self.skip("image not found" if image.startswith(IMAGE_NOT_FOUND) else "unreadable image")
         return image
 
     def skip(self, reason: str) -> None:
@@ -98,7 +96,7 @@ def open_image(path: Path) -> Image.Image | str:
         image = Image.open(path)
         image.load()
     except FileNotFoundError:
-        return f"image not found: {path}"
+        return f"{IMAGE_NOT_FOUND}: {path}"
     except IsADirectoryError:
         return f"{path} is a directory, not an image"
     except Exception as err:  # PIL raises many types for broken, foreign or oversized files

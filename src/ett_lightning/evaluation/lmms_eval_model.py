@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from itertools import chain
 from typing import Any
 
 from accelerate import Accelerator
@@ -103,15 +102,15 @@ class ETT(lmms):
         empty answer and a logged reason instead of stopping the whole evaluation."""
         questions = [self.question(r) for r in requests]
         unfit = [self.unfit(r, text) for r, ((_, text), _) in zip(requests, questions)]
-        answers = iter([])
+        answers: list[str] = []
         asked = [question for question, reason in zip(questions, unfit) if reason is None]
         progress = tqdm(total=len(asked), disable=self.rank != 0, desc="ett answering")
         for chunk, decoding in batches(asked, self.batch_size):
-            answers = chain(answers, self.model.answer([image for image, _ in chunk], [text for _, text in chunk],
-                                                       decoding))
+            answers += self.model.answer([image for image, _ in chunk], [text for _, text in chunk], decoding)
             progress.update(len(chunk))
         progress.close()
-        return [next(answers) if reason is None else "" for reason in unfit]
+        in_order = iter(answers)
+        return [next(in_order) if reason is None else "" for reason in unfit]
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         """Scores in request order; a request that cannot be scored scores ``-inf`` (never chosen), with a reason
