@@ -25,13 +25,11 @@ def parameter_groups(name: str, module: nn.Module, lr: float, weight_decay: floa
     the rest (:func:`undecayed_names`) without. The split is logged at debug level, by parameter name."""
     parameters = {n: p for n, p in module.named_parameters() if p.requires_grad}
     undecayed = undecayed_names(module)
-    log.debug("%s: weight decay %s on %s; none on %s", name, weight_decay,
-              [n for n in parameters if n not in undecayed], [n for n in parameters if n in undecayed])
+    decayed, kept = [n for n in parameters if n not in undecayed], [n for n in parameters if n in undecayed]
+    log.debug("%s: weight decay %s on %s; none on %s", name, weight_decay, decayed, kept)
     return [
-        {"name": name, "params": [p for n, p in parameters.items() if n not in undecayed], "lr": lr,
-         "weight_decay": weight_decay},
-        {"name": f"{name}/no_decay", "params": [p for n, p in parameters.items() if n in undecayed], "lr": lr,
-         "weight_decay": 0.0},
+        {"name": name, "params": [parameters[n] for n in decayed], "lr": lr, "weight_decay": weight_decay},
+        {"name": f"{name}/no_decay", "params": [parameters[n] for n in kept], "lr": lr, "weight_decay": 0.0},
     ]
 
 

@@ -69,6 +69,12 @@ class Quantizer(nn.Module):
         return F.normalize(flat, dim=-1) if self.l2_norm else flat
 
 
+    @staticmethod
+    def vq_terms(flat: Tensor, codes: Tensor) -> dict[str, Tensor]:
+        """The two VQ-VAE terms, unweighted: ``codebook = mean((c - sg(z))^2)`` pulls the selected codes to the
+        encoder, ``commitment = mean((sg(c) - z)^2)`` the encoder to its codes."""
+        return {"codebook": F.mse_loss(codes, flat.detach()), "commitment": F.mse_loss(flat, codes.detach())}
+
     def forward(self, z: Tensor) -> QuantizerOutput:
         """[B, D, H, W] latents -> codes on the same grid, in ``z``'s dtype; the lookup itself in float32."""
         with torch.autocast(z.device.type, enabled=False):

@@ -60,8 +60,7 @@ class IndexBackpropQuantizer(Quantizer):
         probs = logits.softmax(dim=1)
         codes = self.embed(indices).float()
         quantized = codes + (probs - probs.detach()) @ codebook
-        losses = {"quantization": F.mse_loss(quantized, flat), "commitment": F.mse_loss(flat, codes.detach()),
-                  "codebook": F.mse_loss(codes, flat.detach())}
+        losses = {"quantization": F.mse_loss(quantized, flat), **self.vq_terms(flat, codes)}
         objective = losses["quantization"] + losses["commitment"] + self.beta * losses["codebook"]
         if self.entropy_weight > 0:
             sample, mean = entropies(logits / self.entropy_temperature)

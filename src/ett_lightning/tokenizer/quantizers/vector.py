@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from ett_lightning.tokenizer.quantizers.base import Quantizer, squared_distances
@@ -29,6 +28,6 @@ class VectorQuantizer(Quantizer):
     def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         indices = squared_distances(flat, self.codebook()).argmin(dim=1)
         codes = self.embed(indices).float()
-        losses = {"codebook": F.mse_loss(codes, flat.detach()), "commitment": F.mse_loss(flat, codes.detach())}
+        losses = self.vq_terms(flat, codes)
         losses["quantizer"] = losses["codebook"] + self.beta * losses["commitment"]
         return codes + (flat - flat.detach()), indices, losses
