@@ -2,8 +2,9 @@ import pytest
 import torch
 from lightning.pytorch.loggers import Logger
 
-from ett_lightning.losses import AdversarialLoss, ETTLoss, LPIPSLoss, PatchGANDiscriminator
+from ett_lightning.losses import ETTLoss, LPIPSLoss
 from tests.conftest import fit, tiny_module
+from tests.losses.test_adversarial import small_adversarial
 
 
 class ConstantPerceptual(torch.nn.Module):
@@ -89,7 +90,7 @@ def test_train_total_is_recomputed_from_the_logged_parts():
     train/total from the logged unweighted parts and the recipe's weights, the discriminator's objective apart."""
     loss = ETTLoss(caption_weight=1.5, alpha=0.4, reconstruction_weight=2.0, perceptual_weight=0.0,
                    quantizer_weight=0.7, adversarial_weight=0.5,
-                   adversarial=AdversarialLoss(PatchGANDiscriminator(ch=8, num_layers=2)))
+                   adversarial=small_adversarial())
     module = tiny_module("ett", loss=loss)
     recorded = Recorded()
     fit(module, steps=2, logger=recorded, log_every_n_steps=1)
