@@ -81,9 +81,11 @@ def test_fit_streams_img2dataset_layout_shards(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_fresh_fit_into_another_runs_directory_stops_and_a_resume_goes_on(tmp_path, synthetic_shards, monkeypatch):
+def test_a_fresh_fit_into_another_runs_directory_stops_and_a_resume_goes_on(tmp_path, synthetic_shards, monkeypatch,
+                                                                           capsys):
     """A copied ``config.yaml`` keeps the run directory of the run it came from: fitting it fresh stops before
-    training and leaves that run's record and checkpoints as they were; with ``--ckpt_path=last`` it resumes."""
+    training with one line, and leaves that run's record and checkpoints as they were; with ``--ckpt_path=last`` it
+    resumes."""
     monkeypatch.chdir(tmp_path)
     small = [f"--data.train_shards={synthetic_shards}/caption/train-*.tar",
              f"--data.val_shards={synthetic_shards}/caption/val-*.tar", "--trainer.limit_val_batches=1",
@@ -95,8 +97,12 @@ def test_a_fresh_fit_into_another_runs_directory_stops_and_a_resume_goes_on(tmp_
     checkpoints = sorted((run_dir / "checkpoints").iterdir())
     variant = tmp_path / "variant.yaml"
     variant.write_text(record)
-    with pytest.raises(RuntimeError, match="belongs to an earlier run.*--ckpt_path=last"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(variant), "--trainer.max_steps=2"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and line.startswith("ett fit: error: outputs/demo/ett_sft already holds a run")
+    assert "metrics.json" in line and "last.ckpt" in line and "--ckpt_path=last" in line
     assert (run_dir / "config.yaml").read_text() == record
     assert sorted((run_dir / "checkpoints").iterdir()) == checkpoints
     main(["fit", "--config", str(variant), "--trainer.max_steps=2", "--ckpt_path=last"])

@@ -78,11 +78,12 @@ def test_rooms_stay_small():
 
 
 def imported_after(*statements: str) -> list[set[str]]:
-    """The modules a fresh interpreter holds after each statement, run one after the other."""
+    """The modules a fresh interpreter holds after each statement, run one after the other (what the statements
+    print comes before the last line)."""
     steps = "".join(f"{statement}; snapshots.append(sorted(sys.modules)); " for statement in statements)
     code = f"import json, sys; snapshots = []; {steps}print(json.dumps(snapshots))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    return [set(modules) for modules in json.loads(result.stdout)]
+    return [set(modules) for modules in json.loads(result.stdout.splitlines()[-1])]
 
 
 def test_the_converters_import_no_training_stack():

@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
+import warnings
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
-import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ett_lightning.callbacks.prediction_writer import PredictionWriter
-from ett_lightning.callbacks.run_config_saver import RunConfigSaver
+from ett_lightning.callbacks.run_dir import earlier_run
 from ett_lightning.checkpoints.atomic import recover, remove_stale
-from ett_lightning.checkpoints.export import ORIGINAL_FILES, export_module
-from ett_lightning.checkpoints.folder import is_checkpoint_folder, write_checkpoint_file
+from ett_lightning.checkpoints.folder import is_checkpoint_folder
 from ett_lightning.checkpoints.hyperparameters import entries, rebuild_refusal
-from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.distributed import fsdp2  # noqa: F401  registers --trainer.strategy=fsdp2
-from ett_lightning.module import ETTModule
+from ett_lightning.packaged_recipes import resolve_config_arguments
 from ett_lightning.resilience import check_config
 from ett_lightning.resilience.checkpoint_checks import (
     checkpoint_hyperparameters,
     checkpoint_mismatch,
     folder_needs_fsdp2,
 )
+from ett_lightning.user_errors import UserError
+
+TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 class CheckedLightningCLI(LightningCLI):
@@ -37,14 +37,27 @@ class CheckedLightningCLI(LightningCLI):
     before instantiating anything, so a typo costs seconds, not an LLM load."""
 
     def before_instantiate_classes(self) -> None:
-        """Configuration problems end the command like a parser error: the list on stderr, exit status 2, no
-        traceback."""
+        """Configuration problems end the command like a parser error (the list, then ``error:``, exit status 2,
+        no traceback) before anything is built."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         try:
             check_config(config.as_dict())
         except ValueError as problems:
-            print(f"error: {problems}", file=sys.stderr)
-            sys.exit(2)
+            raise UserError(str(problems)) from problems
+
+    def before_fit(self) -> None:
+        """A fresh fit (no ``--ckpt_path``) into a directory that holds a run stops here with one line naming it,
+        before any logger or callback has written a file there: it would mix its checkpoints with the old ones and
+        replace that run's record. Every rank sees the same files (none has written yet) and stops alike."""
+        config = self.config[self.subcommand]
+        if config.get("ckpt_path") is not None:
+            return
+        directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        config_files = [Path(os.fspath(path)) for path in config.get("config") or []]
+        taken = earlier_run(directory, config_files, self.trainer.default_root_dir)
+        if taken:
+            raise UserError(f"{directory} already holds a run ({taken}): resume it with --ckpt_path=last, or give "
+                            "this run its own --trainer.default_root_dir")
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path``: a file that is no readable checkpoint, or a checkpoint of another module class (or, for
@@ -70,8 +83,7 @@ class CheckedLightningCLI(LightningCLI):
         except ValueError as unreadable:
             problem = str(unreadable)
         if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            sys.exit(2)
+            raise UserError(problem)
         if config.get("ckpt_path") == "last" and path.name != "last.ckpt":  # a newer SLURM requeue checkpoint
             config["ckpt_path"] = str(path)
         hyperparameters.pop("_instantiator", None)
@@ -81,20 +93,23 @@ class CheckedLightningCLI(LightningCLI):
             self.config = self.parser.parse_object({subcommand: {"model": hyperparameters}}, self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Without a configured logger, a TensorBoard logger writing into ``default_root_dir`` itself.
+        """Without a configured logger, TensorBoard and CSV loggers (``metrics.csv``) writing into
+        ``default_root_dir`` itself.
 
         Lightning's default logger makes a new ``lightning_logs/version_N`` per invocation, and its checkpoints go
         there too, so a restarted job (``--ckpt_path=last``) would look in a new, empty directory. Here the
         directory *is* the run: logs, ``checkpoints/last.ckpt``, ``metrics.json`` and images all land under
-        ``default_root_dir``, one ``--trainer.default_root_dir`` moves all of them, and a restart finds its
-        checkpoint. A logger set in the config or on the command line is used as given.
+        ``default_root_dir``, one ``--trainer.default_root_dir`` moves all of them (the saved config records no
+        logger, so a rerun of it with another directory moves too), and a restart finds its checkpoint. A logger
+        set in the config or on the command line is used as given.
         """
         trainer_config = self._get(self.config_init, "trainer", default={})
         if self.subcommand == "predict":
             kwargs = with_prediction_writer(kwargs, trainer_config)
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             root = trainer_config.get("default_root_dir") or os.getcwd()
-            kwargs["logger"] = TensorBoardLogger(save_dir=root, name="", version="")
+            kwargs["logger"] = [TensorBoardLogger(save_dir=root, name="", version=""),
+                                CSVLogger(save_dir=root, name="", version="")]
         return super().instantiate_trainer(**kwargs)
 
 
@@ -137,88 +152,62 @@ def with_prediction_writer(kwargs: dict[str, Any], trainer_config: dict[str, Any
     return {**kwargs, "callbacks": [*configured, PredictionWriter()]}
 
 
-def export_command(args: list[str] | None = None) -> None:
-    """``ett export --ckpt run.ckpt --out DIR``: a checkpoint of a LightningCLI run -> an export directory."""
-    parser = argparse.ArgumentParser(prog="ett export", description=export_command.__doc__)
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint written by `lightning fit` (a file, or "
-                                                      "the folder FSDP2's save_distributed_checkpoint writes)")
-    parser.add_argument("--out", required=True, help="export directory to write")
-    parser.add_argument("--tokenizer-format", choices=sorted(ORIGINAL_FILES),
-                        help="also write the tokenizer in this public layout (default: the layout it was loaded from)")
-    parser.add_argument("--config", help="the run's config.yaml, whose data section says how images and prompts "
-                                         "were prepared (default: config.yaml of the checkpoint's run directory)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="let the checkpoint's LLM run the code it ships, when its run set trust_remote_code")
-    options = parser.parse_args(args)
-    if not Path(options.ckpt).exists():
-        parser.error(f"checkpoint not found: {options.ckpt}")
-    try:  # the one-line reading check of --ckpt_path: a folder's files are data, a file is a Lightning checkpoint
-        hyperparameters = checkpoint_hyperparameters(Path(options.ckpt))
-    except ValueError as unreadable:
-        parser.error(str(unreadable))
-    refused = rebuild_refusal(hyperparameters, options.ckpt, options.trust_remote_code)
-    if refused:
-        parser.error(refused)
-    if is_checkpoint_folder(options.ckpt):  # Lightning loads files: a file of the folder's weights, then removed
-        with tempfile.TemporaryDirectory(dir=Path(options.out).resolve().parent) as scratch:
-            module = ETTModule.load_from_checkpoint(write_checkpoint_file(options.ckpt, Path(scratch) / "last.ckpt"),
-                                                    map_location="cpu")
-    else:
-        module = ETTModule.load_from_checkpoint(options.ckpt, map_location="cpu")
-    inputs = run_inputs(Path(options.config) if options.config else Path(options.ckpt).parent.parent / "config.yaml",
-                        module.sequence_layout)
-    print(f"exported {options.ckpt} to {export_module(module, options.out, options.tokenizer_format, inputs)}")
-
-
-def run_inputs(config_path: Path, layout: str) -> InputSpec | None:
-    """The inputs the run's data module prepared (its ``data`` section), or None without a config file."""
-    if not config_path.is_file():
-        print(f"{config_path} not found: the export records the tokenizer's resolution and the default prompt "
-              "templates as the model's inputs; pass --config run/config.yaml to record the run's own",
-              file=sys.stderr)
-        return None
-    data = (yaml.safe_load(config_path.read_text()) or {}).get("data") or {}
-    return InputSpec.from_data_arguments(data, layout)
-
-
-def ask_command(args: list[str]) -> None:
-    """``ett ask``: imported only when asked, so training processes never load it."""
-    from ett_lightning.evaluation.ask import main as ask_main
-
-    ask_main(args)
-
-
-def lmms_task_command(args: list[str]) -> None:
-    """``ett lmms-task``: VQA shards as a local lmms-eval task (needs the ``eval`` extra's ``datasets``)."""
-    from ett_lightning.evaluation.lmms_task import main as lmms_task_main
-
-    lmms_task_main(args)
-
-
-def demo_command(args: list[str]) -> None:
-    """``ett demo``: the experiments (and their plotting) are imported only when asked, never by a training run."""
-    from ett_lightning.experiments.demo import main as demo_main
-
-    demo_main(args)
-
-
 def main(args: list[str] | None = None) -> None:
-    """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config), and
-    ``ett export --ckpt run.ckpt --out DIR``, ``ett ask --export DIR ...``, ``ett lmms-task`` and ``ett demo``."""
-    argv = sys.argv[1:] if args is None else args
-    commands = {"export": export_command, "demo": demo_command, "ask": ask_command, "lmms-task": lmms_task_command}
-    if argv[:1] and argv[0] in commands:
-        commands[argv[0]](argv[1:])
-        return
-    CheckedLightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=RunConfigSaver,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    """``lightning fit --config recipes/ett_sft.yaml`` (also validate / test / predict, --print_config); a
+    ``--config`` that names no file but a packaged recipe (``ett_sft``, ``demo/ett_sft``) runs that recipe. A
+    mistake in the arguments or the configuration ends it with ``<prog>: error: ...`` and exit status 2."""
+    argv = resolve_config_arguments(sys.argv[1:] if args is None else args)
+    prog = "lightning" if Path(sys.argv[0]).name == "lightning" else "ett"
+    prog = f"{prog} {argv[0]}" if argv and argv[0] in TRAINING_COMMANDS else prog
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # names resolved
+    not_exiting = {"exit_on_error": False}  # parser errors raised, to be reported below as one line
+    try:
+        check_config_files(argv)
+        CheckedLightningCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},  # a resume rewrites its run's config; before_fit guards the rest
+            parser_kwargs={**not_exiting, **dict.fromkeys(TRAINING_COMMANDS, not_exiting)},
+            args=argv,
+        )
+    except ArgumentError as mistake:  # the parser's details, indented lines below the key, read as one line
+        report(prog, " ".join(str(mistake).split()))
+        sys.exit(2)
+    except UserError as mistake:
+        report(prog, str(mistake))
+        sys.exit(2)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """A ``--config`` that names no file or recipe, an empty file or one that is not text, named here: the parser
+    would say "File does not exist", "Unexpected config" or fail decoding it. Inline YAML passes."""
+    values = [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
+    for value in [*values, *(flag.removeprefix("--config=") for flag in argv if flag.startswith("--config="))]:
+        if set("{}\n") & set(value) or ": " in value:
+            continue
+        path = Path(value)
+        if not os.path.exists(value):
+            raise UserError(f"--config {value}: no such file, and no packaged recipe of that name (`ett recipes` "
+                            "lists them)")
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"--config {value}: not a YAML text file (give a recipe or a run's config.yaml)") from None
+        if not text.strip():
+            raise UserError(f"--config {value} is empty (give a recipe or a run's config.yaml)")
+
+
+def report(prog: str, message: str) -> None:
+    """``message`` on stderr ending with ``prog: error: <first line>``; its further lines (a list of problems) come
+    first, so the last line is always the error."""
+    first, *details = message.strip().splitlines() or ["invalid arguments"]
+    for line in details:
+        print(line, file=sys.stderr)
+    print(f"{prog}: error: {first.rstrip(':')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 
 from ett_lightning import ETTLoss, ETTModule, PretrainedVQTokenizer
 from ett_lightning.checkpoints.export import EXPORT_FILE, ORIGINAL_FILES, export_module
-from ett_lightning.cli import main as cli_main
+from ett_lightning.commands.ett import main as ett_main
 from ett_lightning.tokenizer import VectorQuantizer, from_ett
 from tests.conftest import IMAGE_SIZE, make_batch, tiny_module, tiny_tokenizer
 
@@ -67,16 +67,16 @@ def test_missing_export_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_ett_export_command_from_a_cli_checkpoint(tmp_path, synthetic_shards, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli_main(["fit", "--config", str(Path(__file__).parents[2] / "recipes/demo/ett_sft.yaml"),
+    ett_main(["fit", "--config", str(Path(__file__).parents[2] / "recipes/demo/ett_sft.yaml"),
               f"--data.train_shards={synthetic_shards}/caption/train-*.tar", "--data.val_shards=null",
               "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--data.init_args.batch_size=2",
               "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
               "--model.init_args.tokenizer.init_args.image_size=32"])
     checkpoint = tmp_path / "outputs/demo/ett_sft/checkpoints/last.ckpt"
-    cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export")])
+    ett_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export")])
     trained = ETTModule.load_from_checkpoint(checkpoint)
     exported = ETTModule.from_export(str(tmp_path / "export"), loss=NO_LPIPS)
     assert all(torch.equal(v, exported.state_dict()[k]) for k, v in trained.state_dict().items()
                if not k.startswith("loss."))
     with pytest.raises(ValueError, match="'ibq' is a conv VQGAN layout; a ViTVQTokenizer has none"):
-        cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "again"), "--tokenizer-format", "ibq"])
+        ett_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "again"), "--tokenizer-format", "ibq"])

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.metadata import MetadataIndex
 
 from ett_lightning.checkpoints.files import load_state_dict_file
 from ett_lightning.checkpoints.folder import MetadataUnpickler, check_folder, folder_weights
-from ett_lightning.cli import main as cli_main
+from ett_lightning.commands.ett import main as ett_main
 from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameters
 from tests.checkpoints.hostile import CreatesFile
 
@@ -59,7 +59,7 @@ def test_a_hostile_index_is_refused_by_every_reader(tmp_path, capsys):
         with pytest.raises(ValueError, match="not a readable checkpoint-folder index .*posix.system is not part of"):
             read(folder)
     with pytest.raises(SystemExit) as exit_:
-        cli_main(["export", "--ckpt", str(folder), "--out", str(tmp_path / "export")])
+        ett_main(["export", "--ckpt", str(folder), "--out", str(tmp_path / "export")])
     assert exit_.value.code == 2
     error = capsys.readouterr().err
     assert "Traceback" not in error and error.strip().splitlines()[-1].startswith("ett export: error: ")
@@ -181,7 +181,7 @@ def test_hyperparameters_that_would_import_or_run_code_are_refused_by_ett_export
         torch.save({"state_dict": {}, "hyper_parameters": hyperparameters}, one_file := tmp_path / f"{name}.ckpt")
         for checkpoint in (folder, one_file):
             with pytest.raises(SystemExit) as exit_:
-                cli_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "out")])
+                ett_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "out")])
             error = capsys.readouterr()
             assert exit_.value.code == 2 and message in error.err and "Traceback" not in error.err
             assert "Beautiful is better" not in error.out

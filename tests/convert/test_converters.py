@@ -18,6 +18,7 @@ from PIL import Image
 from ett_lightning.convert.cli import main
 from ett_lightning.data.streaming.decoding import read_text_fields
 from ett_lightning.data.streaming.tar_stream import iter_tar_members
+from ett_lightning.user_errors import UserError
 
 
 def write_image(path: Path, colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:
@@ -112,7 +113,7 @@ def test_shard_byte_limit_closes_shards(llava_source, tmp_path):
 def test_an_output_that_already_holds_the_split_is_refused(llava_source, tmp_path):
     source, root, _ = llava_source
     convert_llava(source, root, tmp_path / "out")
-    with pytest.raises(SystemExit, match="already holds train shards"):
+    with pytest.raises(UserError, match="already holds train shards"):
         convert_llava(source, root, tmp_path / "out")
     convert_llava(source, root, tmp_path / "out", "--split", "val")
     assert summary(tmp_path / "out", "val")["written"] == 3
@@ -129,7 +130,7 @@ def test_jsonl_source_with_a_broken_line(llava_source, tmp_path):
 
 def test_a_source_that_is_not_a_list_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "bad.json").write_text('{"conversations": []}')
-    with pytest.raises(SystemExit, match="bad.json holds a JSON dict; expected a list"):
+    with pytest.raises(UserError, match="bad.json holds a JSON dict; expected a list"):
         convert_llava(tmp_path / "bad.json", tmp_path, tmp_path / "out")
 
 
@@ -175,7 +176,7 @@ def test_vqav2_keeps_question_id_answer_type_and_all_ten_answers(tmp_path):
 
 def test_vqav2_files_of_the_wrong_kind_are_named(tmp_path):
     questions, annotations, root = vqav2_files(tmp_path)
-    with pytest.raises(SystemExit, match="no 'annotations' list"):
+    with pytest.raises(UserError, match="no 'annotations' list"):
         main(["vqav2", "--questions", str(questions), "--annotations", str(questions), "--image-root", str(root),
               "--output", str(tmp_path / "out")])
 
@@ -204,7 +205,7 @@ def test_folder_with_a_captions_file_becomes_caption_shards(tmp_path, fmt):
 
 def test_folder_without_a_known_column_asks_for_one(tmp_path):
     (tmp_path / "captions.csv").write_text("picture,words\na.png,hi\n")
-    with pytest.raises(SystemExit, match="--image-column"):
+    with pytest.raises(UserError, match="--image-column"):
         main(["folder", "--images", str(tmp_path), "--captions", str(tmp_path / "captions.csv"),
               "--output", str(tmp_path / "out")])
     write_image(tmp_path / "a.png", (0, 0, 0))
@@ -278,7 +279,7 @@ def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path, name):
     (tmp_path / name).write_bytes("file_name,caption \xe9\na.png,caf\xe9\n".encode("latin-1"))
     command = ["folder", "--images", str(tmp_path), "--captions"] if name.endswith("csv") else ["llava", "--json"]
     extra = [] if name.endswith("csv") else ["--image-root", str(tmp_path)]
-    with pytest.raises(SystemExit, match=f"{name} is not UTF-8 text"):
+    with pytest.raises(UserError, match=f"{name} is not UTF-8 text"):
         main([*command, str(tmp_path / name), *extra, "--output", str(tmp_path / "out")])
 
 
@@ -323,6 +324,6 @@ def test_a_run_killed_mid_shard_leaves_complete_shards_and_the_rerun_says_what_t
         with shard.open("rb") as stream:
             assert len(list(iter_tar_members(stream))) == 2 * 200  # jpg/png + json per sample, nothing cut
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert rerun.returncode == 1 and "Traceback" not in rerun.stderr
-    assert rerun.stderr.strip().splitlines()[-1].startswith(f"ett-convert: error: {out} already holds train shards")
+    assert rerun.returncode == 2 and "Traceback" not in rerun.stderr
+    assert rerun.stderr.strip().splitlines()[-1].startswith(f"ett convert: error: {out} already holds train shards")
     assert "choose an empty --output" in rerun.stderr

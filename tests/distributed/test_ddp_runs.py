@@ -63,7 +63,7 @@ def test_tokenizer_recipe_on_two_nodes_through_torchrun(tmp_path, synthetic_shar
 
 def assert_recipe_run(stage: str, root: Path, ranks_directory: Path, steps: int) -> None:
     """Both ranks end with identical parameters; the run directory holds the checkpoint, config, events, the
-    stage's validation metric and one picture file per validation (every 2 steps)."""
+    stage's validation metric (metrics.json and metrics.csv) and one picture file per validation (every 2 steps)."""
     ranks = [torch.load(ranks_directory / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert all(r["world_size"] == 2 and r["step"] == steps for r in ranks)
     for name, value in ranks[0]["params"].items():
@@ -73,6 +73,7 @@ def assert_recipe_run(stage: str, root: Path, ranks_directory: Path, steps: int)
     assert any(name.startswith("events.out.tfevents") for name in written), written
     metrics = json.loads((root / "metrics.json").read_text())
     assert metrics["step"] == steps and VAL_METRICS[stage] in metrics, metrics
+    assert VAL_METRICS[stage] in (root / "metrics.csv").read_text().splitlines()[0]  # the CLI's CSV logger too
     expected = [f"reconstructions/step_{step:07d}.png" for step in range(2, steps + 1, 2)]
     assert [p for p in written if p.startswith("reconstructions")] == expected
 

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from ett_lightning import ETTLoss
 from ett_lightning.checkpoints.files import load_state_dict_file
-from ett_lightning.cli import main as cli_main
+from ett_lightning.commands.ett import main as ett_main
 from ett_lightning.module import ETTModule
 from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameters, folder_needs_fsdp2
 from tests.cli_runs import run_torchrun, two_processes
@@ -67,7 +67,7 @@ def test_fsdp2_trains_like_ddp_and_exports_the_same_weights(tmp_path, synthetic_
     exports = {}
     for strategy, run in runs.items():
         out = tmp_path / f"export_{strategy}"
-        cli_main(["export", "--ckpt", str(run["root"] / "checkpoints/last.ckpt"), "--out", str(out)])
+        ett_main(["export", "--ckpt", str(run["root"] / "checkpoints/last.ckpt"), "--out", str(out)])
         exports[strategy] = ETTModule.from_export(str(out), loss=ETTLoss(perceptual_weight=0.0)).state_dict()
     for name, value in exports["ddp"].items():
         torch.testing.assert_close(exports["fsdp2"][name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -25,7 +25,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ett_lightning import IndexBackpropQuantizer, VQTokenizer
-from ett_lightning.cli import main as cli_main
+from ett_lightning.commands.ett import main as ett_main
 from ett_lightning.experiments.runs import set_dotted
 from ett_lightning.models.lora import is_adapter, plain_name
 from ett_lightning.tokenizer import from_ett
@@ -111,7 +111,7 @@ def test_paper_recipes_chain_under_two_processes_in_bf16(tmp_path, synthetic_sha
     posttrain = {**common, **shards("vqa"), **tokenizer_sizes(), "model.init_args.init_from": str(stage2)}
     t2i = {**common, **shards("caption"), **tokenizer_sizes(), "model.init_args.init_from": str(stage2),
            "model.init_args.image_size": IMAGE_SIZE,
-           "data.init_args.predict_prompts": str(ROOT / "recipes/demo/prompts.txt")}
+           "data.init_args.predict_prompts": ["a red square", "the text cat in blue"]}
     gan = {**ett, "model.init_args.loss.init_args.adversarial_weight": 0.1}  # the recipe's documented GAN option
     runs = (("ett_align", align, "fsdp2"), ("ett_sft", gan, "ddp"), ("ett_posttrain", posttrain, "ddp"),
             ("ett_t2i", t2i, "fsdp2"), ("ett_sft_7b", ett, None), ("ett_sft_7b_lora", ett, None))
@@ -156,7 +156,7 @@ def assert_lora_run(tmp_path: Path, stage1: Path, checkpoint: Path, capsys) -> N
             assert value.dtype == torch.bfloat16 and torch.equal(value, aligned[plain].to(torch.bfloat16)), key
 
     out = tmp_path / "lora_export"
-    cli_main(["export", "--ckpt", str(checkpoint), "--out", str(out)])
+    ett_main(["export", "--ckpt", str(checkpoint), "--out", str(out)])
     assert (out / "adapter" / "adapter_config.json").is_file()
     merged = load_file(out / "language_model" / "model.safetensors")
     assert not any(is_adapter(k) or "base_layer" in k for k in merged)
@@ -168,6 +168,6 @@ def assert_lora_run(tmp_path: Path, stage1: Path, checkpoint: Path, capsys) -> N
 
     Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (200, 30, 30)).save(tmp_path / "red.png")
     capsys.readouterr()
-    cli_main(["ask", "--export", str(out), "--image", str(tmp_path / "red.png"), "--question", "What colour?",
+    ett_main(["ask", "--export", str(out), "--image", str(tmp_path / "red.png"), "--question", "What colour?",
               "--device", "cpu"])
     assert len(capsys.readouterr().out.splitlines()) == 1, "ett ask printed no answer line"

@@ -14,7 +14,7 @@ import pytest
 import webdataset as wds
 
 from ett_lightning.checkpoints.export import EXPORT_FILE
-from ett_lightning.cli import main as cli_main
+from ett_lightning.commands.ett import main as ett_main
 from ett_lightning.data.streaming.shards import OrderedShardStream, expand_shards
 from ett_lightning.data.streaming.tar_stream import tar_to_samples
 from ett_lightning.metrics import VQAAccuracy
@@ -33,14 +33,14 @@ def trained(tmp_path_factory, synthetic_shards) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("scoring")
     run = work / "run"
     vqa = synthetic_shards / "vqa"
-    cli_main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"), *SMALL,
+    ett_main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"), *SMALL,
               f"--data.train_shards=[{vqa}/train-*.tar,{vqa}/val-*.tar]", f"--data.val_shards={vqa}/val-*.tar",
               f"--trainer.default_root_dir={run}", "--trainer.max_steps=300", "--trainer.val_check_interval=300",
               "--trainer.limit_val_batches=null",
               "--model.init_args.warmup_steps=5",
               "--trainer.callbacks+=ett_lightning.callbacks.VQAEvaluation"])
-    cli_main(["export", "--ckpt", str(run / "checkpoints/last.ckpt"), "--out", str(work / "export")])
-    cli_main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),
+    ett_main(["export", "--ckpt", str(run / "checkpoints/last.ckpt"), "--out", str(work / "export")])
+    ett_main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),
               f"--trainer.default_root_dir={work / 'predict'}"])
     images = work / "images"
     images.mkdir()
@@ -57,7 +57,7 @@ def trained(tmp_path_factory, synthetic_shards) -> dict[str, Path]:
 
 def ask(trained: dict[str, Path], batch_size: int) -> list[dict]:
     output = trained["work"] / f"answers_{batch_size}.jsonl"
-    cli_main(["ask", "--export", str(trained["export"]), "--questions", str(trained["questions"]),
+    ett_main(["ask", "--export", str(trained["export"]), "--questions", str(trained["questions"]),
               "--output", str(output), "--batch-size", str(batch_size)])
     return [json.loads(line) for line in output.read_text().splitlines()]
 
@@ -83,7 +83,7 @@ def test_ett_ask_vqa_evaluation_and_predict_give_the_same_answers(trained):
 def test_lmms_eval_scores_the_export_like_vqa_accuracy(trained):
     pytest.importorskip("lmms_eval")
     task = trained["work"] / "task"
-    cli_main(["lmms-task", "--shards", f"{trained['shards']}/val-*.tar", "--out", str(task)])
+    ett_main(["lmms-task", "--shards", f"{trained['shards']}/val-*.tar", "--out", str(task)])
     out = trained["work"] / "lmms"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(trained["work"] / "hf")}
     completed = subprocess.run(

@@ -67,11 +67,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, Path]:
-    """(data, out) of a 2-steps-per-stage `ett demo` with seed 3."""
+    """(data, out) of a 2-steps-per-stage `ett demo` with seed 3, run from a folder outside the repository."""
     root = tmp_path_factory.mktemp("demo")
     data = make_shards(root / "data", num_train=32, num_val=32, image_size=64, samples_per_shard=16, seed=2)
-    main(["--out", str(root / "out"), "--data", str(data), "--seeds", "3", "--tokenizer-steps", "2",
-          "--align-steps", "2", "--tune-steps", "2", "--posttrain-steps", "2"])
+    started_in = os.getcwd()
+    os.chdir(root)
+    try:
+        main(["--out", str(root / "out"), "--data", str(data), "--seeds", "3", "--tokenizer-steps", "2",
+              "--align-steps", "2", "--tune-steps", "2", "--posttrain-steps", "2"])
+    finally:
+        os.chdir(started_in)
     return data, root / "out"
 
 
@@ -124,19 +129,43 @@ def test_demo_checkpoints_reload_exactly_and_serve_validate_predict_and_text_to_
     assert torch.equal(pretrained[codebook], aligned[codebook])
     assert not torch.equal(aligned[patch_embed], saved[patch_embed])
 
-    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
     shutil.copytree(data, tmp_path / "data" / "synthetic")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # no recipes/ here: the packaged recipes, by name
     one_process = "--data.init_args.num_workers=0"
-    lightning("validate", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_val_batches=1",
+    lightning("validate", "--config", "demo/ett_posttrain", "--trainer.limit_val_batches=1",
               f"--ckpt_path={tune}", one_process)
-    lightning("predict", "--config", "recipes/demo/ett_posttrain.yaml", "--trainer.limit_predict_batches=1",
+    lightning("predict", "--config", "demo/ett_posttrain", "--trainer.limit_predict_batches=1",
               f"--ckpt_path={tune}", one_process, "--data.init_args.batch_size=2")
-    lightning("fit", "--config", "recipes/demo/t2i.yaml", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+    lightning("fit", "--config", "demo/t2i", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
               "--trainer.val_check_interval=2", "--data.init_args.batch_size=4", one_process,
               f"--model.init_args.init_from={tune}")
-    lightning("predict", "--config", "recipes/demo/t2i.yaml", one_process,
+    lightning("predict", "--config", "demo/t2i", one_process,
               "--ckpt_path=outputs/demo/t2i/checkpoints/last.ckpt")
     written = sorted((tmp_path / "outputs/demo/t2i/predictions").glob("*.png"))
-    prompts = (ROOT / "recipes/demo/prompts.txt").read_text().splitlines()
+    prompts = yaml.safe_load((ROOT / "recipes/demo/t2i.yaml").read_text())["data"]["init_args"]["predict_prompts"]
     assert len([p for p in written if not p.name.startswith("grid_")]) == len(prompts)
+
+
+@pytest.mark.slow
+def test_a_demo_runs_saved_config_reruns_elsewhere_and_never_over_the_run(demo, tmp_path, monkeypatch):
+    """`lightning fit --config <run>/config.yaml --trainer.default_root_dir=X`, as the README invites for any demo
+    step, writes everything to X and leaves the run byte-identical; the same config fitted fresh into its own
+    directory stops with one line."""
+    _, out = demo
+    run = out / "seed3/ett/tune"
+    before = {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()}
+    monkeypatch.chdir(tmp_path)
+    lightning("fit", "--config", str(run / "config.yaml"), f"--trainer.default_root_dir={tmp_path / 'again'}",
+              "--data.init_args.num_workers=0")
+    assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
+    again = tmp_path / "again"
+    assert {"config.yaml", "metrics.json", "hparams.yaml"} <= {path.name for path in again.iterdir()}
+    assert list(again.glob("events.out.tfevents.*"))
+    assert (again / "checkpoints/last.ckpt").is_file()
+    assert yaml.safe_load((again / "config.yaml").read_text())["trainer"]["default_root_dir"] == str(again)
+
+    log = tmp_path / "refused.log"
+    assert run_cli(["fit", "--config", str(run / "config.yaml"), "--data.init_args.num_workers=0"], log) == 2
+    assert log.read_text().strip().splitlines()[-1].startswith(f"ett fit: error: {run} already holds a run")
+    assert "Traceback" not in log.read_text()
+    assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before

@@ -1,19 +1,19 @@
-"""``ett-convert``: the converters as one console script (``llava``, ``vqav2``, ``folder``)."""
+"""``ett convert`` (also ``ett-convert``): the converters as one command (``llava``, ``vqav2``, ``folder``)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from ett_lightning.convert.folder import convert_folder
 from ett_lightning.convert.llava import convert_llava
 from ett_lightning.convert.shard_output import ShardOutput, format_summary
 from ett_lightning.convert.vqav2 import convert_vqav2
+from ett_lightning.user_errors import UserError
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="ett-convert", description="Write webdataset shards that "
+    root = argparse.ArgumentParser(prog="ett convert", description="Write webdataset shards that "
                                    "ImageTextDataModule reads from LLaVA JSON, VQAv2 files or an image folder.")
     commands = root.add_subparsers(dest="format", required=True)
     llava = commands.add_parser("llava", help="LLaVA-format conversations -> conversation shards")
@@ -38,13 +38,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Runs one conversion; a source or output it cannot use ends it with one line saying why, exit status 1."""
+    """Runs one conversion; a source or output it cannot use is a :class:`UserError` (``ett convert`` prints it as one
+    line, exit status 2)."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         convert(args)
     except (OSError, ValueError) as problem:
-        sys.exit(f"ett-convert: error: {problem}")
+        raise UserError(str(problem)) from problem
 
 
 def convert(args: argparse.Namespace) -> None:

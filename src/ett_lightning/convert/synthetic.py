@@ -23,6 +23,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from webdataset import TarWriter
 
+from ett_lightning.user_errors import whole_number
+
 WORDS = tuple("0123456789ABEHKX")
 TEXT_COLOURS = {"red": (220, 30, 30), "green": (20, 170, 40), "blue": (30, 60, 230), "yellow": (245, 220, 20),
                 "white": (250, 250, 250), "black": (10, 10, 10)}
@@ -199,13 +201,13 @@ def make_shards(out: str | Path, num_train: int = 2000, num_val: int = 200, imag
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ett-make-shards", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ett make-shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="output directory")
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--samples-per-shard", type=int, default=250)
+    parser.add_argument("--num-train", type=whole_number(1), default=2000)
+    parser.add_argument("--num-val", type=whole_number(1), default=200)
+    parser.add_argument("--image-size", type=whole_number(16, 1024), default=64, help="side in pixels, 16 to 1024")
+    parser.add_argument("--seed", type=whole_number(0), default=0)
+    parser.add_argument("--samples-per-shard", type=whole_number(1), default=250)
     parser.add_argument("--long-tail-captions", action="store_true",
                         help="captions of web-like lengths (1-80 bytes, median about 12) instead of full sentences")
     parser.add_argument("--conversations", action="store_true",

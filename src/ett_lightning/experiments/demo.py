@@ -1,6 +1,6 @@
 """``ett demo``: the paper's claim in miniature, on CPU, as a chain of ordinary ``lightning`` runs.
 
-1. tokenizer pre-training on reconstruction alone (``recipes/demo/tokenizer.yaml``);
+1. tokenizer pre-training on reconstruction alone (the packaged recipe ``demo/tokenizer``, ``ett recipes``);
 2. stage 1, projector alignment (``ett_align.yaml``), from the tokenizer;
 3. per seed, two arms from that same stage-1 checkpoint, same data and steps:
    ``frozen`` (stage 2 with the tokenizer frozen) and ``ett`` (stage 2 end to end), each followed by
@@ -31,6 +31,8 @@ from ett_lightning.convert.synthetic import GLYPHS, make_shards
 from ett_lightning.experiments.interval import paired_interval, question_scores, reference_answers, score_matrix
 from ett_lightning.experiments.report import write_figure, write_markdown
 from ett_lightning.experiments.runs import LightningRun
+from ett_lightning.packaged_recipes import RECIPES
+from ett_lightning.user_errors import UserError, whole_number
 
 ARMS = ("frozen", "ett")
 RECONSTRUCTION_CALLBACK = "ett_lightning.callbacks.ReconstructionMetrics"
@@ -46,7 +48,7 @@ class DemoPlan:
 
     out: Path = Path("outputs/demo")
     data: Path = Path("data/synthetic")
-    recipes: Path = Path("recipes/demo")
+    recipes: Path = RECIPES / "demo"
     seeds: list[int] = field(default_factory=lambda: [0])
     tokenizer_steps: int = 600
     align_steps: int = 300
@@ -80,6 +82,10 @@ class DemoPlan:
 def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     """Runs every stage of the plan and returns (and writes) the results."""
     start = time.monotonic()
+    earlier = sorted(plan.out.glob("**/config.yaml"))
+    if earlier and not reuse:
+        raise UserError(f"{plan.out} holds an earlier demo's runs ({earlier[0].parent}, ...): add --reuse to keep the "
+                        "finished ones and run the rest, or give another --out")
     if not (plan.data / "vqa").is_dir():
         make_shards(plan.data, num_train=5000, num_val=500, image_size=64, glyph=plan.glyph)
     tokenizer = plan.fit("tokenizer", "tokenizer", plan.tokenizer_steps, plan.seeds[0], None).run(reuse)
@@ -203,10 +209,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=defaults.data, help="synthetic shards (made if missing)")
     parser.add_argument("--recipes", type=Path, default=defaults.recipes)
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds, help="the arms' seeds")
-    seeds.add_argument("--num-seeds", type=int, help="seeds 0 .. N-1 (`make demo SEEDS=3`)")
+    seeds.add_argument("--seeds", type=whole_number(0), nargs="+", default=defaults.seeds, help="the arms' seeds")
+    seeds.add_argument("--num-seeds", type=whole_number(1), help="seeds 0 .. N-1 (`make demo SEEDS=3`)")
     for name in ("tokenizer_steps", "align_steps", "tune_steps", "posttrain_steps"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+        parser.add_argument(f"--{name.replace('_', '-')}", type=whole_number(1), default=getattr(defaults, name))
     parser.add_argument("--glyph", choices=GLYPHS, default=defaults.glyph, help="when the shards are made here")
     parser.add_argument("--fid-weights", help="Inception weights file: adds rFID before/after")
     parser.add_argument("--reuse", action="store_true", help="skip runs whose checkpoint or metrics exist")

@@ -2,11 +2,13 @@
 
 The recipe is copied with a handful of overrides (output directory, seed, steps, checkpoint to start from) to
 ``<out>/config.yaml`` and run as ``lightning <command> --config <out>/config.yaml``, so every step of an
-experiment can be read and rerun by hand. Logs go to ``<out>/metrics.csv``; MetricsJSON writes
-``<out>/metrics.json``; checkpoints land in ``<out>/checkpoints`` (the logger's directory is ``<out>``, and
-ModelCheckpoint writes under the logger's directory). Where the platform has fork servers, each run is forked
-from one server process that imported the CLI once, so it starts with torch, Lightning and transformers loaded
-(seconds of every run on a small machine); elsewhere it is a fresh ``python -m ett_lightning.cli``.
+experiment can be read and rerun by hand. The CLI's default loggers write ``<out>/metrics.csv`` (and TensorBoard
+events); MetricsJSON writes ``<out>/metrics.json``; checkpoints land in ``<out>/checkpoints``. The config pins no
+logger directory, so it reruns elsewhere with one ``--trainer.default_root_dir``.
+
+Where the platform has fork servers, each run is forked from one server process that imported the CLI once, so it
+starts with torch, Lightning and transformers loaded (seconds of every run on a small machine); elsewhere it is a
+fresh ``python -m ett_lightning.cli``.
 """
 
 from __future__ import annotations
@@ -50,12 +52,10 @@ class LightningRun:
         return (self.last_checkpoint if self.command == "fit" else self.out / "metrics.json").is_file()
 
     def config(self) -> dict[str, Any]:
-        """The recipe with this run's output paths, a CSV logger and the overrides applied."""
+        """The recipe with this run's output directory and the overrides applied."""
         config = yaml.safe_load(Path(self.recipe).read_text())
         trainer = config.setdefault("trainer", {})
         trainer["default_root_dir"] = str(self.out)
-        trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                             "init_args": {"save_dir": str(self.out), "name": "", "version": ""}}
         for callback in trainer.get("callbacks", []):
             if not isinstance(callback, dict):
                 continue

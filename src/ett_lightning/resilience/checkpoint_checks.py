@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,13 @@ def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
     if is_checkpoint_folder(path):
         check_folder(path)
         return dict(folder_metadata(path).get("hyper_parameters") or {})
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder but no checkpoint folder (no .metadata): give a checkpoint file, e.g. "
+                         "<run>/checkpoints/last.ckpt, or the folder FSDP2 saved")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; a text file, an empty file, a foreign format
+        raise ValueError(f"{path} is not a readable checkpoint (not a whole zip archive, which torch.save writes: "
+                         "cut short, or another kind of file; give <run>/checkpoints/last.ckpt of a `lightning fit` "
+                         "run)" + older_checkpoint_hint(path))
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch reports truncation, foreign files and bad pickles in many types
