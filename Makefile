@@ -24,7 +24,7 @@ test: install
 	$(BIN)/pytest
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not ddp"
 
 shards: install
 	$(BIN)/ett-make-shards $(DEMO_DATA) --num-train 5000 --num-val 500 --image-size 64 --glyph centred

@@ -59,7 +59,9 @@ def run_together(commands: list[list[str]], cwd: Path, timeout: float,
     processes = [subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True) for command, log in zip(commands, logs)]
     deadline = time.monotonic() + timeout
-    while any(process.poll() is None for process in processes):
+    ended: dict[int, float] = {}
+    while None in [process.poll() for process in processes]:
+        ended.update({id(p): time.time() for p in processes if p.returncode is not None and id(p) not in ended})
         failed = check and any(process.returncode not in (None, 0) for process in processes)
         if failed or time.monotonic() > deadline:
             running = [process for process in processes if process.poll() is None]
@@ -76,6 +78,7 @@ def run_together(commands: list[list[str]], cwd: Path, timeout: float,
         assert process.returncode == 0 or not check, output[-4000:]
         completed = subprocess.CompletedProcess(process.args, process.returncode, output, "")
         completed.process_group = process.pid  # the run's session: its ranks, loader workers and their commands
+        completed.ended = ended.get(id(process), time.time())  # when it was first seen ended (0.2 s polls)
         runs.append(completed)
     return runs
 

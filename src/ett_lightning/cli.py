@@ -1,4 +1,5 @@
-"""The ``lightning`` and ``ett`` console scripts: LightningCLI over any module / datamodule by class_path."""
+"""The training command line, `lightning` (also `ett fit|validate|test|predict`): LightningCLI over any module and
+datamodule by class_path, checking the configuration before anything is built."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ett_lightning.callbacks.run_dir import earlier_run
 from ett_lightning.checkpoints.atomic import recover, remove_stale
 from ett_lightning.checkpoints.folder import is_checkpoint_folder
 from ett_lightning.checkpoints.hyperparameters import entries, rebuild_refusal
+from ett_lightning.console import console_entry
 from ett_lightning.distributed import fsdp2  # noqa: F401  registers --trainer.strategy=fsdp2
 from ett_lightning.packaged_recipes import resolve_config_arguments
 from ett_lightning.resilience import check_config
@@ -210,5 +212,7 @@ def report(prog: str, message: str) -> None:
     print(f"{prog}: error: {first.rstrip(':')}", file=sys.stderr)
 
 
+console = console_entry(main)  # the `lightning` console script
+
 if __name__ == "__main__":
-    main()
+    console()

@@ -128,6 +128,7 @@ def test_an_unreadable_file_is_one_line(inputs, tmp_path, capsys):
     assert line.startswith("ett export: error: ") and "locked.ckpt" in line
 
 
+@pytest.mark.slow
 def test_the_console_script_prints_the_line_and_no_traceback(inputs):
     ett = str(Path(sys.executable).with_name("ett"))
     run = subprocess.run([ett, "export", "--ckpt", str(inputs / "text.txt"), "--out", str(inputs / "e")],

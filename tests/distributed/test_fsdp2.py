@@ -151,6 +151,7 @@ def test_options_are_checked():
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 def test_two_sharded_ranks_generate_to_different_lengths_and_train_lora(tmp_path):
     """Every forward of a sharded model is a collective: rank 0 stops after 2 tokens and keeps running rank 1's
     forwards until rank 1 is done at 9 (synced generation); each rank's answers equal its unsharded answers. Then a

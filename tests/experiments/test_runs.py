@@ -82,3 +82,23 @@ def test_a_forked_run_uses_the_torch_threads_it_is_given(tmp_path, monkeypatch, 
     child.start()
     child.join(60)
     assert child.exitcode == 0 and seen.read_text() == str(threads)
+
+
+def test_reuse_skips_finished_runs_and_resumes_a_fit_stopped_early(tmp_path, monkeypatch):
+    """A killed demo goes on with --reuse: a fit whose last.ckpt is short of max_steps resumes from it."""
+    started = []
+    monkeypatch.setattr(runs, "run_cli", lambda argv, log, fork=None, threads=None: started.append(argv) or 0)
+    run = LightningRun(str(RECIPE), tmp_path / "run", overrides={"trainer.max_steps": 7})
+    run.last_checkpoint.parent.mkdir(parents=True)
+    for step, resumed in ((3, True), (7, False)):
+        torch.save({"global_step": step, "state_dict": {}}, run.last_checkpoint)
+        assert run.done is not resumed
+        run.run(reuse=True)
+    assert started == [["fit", "--config", str(run.out / "config.yaml"), "--ckpt_path", "last"]]
+    run.run(reuse=False)  # without reuse: a fresh fit (which the CLI refuses over a run's files)
+    assert started[-1] == ["fit", "--config", str(run.out / "config.yaml")]
+    validation = LightningRun(str(RECIPE), tmp_path / "eval", "validate")
+    assert not validation.done
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text("{}")
+    assert validation.done

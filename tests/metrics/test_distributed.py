@@ -1,5 +1,6 @@
 """Metric states reduce across ranks: 2 gloo processes give what 1 process gives on the same data."""
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -28,6 +29,7 @@ def worker(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.ddp
 def test_two_processes_agree_with_one():
     single = evaluate(PREDS, TARGETS, INDICES)
     with mp.Manager() as manager:

@@ -4,11 +4,13 @@ to the whole process group (loader workers included), each during training and d
 moments (the last of these sharded by FSDP2); then a single process with 2 workers. Every run must end within 60 s
 of the signal, every process gone, with one complete ``last.ckpt`` at the step it reports.
 
-The cases form one chain: each run resumes the previous one's ``last.ckpt`` with ``--ckpt_path=last`` (so every case
-is also a resume test, across world sizes and strategies too), and a last run resumes it under FSDP2
-(``--trainer.strategy=fsdp2``) to ``max_steps``, with the recipe's validation, metrics and final checkpoint. Each run
-has a hard timeout, so a hang fails the test with every process's stack. ``ETT_SIGNAL_SEEDS=0,1,2`` draws other
-moments.
+The cases form two chains that run side by side (one run of each at a time: a 2-process run spends most of its time
+starting its second rank, which leaves a core free). In each chain every run resumes the previous one's
+``last.ckpt`` with ``--ckpt_path=last`` (so every case is also a resume test, across world sizes and strategies
+too); one chain ends with the single process, the other with a run that resumes the sharded checkpoint under FSDP2
+(``--trainer.strategy=fsdp2``) to ``max_steps``, with the recipe's validation, metrics and final checkpoint. Each
+run has a hard timeout, so a hang fails the test with every process's stack. ``ETT_SIGNAL_SEEDS=0,1,2`` draws
+other moments.
 """
 
 from __future__ import annotations
@@ -23,11 +25,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli_runs import ROOT, run_lightning, two_processes
+from tests.cli_runs import LIGHTNING, ROOT, run_together, two_processes
 from tests.distributed.rank_digest import rank_digest
 
-CASES = [("rank0", "train"), ("rank1", "train"), ("group", "train"),
-         ("rank0", "validation"), ("rank1", "validation"), ("group", "validation")]
+FSDP2 = [*two_processes(), "--trainer.strategy=fsdp2"]
+CHAINS = (  # (case, launch options, world size, target, phase), run side by side step by step
+    [("rank0/train", two_processes(), 2, "rank0", "train"),
+     ("rank1/validation", two_processes(), 2, "rank1", "validation"),
+     ("group/train", two_processes(), 2, "group", "train"),
+     ("group/train one process, 2 workers", ["--trainer.devices=1", "--data.init_args.num_workers=2"], 1, "group",
+      "train")],
+    [("rank1/train", two_processes(), 2, "rank1", "train"),
+     ("rank0/validation", two_processes(), 2, "rank0", "validation"),
+     ("group/sharded by FSDP2, validation", FSDP2, 2, "group", "validation")],  # a DDP checkpoint resumed sharded
+)
 MAX_STEPS = 40
 SEEDS = [int(seed) for seed in os.environ.get("ETT_SIGNAL_SEEDS", "0").split(",")]
 
@@ -84,43 +95,44 @@ def outlived(process_group: int, wait: float = 5) -> bool:
     return True
 
 
-def signalled_run(args: list[str], tmp_path: Path, moment: Path):
-    run = run_lightning(args, cwd=tmp_path, timeout=150, check=False)
-    ended = time.time()
-    sent = json.loads((moment / "sent.json").read_text())
-    return run, sent, ended
-
-
 @pytest.mark.slow
 @pytest.mark.ddp
 @pytest.mark.parametrize("seed", SEEDS)
 def test_stop_signals_to_any_process_in_any_phase_save_once_and_resume(tmp_path, synthetic_shards, seed):
-    root = tmp_path / "run"
-    step = 0
-    chain = [(f"{target}/{phase}", two_processes(), 2, target, phase) for target, phase in CASES]
-    chain[-1] = ("group/sharded by FSDP2, validation", [*two_processes(), "--trainer.strategy=fsdp2"], 2, *CASES[-1])
-    chain.append(("group/train one process, 2 workers", ["--trainer.devices=1", "--data.init_args.num_workers=2"],
-                  1, "group", "train"))
-    for index, (case, processes, world_size, target, phase) in enumerate(chain):
-        moment = tmp_path / f"signal{index}"
-        args = [*run_args(synthetic_shards, root, processes), *signal_at(target, phase, seed * 100 + index, moment)]
-        run, sent, ended = signalled_run(args, tmp_path, moment)
-        if index:
-            assert "Restored all states from the checkpoint" in run.stdout, f"{case}: did not resume"
-        saved = assert_stopped_cleanly(case, run, sent, ended, root, world_size)
-        assert saved > step, f"{case}: saved step {saved} after step {step}"
-        step = saved
-
+    roots = [tmp_path / f"run{chain}" for chain in range(len(CHAINS))]
+    steps = [0] * len(CHAINS)
     ranks = tmp_path / "ranks"
-    sharded = [*two_processes(), "--trainer.strategy=fsdp2"]  # a DDP run resumed sharded: the same checkpoint format
-    final = run_lightning([*run_args(synthetic_shards, root, sharded), *rank_digest(ranks)], cwd=tmp_path, timeout=150)
-    assert "Restored all states from the checkpoint" in final.stdout
+    final = [*run_args(synthetic_shards, roots[1], FSDP2), *rank_digest(ranks)]  # after the second chain's cases
+    for index in range(max(map(len, CHAINS))):
+        commands, cases = [], []
+        for chain, cases_of_chain in enumerate(CHAINS):
+            if index < len(cases_of_chain):
+                case, processes, world_size, target, phase = cases_of_chain[index]
+                moment = tmp_path / f"signal{chain}_{index}"
+                commands.append([LIGHTNING, *run_args(synthetic_shards, roots[chain], processes),
+                                 *signal_at(target, phase, seed * 100 + 10 * chain + index, moment)])
+                cases.append((chain, case, world_size, moment))
+            elif index == len(cases_of_chain):
+                commands.append([LIGHTNING, *final])
+        runs = run_together(commands, tmp_path, timeout=150, check=False)
+        for (chain, case, world_size, moment), run in zip(cases, runs):
+            if index:
+                assert "Restored all states from the checkpoint" in run.stdout, f"{case}: did not resume"
+            sent = json.loads((moment / "sent.json").read_text())
+            saved = assert_stopped_cleanly(case, run, sent, run.ended, roots[chain], world_size)
+            assert saved > steps[chain], f"{case}: saved step {saved} after step {steps[chain]}"
+            steps[chain] = saved
+    assert runs[-1].returncode == 0, runs[-1].stdout[-4000:]
+
+    assert "Restored all states from the checkpoint" in runs[-1].stdout
     parameters = [torch.load(ranks / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
     assert all(p["world_size"] == 2 and p["step"] == MAX_STEPS for p in parameters)
     for name, value in parameters[0]["params"].items():
         assert torch.equal(value, parameters[1]["params"][name]), name
+    root = roots[1]
     assert "val/psnr" in json.loads((root / "metrics.json").read_text())
-    assert {p.name for p in tmp_path.iterdir()} == {"run", "ranks", *(f"signal{i}" for i in range(len(chain)))}
+    signals = {f"signal{chain}_{index}" for chain, cases in enumerate(CHAINS) for index in range(len(cases))}
+    assert {p.name for p in tmp_path.iterdir()} == {"run0", "run1", "ranks", *signals}
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt"]  # not also last-v1.ckpt
     assert checkpoint_step(root) == MAX_STEPS
     assert json.loads((root / "metrics.json").read_text())["step"] == MAX_STEPS

@@ -8,10 +8,12 @@ loads the demo. A :class:`UserError` (and a missing, unreadable or wrong kind of
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from ett_lightning.console import console_entry
 from ett_lightning.user_errors import UserError
 
 TRAINING = ("fit", "validate", "test", "predict")  # the same as ett_lightning.cli.TRAINING_COMMANDS, not imported
@@ -61,14 +63,9 @@ def run(name: str, argv: list[str]) -> None:
         fail(f"ett {name}", f"{problem.strerror or problem}: {problem.filename}")
 
 
-def convert() -> None:
-    """The ``ett-convert`` console script: ``ett convert``."""
-    run("convert", sys.argv[1:])
-
-
-def make_shards() -> None:
-    """The ``ett-make-shards`` console script: ``ett make-shards``."""
-    run("make-shards", sys.argv[1:])
+console = console_entry(main)  # the `ett` console script (and `python -m ett_lightning`)
+convert = console_entry(functools.partial(run, "convert"))  # `ett-convert`, which is `ett convert`
+make_shards = console_entry(functools.partial(run, "make-shards"))  # `ett-make-shards`, which is `ett make-shards`
 
 
 def fail(prog: str, message: str) -> None:
@@ -85,4 +82,4 @@ def package_version() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    console()

@@ -85,7 +85,7 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     earlier = sorted(plan.out.glob("**/config.yaml"))
     if earlier and not reuse:
         raise UserError(f"{plan.out} holds an earlier demo's runs ({earlier[0].parent}, ...): add --reuse to keep the "
-                        "finished ones and run the rest, or give another --out")
+                        "finished ones and go on from where the others stopped, or give another --out")
     if not (plan.data / "vqa").is_dir():
         make_shards(plan.data, num_train=5000, num_val=500, image_size=64, glyph=plan.glyph)
     tokenizer = plan.fit("tokenizer", "tokenizer", plan.tokenizer_steps, plan.seeds[0], None).run(reuse)
@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=whole_number(1), default=getattr(defaults, name))
     parser.add_argument("--glyph", choices=GLYPHS, default=defaults.glyph, help="when the shards are made here")
     parser.add_argument("--fid-weights", help="Inception weights file: adds rFID before/after")
-    parser.add_argument("--reuse", action="store_true", help="skip runs whose checkpoint or metrics exist")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep finished runs, resume stopped ones from their last.ckpt (a killed demo goes on)")
     parser.add_argument("--one-arm-at-a-time", dest="parallel_arms", action="store_false",
                         help="train the arms one after the other, each run with every core (default: both at once)")
     args = vars(parser.parse_args(argv))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,14 @@ class LightningRun:
 
     @property
     def done(self) -> bool:
-        return (self.last_checkpoint if self.command == "fit" else self.out / "metrics.json").is_file()
+        """A fit whose ``last.ckpt`` reached its ``max_steps`` (one stopped earlier, by a kill or a signal, is not),
+        or a validation that wrote its metrics."""
+        if self.command != "fit":
+            return (self.out / "metrics.json").is_file()
+        if not self.last_checkpoint.is_file():
+            return False
+        step = torch.load(self.last_checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        return step >= self.config()["trainer"]["max_steps"]
 
     def config(self) -> dict[str, Any]:
         """The recipe with this run's output directory and the overrides applied."""
@@ -65,16 +73,18 @@ class LightningRun:
         return config
 
     def run(self, reuse: bool = False) -> LightningRun:
-        """Writes the config and runs it (skipped when ``reuse`` and its output exists); raises on failure."""
+        """Writes the config and runs it; raises on failure. With ``reuse``, a finished run is skipped and a fit
+        stopped before its ``max_steps`` resumes from its ``last.ckpt``."""
         if reuse and self.done:
             log.info("reusing %s", self.out)
             return self
+        resume = ["--ckpt_path", "last"] if reuse and self.command == "fit" and self.last_checkpoint.is_file() else []
         self.out.mkdir(parents=True, exist_ok=True)
         config_path = self.out / "config.yaml"
         config = self.config()
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        print(f"$ lightning {self.command} --config {config_path}", flush=True)
-        exit_code = run_cli([self.command, "--config", str(config_path)], self.out / "run.log",
+        print(f"$ lightning {self.command} --config {config_path}", *resume, flush=True)
+        exit_code = run_cli([self.command, "--config", str(config_path), *resume], self.out / "run.log",
                             fork=None if single_process(config) else False, threads=self.threads)
         if exit_code != 0:
             tail = "".join((self.out / "run.log").read_text().splitlines(keepends=True)[-30:])
