@@ -102,8 +102,21 @@ def test_a_fresh_fit_into_another_runs_directory_stops_and_a_resume_goes_on(tmp_
         main(["fit", "--config", str(variant), "--trainer.max_steps=2"])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and line.startswith("ett fit: error: outputs/demo/ett_sft already holds a run")
-    assert "metrics.json" in line and "last.ckpt" in line and "--ckpt_path=last" in line
+    assert "last.ckpt" in line and "--ckpt_path=last" in line
     assert (run_dir / "config.yaml").read_text() == record
     assert sorted((run_dir / "checkpoints").iterdir()) == checkpoints
     main(["fit", "--config", str(variant), "--trainer.max_steps=2", "--ckpt_path=last"])
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_a_run_that_left_no_checkpoint_is_named_without_offering_a_resume(tmp_path, synthetic_shards, capsys,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs/demo/ett_sft").mkdir(parents=True)
+    (tmp_path / "outputs/demo/ett_sft/metrics.json").write_text('{"step": 4}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "demo/ett_sft", f"--data.train_shards={synthetic_shards}/caption/train-*.tar",
+              f"--data.val_shards={synthetic_shards}/caption/val-*.tar"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "already holds a run (metrics.json): it left no checkpoint" in line
+    assert "--ckpt_path" not in line

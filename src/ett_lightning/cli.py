@@ -10,6 +10,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
@@ -22,14 +23,15 @@ from ett_lightning.checkpoints.folder import is_checkpoint_folder
 from ett_lightning.checkpoints.hyperparameters import entries, rebuild_refusal
 from ett_lightning.console import console_entry
 from ett_lightning.distributed import fsdp2  # noqa: F401  registers --trainer.strategy=fsdp2
-from ett_lightning.packaged_recipes import resolve_config_arguments
+from ett_lightning.packaged_recipes import config_values, resolve_config_arguments
 from ett_lightning.resilience import check_config
 from ett_lightning.resilience.checkpoint_checks import (
     checkpoint_hyperparameters,
     checkpoint_mismatch,
     folder_needs_fsdp2,
 )
-from ett_lightning.user_errors import UserError
+from ett_lightning.resilience.config_checks import seed_problems
+from ett_lightning.user_errors import UserError, path_error, shortened
 
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -38,28 +40,38 @@ class CheckedLightningCLI(LightningCLI):
     """LightningCLI that checks the resolved configuration (paths, stage, weights, dimensions, image size)
     before instantiating anything, so a typo costs seconds, not an LLM load."""
 
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """A seed NumPy refuses is named before LightningCLI seeds everything with it (a traceback otherwise)."""
+        super().parse_arguments(parser, args)
+        config = self.config.get(str(self.config.get("subcommand")), self.config)
+        problems = list(seed_problems(config.get("seed_everything")))
+        if problems:
+            raise UserError(problems[0])
+
     def before_instantiate_classes(self) -> None:
         """Configuration problems end the command like a parser error (the list, then ``error:``, exit status 2,
-        no traceback) before anything is built."""
+        no traceback) before anything is built; so does a fresh fit into a run directory that holds a run, when the
+        CLI's own loggers make ``default_root_dir`` the run directory (other loggers: :meth:`before_fit`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         try:
             check_config(config.as_dict())
         except ValueError as problems:
             raise UserError(str(problems)) from problems
+        if self.subcommand == "fit" and config.get("ckpt_path") is None and config.get("trainer.logger") in (None,
+                                                                                                              True):
+            root = config.get("trainer.default_root_dir") or os.getcwd()
+            refuse_earlier_run(Path(root), config, root)
 
     def before_fit(self) -> None:
         """A fresh fit (no ``--ckpt_path``) into a directory that holds a run stops here with one line naming it,
         before any logger or callback has written a file there: it would mix its checkpoints with the old ones and
-        replace that run's record. Every rank sees the same files (none has written yet) and stops alike."""
+        replace that run's record. Every rank sees the same files (none has written yet) and stops alike. With the
+        CLI's own loggers this was already checked before the model was built."""
         config = self.config[self.subcommand]
         if config.get("ckpt_path") is not None:
             return
-        directory = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        config_files = [Path(os.fspath(path)) for path in config.get("config") or []]
-        taken = earlier_run(directory, config_files, self.trainer.default_root_dir)
-        if taken:
-            raise UserError(f"{directory} already holds a run ({taken}): resume it with --ckpt_path=last, or give "
-                            "this run its own --trainer.default_root_dir")
+        refuse_earlier_run(Path(self.trainer.log_dir or self.trainer.default_root_dir), config,
+                           self.trainer.default_root_dir)
 
     def _parse_ckpt_path(self) -> None:
         """``--ckpt_path``: a file that is no readable checkpoint, or a checkpoint of another module class (or, for
@@ -113,6 +125,17 @@ class CheckedLightningCLI(LightningCLI):
             kwargs["logger"] = [TensorBoardLogger(save_dir=root, name="", version=""),
                                 CSVLogger(save_dir=root, name="", version="")]
         return super().instantiate_trainer(**kwargs)
+
+
+def refuse_earlier_run(directory: Path, config: Any, default_root_dir: str | Path) -> None:
+    """A :class:`UserError` naming what an earlier run left in ``directory``, and how to go on, when it left any."""
+    config_files = [Path(os.fspath(path)) for path in config.get("config") or []]
+    taken = earlier_run(directory, config_files, default_root_dir)
+    if taken:
+        resume = ("resume it with --ckpt_path=last, or " if (directory / "checkpoints").is_dir()
+                  and any((directory / "checkpoints").glob("*.ckpt")) else "it left no checkpoint to resume; ")
+        raise UserError(f"{directory} already holds a run ({taken}): {resume}give this run its own "
+                        "--trainer.default_root_dir")
 
 
 def checkpoint_file(ckpt_path: str | None, root: str | None) -> Path | None:
@@ -180,13 +203,17 @@ def main(args: list[str] | None = None) -> None:
     except UserError as mistake:
         report(prog, str(mistake))
         sys.exit(2)
+    except OSError as error:  # a path the user gave: missing, unreadable, of the wrong kind, a name too long
+        if error.filename is None:
+            raise
+        report(prog, path_error(error))
+        sys.exit(2)
 
 
 def check_config_files(argv: list[str]) -> None:
     """A ``--config`` that names no file or recipe, an empty file or one that is not text, named here: the parser
     would say "File does not exist", "Unexpected config" or fail decoding it. Inline YAML passes."""
-    values = [value for flag, value in zip(argv, argv[1:]) if flag == "--config"]
-    for value in [*values, *(flag.removeprefix("--config=") for flag in argv if flag.startswith("--config="))]:
+    for value in config_values(argv):
         if set("{}\n") & set(value) or ": " in value:
             continue
         path = Path(value)
@@ -201,6 +228,15 @@ def check_config_files(argv: list[str]) -> None:
             raise UserError(f"--config {value}: not a YAML text file (give a recipe or a run's config.yaml)") from None
         if not text.strip():
             raise UserError(f"--config {value} is empty (give a recipe or a run's config.yaml)")
+        try:
+            mapping = isinstance(yaml.safe_load(text), dict)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise UserError(f"--config {value} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+        if not mapping:
+            raise UserError(f"--config {value} holds no YAML mapping of options (give a recipe or a run's "
+                            "config.yaml)")
 
 
 def report(prog: str, message: str) -> None:
@@ -208,8 +244,8 @@ def report(prog: str, message: str) -> None:
     first, so the last line is always the error."""
     first, *details = message.strip().splitlines() or ["invalid arguments"]
     for line in details:
-        print(line, file=sys.stderr)
-    print(f"{prog}: error: {first.rstrip(':')}", file=sys.stderr)
+        print(shortened(line), file=sys.stderr)
+    print(f"{prog}: error: {shortened(first.rstrip(':'))}", file=sys.stderr)
 
 
 console = console_entry(main)  # the `lightning` console script

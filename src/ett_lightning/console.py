@@ -14,11 +14,15 @@ import sys
 from collections.abc import Callable
 
 
-def console_entry(main: Callable[[list[str]], None]) -> Callable[[], None]:
+def console_entry(main: Callable[[list[str]], None],
+                  prepare: Callable[[list[str]], None] | None = None) -> Callable[[], None]:
     """The console script that runs ``main(sys.argv[1:])`` with the garbage collector's objects frozen before
-    (everything imported so far) and after it (everything the command made)."""
+    (everything imported so far, and by ``prepare(argv)``: a dispatcher imports the command's module there) and
+    after it (everything the command made)."""
 
     def entry() -> None:
+        if prepare is not None:
+            prepare(sys.argv[1:])
         gc.freeze()
         try:
             main(sys.argv[1:])

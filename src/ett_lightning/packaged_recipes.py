@@ -56,21 +56,32 @@ def find_recipe(name: str) -> Recipe | None:
     return next((recipe for recipe in packaged_recipes() if recipe.name == wanted), None)
 
 
+CONFIG_FLAGS = ("--config", "-c")  # the LightningCLI's config option and its short form
+
+
 def resolve_config_arguments(argv: list[str]) -> list[str]:
-    """``argv`` with each ``--config NAME`` (or ``--config=NAME``) that names no existing file but a packaged recipe
-    replaced by the recipe's path; everything else as given (a missing file stays the parser's error)."""
+    """``argv`` with each ``--config NAME`` (``-c NAME``, ``--config=NAME``) that names no existing file but a
+    packaged recipe replaced by the recipe's path; everything else as given (a missing file stays the parser's
+    error)."""
     resolved = list(argv)
     for index, argument in enumerate(resolved):
-        if argument == "--config" and index + 1 < len(resolved):
+        if argument in CONFIG_FLAGS and index + 1 < len(resolved):
             resolved[index + 1] = recipe_path(resolved[index + 1])
         elif argument.startswith("--config="):
             resolved[index] = "--config=" + recipe_path(argument.removeprefix("--config="))
     return resolved
 
 
+def config_values(argv: list[str]) -> list[str]:
+    """The values of every config option in ``argv`` (``--config X``, ``-c X``, ``--config=X``)."""
+    values = [value for flag, value in zip(argv, argv[1:]) if flag in CONFIG_FLAGS]
+    return values + [flag.removeprefix("--config=") for flag in argv if flag.startswith("--config=")]
+
+
 def recipe_path(value: str) -> str:
-    """``value`` when it is an existing path, else the path of the packaged recipe it names, else ``value``."""
-    if os.path.exists(value):  # never raises, also for names too long for the file system
+    """``value`` when it is an existing file, else the path of the packaged recipe it names, else ``value`` (a run
+    folder named like its recipe, as under ``outputs/``, does not hide the recipe)."""
+    if os.path.isfile(value):  # never raises, also for names too long for the file system
         return value
     recipe = find_recipe(value)
     return str(recipe.path) if recipe else value

@@ -11,6 +11,17 @@ class UserError(ValueError):
     status 2 (a parser error's). The message names the input and the fix. Anything else keeps its traceback."""
 
 
+def path_error(error: OSError) -> str:
+    """One line for an operating-system error about a path the user gave (missing, unreadable, of the wrong kind,
+    a name too long, already there)."""
+    return f"{error.strerror or error}: {shortened(str(error.filename))}"
+
+
+def shortened(text: str, limit: int = 500) -> str:
+    """``text`` cut to ``limit`` characters, with ``...`` where it was cut (a file's content, a very long name)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse ``type``: a whole number from ``minimum`` to ``maximum``, else a parser error that says so."""
 

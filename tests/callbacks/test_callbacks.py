@@ -189,3 +189,20 @@ def test_blind_accuracy_answers_with_grey_images(tmp_path):
                              "val/vqa_acc_blind": 0.25, "val/vqa_acc_blind_yes_no": 0.0,
                              "val/vqa_acc_blind_colour": 1.0}
     assert batch.images.abs().amax() > 0, "the batch itself is left as it was"
+
+
+def test_metrics_json_ignores_the_sanity_check(tmp_path):
+    """The sanity check's numbers are no measurement: a run killed after it has no metrics.json (which would make
+    its directory look like a finished run's)."""
+    callback = MetricsJSON()
+    callback.directory = tmp_path
+
+    class Trainer:
+        sanity_checking, global_step, current_epoch = True, 0, 0
+        callback_metrics = {"val/psnr": torch.tensor(12.0)}
+
+    callback.on_validation_end(Trainer(), None)
+    assert not (tmp_path / "metrics.json").exists()
+    Trainer.sanity_checking = False
+    callback.on_validation_end(Trainer(), None)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"step": 0, "epoch": 0, "val/psnr": 12.0}

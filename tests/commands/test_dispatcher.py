@@ -13,8 +13,13 @@ from tests.test_layout import imported_after
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "ett_lightning"
 
 
-def test_ett_alone_lists_every_command(capsys):
-    main([])
+def test_ett_alone_lists_every_command_and_asks_for_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip().splitlines()[-1] == "ett: error: give a command"
+    assert all(f"  {name} " in err for name in COMMANDS)
+    main(["--help"])
     listing = capsys.readouterr().out
     assert all(f"  {name} " in listing for name in COMMANDS)
 

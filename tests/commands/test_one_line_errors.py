@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from ett_lightning.commands.ett import main
+from ett_lightning.packaged_recipes import find_recipe
 
 GOOD_IMAGE = "good.png"
 
@@ -26,6 +27,8 @@ def inputs(tmp_path_factory) -> Path:
     (root / "random.bin").write_bytes(os.urandom(3000))
     (root / "empty.bin").write_bytes(b"")
     (root / "folder").mkdir()
+    (root / "broken.yaml").write_text("trainer:\n  max_steps: [1, 2\n")
+    (root / "linked.yaml").symlink_to(find_recipe("ett_sft").path)
     Image.new("RGB", (16, 16), (200, 10, 10)).save(root / GOOD_IMAGE)
     Image.new("L", (1, 1)).save(root / "huge.png")  # header rewritten to 30000 x 30000 px below
     data = bytearray((root / "huge.png").read_bytes())
@@ -46,7 +49,7 @@ def one_line_error(argv: list[str], capsys) -> str:
 
 
 ASK = ["ask", "--question", "What colour?"]
-CASES = {  # name: (arguments, what the error line must say), {inputs} and {export} filled in per test
+CASES = {  # name: (arguments, what the error line must say); {inputs}, {export}, {shards} filled in per test
     "ask image missing": ([*ASK, "--export", "{export}", "--image", "{inputs}/nope.png"], "image not found"),
     "ask image is a folder": ([*ASK, "--export", "{export}", "--image", "{inputs}/folder"], "is a directory"),
     "ask image is text": ([*ASK, "--export", "{export}", "--image", "{inputs}/text.txt"], "not a readable image"),
@@ -81,12 +84,20 @@ CASES = {  # name: (arguments, what the error line must say), {inputs} and {expo
     "fit config is empty": (["fit", "--config", "{inputs}/empty.bin"], "empty.bin is empty"),
     "fit config is binary": (["fit", "--config", "{inputs}/random.bin"], "not a YAML text file"),
     "fit bad number": (["fit", "--config", "demo/ett_sft", "--trainer.max_steps=many"], "trainer.max_steps"),
+    "fit config is plain text": (["fit", "--config", "{inputs}/text.txt"], "holds no YAML mapping"),
+    "fit config is broken YAML": (["fit", "--config", "{inputs}/broken.yaml"], "is not valid YAML (line"),
+    "fit seed out of range": (["fit", "-c", "demo/ett_sft", "--seed_everything=-1"], "seed_everything: -1 is out"),
     "fit shards missing": (["fit", "--config", "demo/ett_sft", "--data.init_args.train_shards=/nowhere/x.tar"],
                            "configuration problems"),
     "validate checkpoint is text": (["validate", "--config", "demo/ett_sft", "--ckpt_path={inputs}/text.txt"],
                                     "text.txt is not a readable checkpoint"),
     "recipes unknown": (["recipes", "copy", "ett_nope"], "no packaged recipe called 'ett_nope'"),
     "recipes copy over a file": (["recipes", "copy", "ett_sft", "{inputs}/text.txt"], "text.txt exists"),
+    "recipes copy into no folder": (["recipes", "copy", "ett_sft", "{inputs}/newdir/"], "folder not found"),
+    "recipes copy onto itself": (["recipes", "copy", "ett_sft", "{inputs}/linked.yaml", "--force"],
+                                 "is the packaged recipe itself"),
+    "recipes copy name too long": (["recipes", "copy", "ett_sft", "{inputs}/" + "b" * 300 + ".yaml"],
+                                   "File name too long"),
     "convert json missing": (["convert", "llava", "--json", "{inputs}/nope.json", "--image-root", "{inputs}",
                               "--output", "{inputs}/c"], "nope.json"),
     "convert json is random": (["convert", "llava", "--json", "{inputs}/random.bin", "--image-root", "{inputs}",
@@ -97,15 +108,20 @@ CASES = {  # name: (arguments, what the error line must say), {inputs} and {expo
     "make-shards bad number": (["make-shards", "{inputs}/s", "--image-size", "0"], "--image-size"),
     "demo data is a file": (["demo", "--data", "{inputs}/text.txt", "--out", "{inputs}/d"], "text.txt"),
     "demo no seeds": (["demo", "--num-seeds", "0"], "--num-seeds"),
+    "demo seed too large": (["demo", "--seeds", str(2**32)], "from 0 to 4294967295"),
     "demo bad steps": (["demo", "--tune-steps", "-3"], "--tune-steps"),
+    "demo recipes missing": (["demo", "--recipes", "{inputs}/folder"], "lacks tokenizer.yaml"),
+    "recipes outside the package": (["recipes", "show", "../../../etc/passwd"], "no packaged recipe called"),
+    "lmms-task out is a file": (["lmms-task", "--shards", "{shards}/vqa/val-*.tar", "--out", "{inputs}/text.txt"],
+                                "text.txt is a file"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_each_user_mistake_is_one_line(case, inputs, tiny_export, capsys, monkeypatch):
+def test_each_user_mistake_is_one_line(case, inputs, tiny_export, synthetic_shards, capsys, monkeypatch):
     monkeypatch.chdir(inputs)
     arguments, expected = CASES[case]
-    argv = [argument.format(inputs=inputs, export=tiny_export) for argument in arguments]
+    argv = [argument.format(inputs=inputs, export=tiny_export, shards=synthetic_shards) for argument in arguments]
     line = one_line_error(argv, capsys)
     assert line.startswith(f"ett {argv[0]}: error: "), line
     assert expected in line, line

@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ def test_config_names_resolve_only_where_no_file_of_that_name_exists(tmp_path, m
     assert resolve_config_arguments(["fit", "--config", "ett_sft"]) == ["fit", "--config", "ett_sft"]
     assert resolve_config_arguments(["fit", "--config", "mine.yaml", "--model", "ett_sft"]) == [
         "fit", "--config", "mine.yaml", "--model", "ett_sft"]
+    assert resolve_config_arguments(["fit", "-c", "demo/ett_sft"])[-1] == str(find_recipe("demo/ett_sft").path)
+    (tmp_path / "demo" / "ett_sft").mkdir(parents=True)  # a run folder named like its recipe, as under outputs/
+    assert resolve_config_arguments(["fit", "--config", "demo/ett_sft"])[-1] == str(find_recipe("demo/ett_sft").path)
 
 
 def test_a_packaged_recipe_runs_by_name_from_another_directory(tmp_path, monkeypatch, capsys):
@@ -89,6 +93,10 @@ def test_the_wheel_installs_and_runs_its_recipes_from_an_empty_directory(tmp_pat
     sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
         str(source)], tmp_path)
     (wheel,) = (tmp_path / "dist").glob("ett_lightning-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = sorted(name for name in archive.namelist() if name.startswith("ett_lightning/recipes/"))
+    assert shipped == sorted(f"ett_lightning/recipes/{path.relative_to(ROOT / 'recipes').as_posix()}"
+                             for path in (ROOT / "recipes").rglob("*.yaml"))  # every recipe, in every folder
 
     environment = tmp_path / "env"
     sh([sys.executable, "-m", "venv", "--without-pip", str(environment)], tmp_path)

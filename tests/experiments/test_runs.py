@@ -102,3 +102,18 @@ def test_reuse_skips_finished_runs_and_resumes_a_fit_stopped_early(tmp_path, mon
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text("{}")
     assert validation.done
+
+
+def test_reuse_starts_over_an_attempt_that_left_no_checkpoint_and_a_corrupt_one_is_not_finished(tmp_path,
+                                                                                                  monkeypatch):
+    started = []
+    monkeypatch.setattr(runs, "run_cli", lambda argv, log, fork=None, threads=None: started.append(argv) or 0)
+    run = LightningRun(str(RECIPE), tmp_path / "run", overrides={"trainer.max_steps": 7})
+    run.out.mkdir()
+    (run.out / "metrics.json").write_text('{"step": 4}')  # killed after a validation, before any checkpoint
+    run.run(reuse=True)
+    assert started == [["fit", "--config", str(run.out / "config.yaml")]]
+    assert sorted(p.name for p in run.out.iterdir()) == ["config.yaml"]  # the stale record went with it
+    run.last_checkpoint.parent.mkdir()
+    run.last_checkpoint.write_bytes(b"cut short")
+    assert not run.done

@@ -14,8 +14,9 @@ from ett_lightning.callbacks.run_dir import run_dir
 
 
 class MetricsJSON(L.Callback):
-    """``metrics.json`` holds the latest value of every logged scalar plus ``step`` and ``epoch``; written
-    atomically (temp file, then rename) so a reader never sees half a file.
+    """``metrics.json`` holds the latest value of every logged scalar plus ``step`` and ``epoch`` after each
+    validation (not the sanity check's); written atomically (temp file, then rename) so a reader never sees half a
+    file.
 
     Args:
         filename: name of the file in the run directory.
@@ -31,6 +32,8 @@ class MetricsJSON(L.Callback):
 
     @rank_zero_only
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:  # a check of the loop, not a measurement (Lightning logs none of it either)
+            return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         payload = {"step": trainer.global_step, "epoch": trainer.current_epoch, **dict(sorted(metrics.items()))}
         write_json_atomically(self.directory / self.filename, payload)

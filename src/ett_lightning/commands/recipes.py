@@ -6,11 +6,12 @@ Any of them runs by name without a copy (``lightning fit --config demo/ett_sft``
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
 from ett_lightning.packaged_recipes import Recipe, find_recipe, packaged_recipes
-from ett_lightning.user_errors import UserError
+from ett_lightning.user_errors import UserError, shortened
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 def recipe_named(name: str) -> Recipe:
     recipe = find_recipe(name)
     if recipe is None:
-        raise UserError(f"no packaged recipe called {name!r:.80}; `ett recipes` lists them")
+        raise UserError(f"no packaged recipe called {shortened(name, 80)!r}; `ett recipes` lists them")
     return recipe
 
 
@@ -56,9 +57,13 @@ def copy_recipe(recipe: Recipe, dest: str | None, force: bool) -> Path:
     target = Path(dest) if dest else Path(recipe.path.name)
     if target.is_dir():
         target = target / recipe.path.name
-    if target.exists() and not force:
+    elif dest and dest.endswith(("/", os.sep)):
+        raise UserError(f"folder not found: {dest} (create it, or give another destination)")
+    if os.path.lexists(target) and not force:  # a link, even one to nowhere, is the user's and stays
         raise UserError(f"{target} exists; give another destination, or --force to replace it")
     if not target.parent.is_dir():
         raise UserError(f"folder not found: {target.parent} (create it, or give another destination)")
+    if target.exists() and target.resolve() == recipe.path.resolve():
+        raise UserError(f"{target} is the packaged recipe itself; give another destination")
     shutil.copyfile(recipe.path, target)
     return target

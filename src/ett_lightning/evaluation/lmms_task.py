@@ -129,6 +129,8 @@ def main(args: list[str] | None = None) -> None:
         parser.error(f"--name {options.name!r:.60} must be letters, digits, '_', '-' and '.' (it names the files)")
     if options.max_new_tokens < 1:
         parser.error("--max-new-tokens must be at least 1")
+    if Path(options.out).exists() and not Path(options.out).is_dir():
+        parser.error(f"--out {options.out} is a file; give a folder to write the task into")
     if not options.out.strip() or set("*?[]") & set(str(Path(options.out).resolve())):
         parser.error(f"--out {options.out!r:.80}: give a folder path without '*', '?', '[' or ']' (lmms-eval reads the "
                      "data path as a glob)")

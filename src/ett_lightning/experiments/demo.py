@@ -35,6 +35,7 @@ from ett_lightning.packaged_recipes import RECIPES
 from ett_lightning.user_errors import UserError, whole_number
 
 ARMS = ("frozen", "ett")
+RECIPE_NAMES = ("tokenizer", "ett_align", "ett_sft", "ett_posttrain")  # what --recipes must hold
 RECONSTRUCTION_CALLBACK = "ett_lightning.callbacks.ReconstructionMetrics"
 
 
@@ -82,10 +83,11 @@ class DemoPlan:
 def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     """Runs every stage of the plan and returns (and writes) the results."""
     start = time.monotonic()
-    earlier = sorted(plan.out.glob("**/config.yaml"))
+    runs = [plan.out / name for name in ("tokenizer", "align", "tokenizer_eval")] + sorted(plan.out.glob("seed*/*/*"))
+    earlier = [run for run in runs if (run / "config.yaml").is_file()]
     if earlier and not reuse:
-        raise UserError(f"{plan.out} holds an earlier demo's runs ({earlier[0].parent}, ...): add --reuse to keep the "
-                        "finished ones and go on from where the others stopped, or give another --out")
+        raise UserError(f"{plan.out} holds earlier runs ({earlier[0]}, ...): add --reuse to keep the finished ones "
+                        "and go on from where the others stopped, or give another --out")
     if not (plan.data / "vqa").is_dir():
         make_shards(plan.data, num_train=5000, num_val=500, image_size=64, glyph=plan.glyph)
     tokenizer = plan.fit("tokenizer", "tokenizer", plan.tokenizer_steps, plan.seeds[0], None).run(reuse)
@@ -209,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=defaults.data, help="synthetic shards (made if missing)")
     parser.add_argument("--recipes", type=Path, default=defaults.recipes)
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=whole_number(0), nargs="+", default=defaults.seeds, help="the arms' seeds")
+    seeds.add_argument("--seeds", type=whole_number(0, 2**32 - 1), nargs="+", default=defaults.seeds,
+                       help="the arms' seeds")
     seeds.add_argument("--num-seeds", type=whole_number(1), help="seeds 0 .. N-1 (`make demo SEEDS=3`)")
     for name in ("tokenizer_steps", "align_steps", "tune_steps", "posttrain_steps"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=whole_number(1), default=getattr(defaults, name))
@@ -220,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--one-arm-at-a-time", dest="parallel_arms", action="store_false",
                         help="train the arms one after the other, each run with every core (default: both at once)")
     args = vars(parser.parse_args(argv))
+    missing = [f"{name}.yaml" for name in RECIPE_NAMES if not (args["recipes"] / f"{name}.yaml").is_file()]
+    if missing:
+        parser.error(f"--recipes {args['recipes']} lacks {', '.join(missing)} (default: the packaged demo recipes)")
     reuse = args.pop("reuse")
     num_seeds = args.pop("num_seeds")
     if num_seeds is not None:

@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -56,7 +57,10 @@ class LightningRun:
             return (self.out / "metrics.json").is_file()
         if not self.last_checkpoint.is_file():
             return False
-        step = torch.load(self.last_checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        try:
+            step = torch.load(self.last_checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        except Exception:  # cut short or foreign: not finished (resuming it then fails with the CLI's one line)
+            return False
         return step >= self.config()["trainer"]["max_steps"]
 
     def config(self) -> dict[str, Any]:
@@ -79,6 +83,8 @@ class LightningRun:
             log.info("reusing %s", self.out)
             return self
         resume = ["--ckpt_path", "last"] if reuse and self.command == "fit" and self.last_checkpoint.is_file() else []
+        if reuse and self.command == "fit" and not resume and self.out.is_dir():
+            shutil.rmtree(self.out)  # an attempt killed before its first checkpoint: nothing to keep or resume
         self.out.mkdir(parents=True, exist_ok=True)
         config_path = self.out / "config.yaml"
         config = self.config()
@@ -147,7 +153,7 @@ def cli_in_child(argv: list[str], log: str, cwd: str, threads: int | None = None
     SystemExit or exception sets the exit code)."""
     import torch
 
-    from ett_lightning.cli import main  # here, not above: the CLI imports this module
+    from ett_lightning.cli import main  # here: the server preloads it; the demo's own process needs no CLI
 
     if threads:
         torch.set_num_threads(threads)

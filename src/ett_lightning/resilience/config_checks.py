@@ -30,6 +30,13 @@ def find_problems(config: dict[str, Any]) -> Iterator[str]:
     yield from projector_mismatch(model)
     yield from shard_problems(init_args(config.get("data")))
     yield from image_size_problems(model, init_args(config.get("data")))
+    yield from seed_problems(config.get("seed_everything"))
+
+
+def seed_problems(seed: Any) -> Iterator[str]:
+    """``seed_everything`` is true, false, or a whole number NumPy accepts as a seed (0 .. 2**32 - 1)."""
+    if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:
+        yield f"seed_everything: {seed} is out of range; give a whole number from 0 to {2**32 - 1} (or true, false)"
 
 
 def init_args(node: Any) -> dict[str, Any]:
