@@ -146,7 +146,7 @@ def checkpoint_file(ckpt_path: str | None, root: str | None) -> Path | None:
     if not ckpt_path:
         return None
     if ckpt_path != "last":
-        return Path(ckpt_path) if Path(ckpt_path).is_file() or is_checkpoint_folder(ckpt_path) else None
+        return Path(ckpt_path) if Path(ckpt_path).exists() else None  # a folder that is none is named too
     run = Path(root or os.getcwd())
     candidates = [run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")]
     existing = [path for path in candidates if path.is_file() or is_checkpoint_folder(path)]
