@@ -108,6 +108,13 @@ def test_demo_chains_every_stage_and_writes_results(demo):
     assert "probe: character from the codes" in (out / "results.md").read_text()
     assert "ETT - frozen" in (out / "results.md").read_text() and "grey images" in (out / "results.md").read_text()
     assert (out / "results.png").stat().st_size > 10_000
+    seconds = results["seconds_per_run"]  # where the time goes: every run's command, timed
+    assert set(seconds) == {"shards (made or found)", "tokenizer", "align", "tokenizer_eval", "frozen tune",
+                            "frozen posttrain", "frozen vqa_eval", "ett tune", "ett posttrain", "ett vqa_eval",
+                            "ett tokenizer_eval"}
+    assert seconds.pop("shards (made or found)") >= 0 and all(value > 0 for value in seconds.values())
+    assert seconds["tokenizer"] + seconds["align"] + seconds["tokenizer_eval"] < results["wall_seconds"]
+    assert f"| ett tune | {seconds['ett tune']:.1f} |" in (out / "results.md").read_text()
     frozen = yaml.safe_load((out / "seed3/frozen/tune/config.yaml").read_text())
     ett = yaml.safe_load((out / "seed3/ett/tune/config.yaml").read_text())
     assert frozen["model"]["init_args"]["trainable"] == {"tokenizer": False}

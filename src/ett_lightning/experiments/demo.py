@@ -90,6 +90,7 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
                         "and go on from where the others stopped, or give another --out")
     if not (plan.data / "vqa").is_dir():
         make_shards(plan.data, num_train=5000, num_val=500, image_size=64, glyph=plan.glyph)
+    shards_seconds = time.monotonic() - start
     tokenizer = plan.fit("tokenizer", "tokenizer", plan.tokenizer_steps, plan.seeds[0], None).run(reuse)
     align = plan.fit("ett_align", "align", plan.align_steps, plan.seeds[0], tokenizer.last_checkpoint).run(reuse)
     before = plan.evaluate("tokenizer", "tokenizer_eval", tokenizer.last_checkpoint).run(reuse)
@@ -110,10 +111,25 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
             pool.shutdown(cancel_futures=True)  # a failed run stops the demo once the running chains end
             raise
     results = summarize(plan, before, after, arms, time.monotonic() - start)
+    results["seconds_per_run"] = run_seconds(shards_seconds, [tokenizer, align, before], arms, after)
     (plan.out / "results.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, plan.out / "results.md")
     write_figure(arms, before, after, plan.seeds, plan.out / "results.png")
     return results
+
+
+def run_seconds(shards: float, shared: list[LightningRun], arms: dict[str, dict[str, list[LightningRun]]],
+                after: list[LightningRun]) -> dict[str, float | None]:
+    """Wall seconds of each stage's command, process start-up included (mean over seeds for the arms' runs, which
+    train side by side; None for a run kept with ``--reuse``): where the demo's time goes."""
+    def mean(runs: list[LightningRun]) -> float | None:
+        seconds = [run.seconds for run in runs if run.seconds is not None]
+        return round(statistics.fmean(seconds), 1) if seconds else None
+
+    stages = {"shards (made or found)": round(shards, 1), **{run.out.name: mean([run]) for run in shared}}
+    for arm in ARMS:
+        stages |= {f"{arm} {name if name != 'vqa' else 'vqa_eval'}": mean(runs) for name, runs in arms[arm].items()}
+    return stages | {"ett tokenizer_eval": mean(after)}
 
 
 def runs_at_once(plan: DemoPlan) -> int:

@@ -42,8 +42,18 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         f"PSNR drop: {results['psnr_drop_db']:.2f} dB. Wall time {results['wall_seconds']:.0f} s on "
         f"{results['machine']['processor']} ({machine_text(results['machine'])}).",
+        *time_lines(results),
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def time_lines(results: dict[str, Any]) -> list[str]:
+    """Seconds per stage, each run's command with its process start-up (the arms' runs overlap in time)."""
+    if "seconds_per_run" not in results:
+        return []
+    rows = [f"| {stage} | {'kept (--reuse)' if s is None else f'{s:.1f}'} |"
+            for stage, s in results["seconds_per_run"].items()]
+    return ["", "| stage (mean over seeds) | seconds |", "|---|---|", *rows]
 
 
 def machine_text(machine: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,7 @@ class LightningRun:
     overrides: dict[str, Any] = field(default_factory=dict)
     callback_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int | None = None
+    seconds: float | None = field(default=None, init=False)  # wall time of its command; None until run here
 
     @property
     def last_checkpoint(self) -> Path:
@@ -90,8 +92,10 @@ class LightningRun:
         config = self.config()
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         print(f"$ lightning {self.command} --config {config_path}", *resume, flush=True)
+        start = time.monotonic()
         exit_code = run_cli([self.command, "--config", str(config_path), *resume], self.out / "run.log",
                             fork=None if single_process(config) else False, threads=self.threads)
+        self.seconds = time.monotonic() - start
         if exit_code != 0:
             tail = "".join((self.out / "run.log").read_text().splitlines(keepends=True)[-30:])
             raise RuntimeError(f"lightning {self.command} --config {config_path} failed "
