@@ -1,0 +1,159 @@
+"""Stops end-to-end tuning from wrecking the tokenizer: roll back to the last healthy state, then a remedy or a stop."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils._pytree import tree_map
+
+from ett_lightning.health.tokenizer_health import PREFIX, TokenizerHealth
+from ett_lightning.user_errors import UserError
+
+Remedy = Literal["lower_lr", "raise_alpha", "stop"]
+
+
+class TokenizerCollapse(UserError):
+    """The guard stopped the run: the message names the metric, its value, its bound and the step."""
+
+
+class TokenizerGuard(TokenizerHealth):
+    """:class:`TokenizerHealth` with bounds relative to the starting tokenizer. When a bound is broken at
+    ``patience`` checks in a row, the guard *trips*: it restores the trainable weights and optimizer state of the
+    last check that kept every bound, then applies ``remedy``; after ``max_trips`` trips, or with ``remedy: stop``,
+    it ends the run with a message naming the metric, its value, its bound and the step. A breach seen on any rank
+    counts on every rank (one all-reduce), so all ranks take the same decision. The trips and the remedy's settings
+    are saved in checkpoints: a resumed run goes on with them.
+
+    Args:
+        patience: checks in a row out of bounds before the guard trips.
+        min_usage_ratio: the probe codes' codebook usage below this fraction of the start's is out of bounds.
+        min_perplexity_ratio: the probe codes' perplexity below this fraction of the start's is out of bounds.
+        max_dead_share: the code window's dead-code share above this is out of bounds (null: no bound).
+        max_psnr_drop_db: the probes' PSNR more than this many dB below the start's is out of bounds (null: none).
+        max_index_flips: the share of probe token positions whose code changed above this is out of bounds. Off by
+            default (null): changing codes is what ETT is for.
+        remedy: after the rollback, ``lower_lr`` multiplies the tokenizer's learning rates by ``lr_factor``,
+            ``raise_alpha`` the loss's alpha (the weight of the tokenizer's own objective) by ``alpha_factor``;
+            ``stop`` ends the run.
+        lr_factor: the ``lower_lr`` factor.
+        alpha_factor: the ``raise_alpha`` factor.
+        max_trips: trips with a remedy before the run stops.
+        rollback: keep a copy of the trainable weights and optimizer state of the last healthy check (host memory:
+            about three times the trainable parameters' size) and restore it on a trip; off, the remedy starts from
+            the current state.
+    """
+
+    def __init__(self, *, patience: int = 2, min_usage_ratio: float | None = 0.5,
+                 min_perplexity_ratio: float | None = 0.5, max_dead_share: float | None = 0.9,
+                 max_psnr_drop_db: float | None = 3.0, max_index_flips: float | None = None,
+                 remedy: Remedy = "lower_lr", lr_factor: float = 0.1, alpha_factor: float = 4.0,
+                 max_trips: int = 3, rollback: bool = True, **health: Any) -> None:
+        super().__init__(**health)
+        if remedy not in ("lower_lr", "raise_alpha", "stop"):
+            raise UserError(f"TokenizerGuard: remedy must be lower_lr, raise_alpha or stop, got {remedy!r}")
+        if patience < 1 or max_trips < 0:
+            raise UserError("TokenizerGuard: patience must be >= 1 and max_trips >= 0")
+        self.bounds = [("probe_usage_ratio", "<", min_usage_ratio), ("probe_perplexity_ratio", "<",
+                       min_perplexity_ratio), ("window_dead_share", ">", max_dead_share),
+                       ("probe_psnr_drop", ">", max_psnr_drop_db), ("probe_index_flips", ">", max_index_flips)]
+        self.patience = patience
+        self.remedy = remedy
+        self.lr_factor = lr_factor
+        self.alpha_factor = alpha_factor
+        self.max_trips = max_trips
+        self.rollback = rollback
+        self.trips = 0
+        self.alpha: float | None = None
+        self.breaches = 0
+        self.healthy: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self.trips = int(self.saved.get("trips", 0))
+        self.alpha = self.saved.get("alpha")
+        if self.alpha is not None:
+            pl_module.loss.alpha = float(self.alpha)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self.active and self.rollback and self.healthy is None:
+            self.healthy = snapshot(trainer, pl_module)
+
+    def out_of_bounds(self) -> list[str]:
+        """This rank's broken bounds, as text."""
+        return [f"{PREFIX}{name} = {self.values[name]:.4g} {relation} {bound:g}" for name, relation, bound
+                in self.bounds if bound is not None and name in self.values
+                and (self.values[name] < bound if relation == "<" else self.values[name] > bound)]
+
+    def after_check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        broken = self.out_of_bounds()
+        anywhere = trainer.strategy.reduce(torch.tensor(float(bool(broken)), device=pl_module.device),
+                                           reduce_op="max")
+        if not anywhere.item():
+            self.breaches = 0
+            if self.rollback:
+                self.healthy = snapshot(trainer, pl_module)
+            return
+        self.breaches += 1
+        if self.breaches < self.patience:
+            return
+        self.breaches = 0
+        reason = "; ".join(broken) or "a bound broken on another rank"
+        restored = ""
+        if self.rollback and self.healthy is not None:
+            restore(trainer, pl_module, self.healthy)
+            restored = f"; restored the state of step {self.healthy['step']}"
+        self.trips += 1
+        pl_module.log(f"{PREFIX}guard_trips", float(self.trips), on_step=True, on_epoch=False)
+        where = f"tokenizer guard at step {trainer.global_step}: {reason} for {self.patience} checks{restored}"
+        if self.remedy == "stop" or self.trips > self.max_trips:
+            raise TokenizerCollapse(f"{where}; stopped ({self.trips} trips). Lower the tokenizer's learning rate or "
+                                    "raise the loss's alpha (docs/tokenizer_health.md)")
+        self.apply_remedy(trainer, pl_module)
+        print(f"{where}; {self.remedy} (trip {self.trips} of at most {self.max_trips})", flush=True)
+
+    def apply_remedy(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.remedy == "raise_alpha":
+            self.alpha = pl_module.loss.alpha * self.alpha_factor
+            pl_module.loss.alpha = self.alpha
+            return
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for index, group in enumerate(scheduler.optimizer.param_groups):
+                if group.get("name", "").split("/")[0] == "tokenizer":
+                    group["lr"] *= self.lr_factor
+                    group["initial_lr"] = group.get("initial_lr", group["lr"]) * self.lr_factor
+                    scheduler.base_lrs[index] *= self.lr_factor
+        if not trainer.lr_scheduler_configs:
+            for optimizer in trainer.optimizers:
+                for group in optimizer.param_groups:
+                    if group.get("name", "").split("/")[0] == "tokenizer":
+                        group["lr"] *= self.lr_factor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "trips": self.trips, "alpha": self.alpha}
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def snapshot(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    """Host copies of the trainable parameters (this rank's shards) and of the optimizers' states."""
+    copy = lambda value: local(value).detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value  # noqa: E731
+    return {"step": trainer.global_step,
+            "parameters": [copy(p) for p in pl_module.parameters() if p.requires_grad],
+            "optimizers": [tree_map(copy, optimizer.state_dict()) for optimizer in trainer.optimizers]}
+
+
+def restore(trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Any]) -> None:
+    with torch.no_grad():
+        for p, saved in zip([p for p in pl_module.parameters() if p.requires_grad], state["parameters"], strict=True):
+            local(p).copy_(saved)
+    for optimizer, saved in zip(trainer.optimizers, state["optimizers"], strict=True):
+        learning_rates = [group["lr"] for group in optimizer.param_groups]
+        optimizer.load_state_dict(saved)
+        for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+            group["lr"] = lr  # the schedule's rate now, not the snapshot's

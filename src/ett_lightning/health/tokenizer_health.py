@@ -1,0 +1,158 @@
+"""The tokenizer's health while an end-to-end run tunes it: codebook use, drift from the start, reconstruction."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ett_lightning.health.code_window import CodeWindow, code_statistics
+from ett_lightning.health.drift import WeightDrift
+from ett_lightning.health.probes import ProbeImages
+from ett_lightning.user_errors import UserError
+
+PREFIX = "health/"
+
+
+class TokenizerHealth(L.Callback):
+    """Every ``every_n_steps`` training steps, logs ``health/...`` (the loggers, ``metrics.json``):
+
+    - ``window_usage``, ``window_perplexity``, ``window_entropy`` (normalised, in [0, 1]), ``window_dead_share``:
+      the codes the tokenizer emitted in the training steps of the last ``window_checks`` intervals, counted on
+      every rank and summed across ranks (2 ranks give the figures of 1 rank that sees both ranks' batches);
+    - ``codebook_drift``, ``encoder_drift``: ``||W - W0|| / ||W0||`` against the weights the run started from;
+    - on ``num_probe_images`` held-out images chosen at the start (from the validation data, else the first
+      training batch; rank 0's, the same on every rank) and stored in the run's checkpoints:
+      ``probe_index_flips`` (share of token positions whose code changed), ``probe_psnr``, ``probe_ssim`` and their
+      ``_drop`` from the start, ``probe_usage`` / ``probe_perplexity`` and their ``_ratio`` to the start.
+
+    Does nothing where the tokenizer does not train. The values are the same on every rank, so a subclass can act on
+    them (:class:`~ett_lightning.health.TokenizerGuard`) and every rank takes the same decision.
+
+    Args:
+        every_n_steps: steps between checks; a multiple of the trainer's ``log_every_n_steps``, so each is logged.
+        window_checks: how many check intervals the code window spans.
+        num_probe_images: how many probe images.
+        dead_below: a code used fewer times than this in the window counts as dead (1: never used).
+        weight_drift: keep a copy of the starting codebook and encoder (in memory and in each checkpoint) and log
+            their drift; off saves that memory for very large tokenizers.
+    """
+
+    def __init__(self, every_n_steps: int = 50, window_checks: int = 2, num_probe_images: int = 64,
+                 dead_below: int = 1, weight_drift: bool = True) -> None:
+        if min(every_n_steps, window_checks, num_probe_images, dead_below) < 1:
+            raise UserError("TokenizerHealth: every_n_steps, window_checks, num_probe_images and dead_below must be "
+                            ">= 1")
+        self.every_n_steps = every_n_steps
+        self.window_checks = window_checks
+        self.num_probe_images = num_probe_images
+        self.dead_below = dead_below
+        self.weight_drift = weight_drift
+        self.active = False
+        self.counting = False
+        self.window: CodeWindow | None = None
+        self.probes: ProbeImages | None = None
+        self.drift: WeightDrift | None = None
+        self.saved: dict[str, Any] = {}
+        self.values: dict[str, float] = {}
+        self.hook = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.every_n_steps % trainer.log_every_n_steps:
+            raise UserError(f"{type(self).__name__}: every_n_steps ({self.every_n_steps}) must be a multiple of "
+                            f"trainer.log_every_n_steps ({trainer.log_every_n_steps}), or its checks are not logged")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        is_trainable = getattr(pl_module, "is_trainable", None)
+        self.active = bool(is_trainable and is_trainable("tokenizer"))
+        if not self.active:
+            return
+        tokenizer = pl_module.tokenizer
+        self.window = CodeWindow(tokenizer.codebook_size, self.window_checks)
+        self.hook = tokenizer.quantize.register_forward_hook(self.count_codes)
+        if self.weight_drift:
+            self.drift = WeightDrift({"codebook": tokenizer.quantize, "encoder": tokenizer.encoder})
+            if "drift" in self.saved:
+                self.drift.load_state_dict(self.saved["drift"])
+        if "probes" in self.saved:
+            self.probes = ProbeImages.from_state(self.saved["probes"])
+        else:
+            images = trainer.strategy.broadcast(probe_images(trainer, self.num_probe_images) if
+                                                trainer.is_global_zero else None, src=0)
+            if images is not None:
+                self.probes = ProbeImages.choose(images, tokenizer)
+
+    def count_codes(self, module, inputs, output) -> None:
+        if self.counting:
+            self.window.add(output.indices)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.active and self.probes is None:  # no validation data: the first training batch
+            images = trainer.strategy.broadcast(batch.images[: self.num_probe_images].cpu(), src=0)
+            self.probes = ProbeImages.choose(images, pl_module.tokenizer)
+        self.counting = self.active
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.counting = False
+        if self.active and trainer.global_step % self.every_n_steps == 0:
+            self.values = self.measure(trainer, pl_module)
+            for name, value in self.values.items():
+                pl_module.log(PREFIX + name, value, on_step=True, on_epoch=False)
+            self.after_check(trainer, pl_module)
+
+    def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        counts = trainer.strategy.reduce(self.window.close_block().to(pl_module.device), reduce_op="sum")
+        window = code_statistics(counts, self.dead_below)
+        values = {f"window_{name}": value for name, value in window.items()}
+        values |= self.probes.compare(pl_module.tokenizer)
+        if self.drift is not None:
+            values |= self.drift.measure()
+        return values
+
+    def after_check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Called on every rank after each check, with the values in ``self.values``."""
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {}
+        if self.probes is not None:
+            state["probes"] = self.probes.state_dict()
+        if self.drift is not None:
+            state["drift"] = self.drift.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        probes = state_dict.get("probes") if isinstance(state_dict, dict) else None
+        if probes is not None and not valid_probe_state(probes):
+            raise UserError("the checkpoint's tokenizer-health probes are malformed (expected uint8 images "
+                            "[N, 3, H, W] and the start's indices, PSNR, SSIM, usage and perplexity)")
+        self.saved = dict(state_dict) if isinstance(state_dict, dict) else {}
+
+
+def probe_images(trainer: L.Trainer, count: int) -> Tensor | None:
+    """Up to ``count`` uint8 images from the data module's validation loader; None without validation data."""
+    datamodule = trainer.datamodule
+    if datamodule is None or getattr(datamodule, "val_urls", None) is None:
+        return None
+    images = []
+    for batch in itertools.islice(datamodule.val_dataloader(), count):
+        images.append(batch.images)
+        if sum(len(part) for part in images) >= count:
+            break
+    return torch.cat(images)[:count].cpu() if images else None
+
+
+def valid_probe_state(probes: Any) -> bool:
+    images, start = (probes.get("images"), probes.get("start")) if isinstance(probes, dict) else (None, None)
+    keys = {"indices", "psnr", "ssim", "usage", "perplexity"}
+    return (isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+            and images.shape[1] == 3 and isinstance(start, dict) and keys <= set(start)
+            and isinstance(start["indices"], Tensor) and start["indices"].shape[0] == images.shape[0]
+            and all(isinstance(start[k], float) for k in keys - {"indices"}))

@@ -1,0 +1,136 @@
+"""Tokenizer health and its guard in one process: the statistics equal their formulas, a destructive learning rate
+breaks the bounds, the guard rolls back and either stops the run or lowers the rate, a healthy run never trips,
+and a resumed run keeps its probes, trips and lowered rate. The 2-process cases are in test_guard_runs.py."""
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from ett_lightning.health import TokenizerCollapse, TokenizerGuard, TokenizerHealth
+from ett_lightning.health.code_window import CodeWindow, code_statistics
+from ett_lightning.user_errors import UserError
+from tests.conftest import fit, tiny_module
+
+DESTRUCTIVE = {"tokenizer": 1.0}  # 1000x the tokenizer's rate: the tiny tokenizer loses codes and 3-5 dB in 5 steps
+
+
+class Record(TokenizerHealth):
+    """TokenizerHealth that keeps every check's values."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.history: list[dict[str, float]] = []
+
+    def after_check(self, trainer, pl_module) -> None:
+        self.history.append({"step": trainer.global_step, **self.values})
+
+
+def checks(**kwargs) -> dict:
+    return dict(every_n_steps=5, num_probe_images=8, **kwargs)
+
+
+def test_code_statistics_equal_their_formulas():
+    counts = torch.tensor([6, 2, 0, 0, 2], dtype=torch.int64)
+    p = torch.tensor([0.6, 0.2, 0.2], dtype=torch.float64)
+    entropy = float(-(p * p.log()).sum())
+    stats = code_statistics(counts, dead_below=1)
+    assert stats["usage"] == pytest.approx(3 / 5) and stats["dead_share"] == pytest.approx(2 / 5)
+    assert stats["perplexity"] == pytest.approx(math.exp(entropy))
+    assert stats["entropy"] == pytest.approx(entropy / math.log(5))
+    assert code_statistics(counts, dead_below=3)["dead_share"] == pytest.approx(4 / 5)
+    assert code_statistics(torch.ones(8, dtype=torch.int64))["entropy"] == pytest.approx(1.0)
+
+
+def test_the_code_window_counts_the_last_blocks_only():
+    window = CodeWindow(codebook_size=4, blocks=2)
+    window.add(torch.tensor([[0, 0], [1, 1]]))
+    assert window.close_block().tolist() == [2, 2, 0, 0]
+    window.add(torch.tensor([2]))
+    window.add(torch.tensor([2, 3]))
+    assert window.close_block().tolist() == [2, 2, 2, 1]  # both blocks
+    window.add(torch.tensor([3]))
+    assert window.close_block().tolist() == [0, 0, 2, 2]  # the first block has left the window
+    assert CodeWindow(4, blocks=1).close_block().tolist() == [0, 0, 0, 0]
+
+
+def test_a_destructive_rate_breaks_the_bounds_that_a_healthy_rate_keeps():
+    healthy, destroyed = Record(**checks()), Record(**checks())
+    fit(tiny_module(), steps=20, callbacks=[healthy], log_every_n_steps=5)
+    fit(tiny_module(learning_rates=DESTRUCTIVE), steps=20, callbacks=[destroyed], log_every_n_steps=5)
+    assert [c["step"] for c in healthy.history] == [5, 10, 15, 20]
+    for check in healthy.history:
+        assert check["probe_perplexity_ratio"] > 0.5 and check["probe_usage_ratio"] > 0.5, check
+        assert check["probe_psnr_drop"] < 3.0 and check["window_dead_share"] < 0.9, check
+        assert 0.0 < check["codebook_drift"] < 1.0 and 0.0 < check["encoder_drift"] < 0.2, check
+    assert all(c["probe_perplexity_ratio"] < 0.5 or c["probe_psnr_drop"] > 3.0 for c in destroyed.history)
+    assert max(c["encoder_drift"] for c in destroyed.history) > 10.0
+
+
+def test_the_guard_rolls_back_and_stops_naming_the_metric_and_step():
+    module = tiny_module(learning_rates=DESTRUCTIVE)
+    start = {name: p.detach().clone() for name, p in module.tokenizer.named_parameters()}
+    guard = TokenizerGuard(**checks(), patience=2, remedy="stop")
+    with pytest.raises(TokenizerCollapse, match=r"tokenizer guard at step 10: health/probe_\w+ = [-\d.e]+ [<>] "
+                                                r"[\d.]+.* for 2 checks; restored the state of step 0; stopped"):
+        fit(module, steps=20, callbacks=[guard], log_every_n_steps=5)
+    for name, p in module.tokenizer.named_parameters():  # the weights of the last healthy check: the start
+        assert torch.equal(p, start[name]), name
+
+
+def test_the_guard_lowers_the_tokenizer_rate_and_the_run_ends_healthy():
+    module = tiny_module(learning_rates=DESTRUCTIVE)
+    guard = TokenizerGuard(**checks(), patience=1, remedy="lower_lr", lr_factor=1e-3)
+    trainer = fit(module, steps=25, callbacks=[guard], log_every_n_steps=5)
+    assert guard.trips == 1 and trainer.callback_metrics["health/guard_trips"] == 1.0
+    assert not guard.out_of_bounds(), guard.values
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    base = dict(zip([g["name"] for g in scheduler.optimizer.param_groups], scheduler.base_lrs, strict=True))
+    assert base["tokenizer"] == base["tokenizer/no_decay"] == pytest.approx(1e-3)  # 1.0 x lr_factor
+    assert base["language_model"] == module.learning_rates["language_model"]  # only the tokenizer's was lowered
+
+
+def test_raise_alpha_weights_the_tokenizers_own_objective_more():
+    module = tiny_module(learning_rates=DESTRUCTIVE)
+    alpha = module.loss.alpha
+    guard = TokenizerGuard(**checks(), patience=1, remedy="raise_alpha", alpha_factor=4.0, max_trips=1)
+    try:
+        fit(module, steps=15, callbacks=[guard], log_every_n_steps=5)
+    except TokenizerCollapse as stopped:  # the rate is still destructive: a second trip stops the run
+        assert "stopped (2 trips)" in str(stopped)
+    assert module.loss.alpha == pytest.approx(4.0 * alpha) and guard.state_dict()["alpha"] == module.loss.alpha
+
+
+def test_a_resumed_run_keeps_its_probes_trips_and_lowered_rate(tmp_path):
+    guard = TokenizerGuard(**checks(), patience=1, lr_factor=1e-3)
+    saved = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=5)
+    fit(tiny_module(learning_rates=DESTRUCTIVE), steps=15, callbacks=[guard, saved], log_every_n_steps=5,
+        enable_checkpointing=True)
+    assert guard.trips == 1
+    resumed = TokenizerGuard(**checks(), patience=1, lr_factor=1e-3)
+    trainer = fit(tiny_module(learning_rates=DESTRUCTIVE), steps=25, callbacks=[resumed], log_every_n_steps=5,
+                  ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer.global_step == 25 and resumed.trips == 1 and not resumed.out_of_bounds(), resumed.values
+    assert torch.equal(resumed.probes.images, guard.probes.images)
+    assert torch.equal(resumed.probes.start["indices"], guard.probes.start["indices"])
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.base_lrs[[g["name"] for g in scheduler.optimizer.param_groups].index("tokenizer")] == 1e-3
+
+
+def test_a_frozen_tokenizer_is_not_measured():
+    health = Record(**checks())
+    trainer = fit(tiny_module(stage="align"), steps=5, callbacks=[health], log_every_n_steps=5)
+    assert health.history == [] and not any(k.startswith("health/") for k in trainer.callback_metrics)
+
+
+def test_checks_must_fall_on_logged_steps():
+    with pytest.raises(UserError, match=r"every_n_steps \(5\) must be a multiple of trainer.log_every_n_steps \(2\)"):
+        fit(tiny_module(), steps=2, callbacks=[TokenizerHealth(every_n_steps=5)], log_every_n_steps=2)
+
+
+@pytest.mark.parametrize("probes", [{"images": "rm -rf /"}, {"images": torch.zeros(2, 3, 8, 8)},
+                                    {"images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "start": {}}])
+def test_malformed_probes_in_a_checkpoint_are_refused(probes):
+    with pytest.raises(UserError, match="probes are malformed"):
+        TokenizerGuard().load_state_dict({"probes": probes})
