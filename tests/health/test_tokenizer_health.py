@@ -2,11 +2,13 @@
 breaks the bounds, the guard rolls back and either stops the run or lowers the rate, a healthy run never trips,
 and a resumed run keeps its probes, trips and lowered rate. The 2-process cases are in test_guard_runs.py."""
 
+import csv
 import math
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from ett_lightning.health import TokenizerCollapse, TokenizerGuard, TokenizerHealth
 from ett_lightning.health.code_window import CodeWindow, code_statistics
@@ -124,9 +126,13 @@ def test_a_frozen_tokenizer_is_not_measured():
     assert health.history == [] and not any(k.startswith("health/") for k in trainer.callback_metrics)
 
 
-def test_checks_must_fall_on_logged_steps():
-    with pytest.raises(UserError, match=r"every_n_steps \(5\) must be a multiple of trainer.log_every_n_steps \(2\)"):
-        fit(tiny_module(), steps=2, callbacks=[TokenizerHealth(every_n_steps=5)], log_every_n_steps=2)
+def test_each_check_is_logged_at_its_step_whatever_the_logging_interval(tmp_path):
+    fit(tiny_module(), steps=10, callbacks=[TokenizerHealth(every_n_steps=5, num_probe_images=4)],
+        logger=CSVLogger(tmp_path, name="", version=""), log_every_n_steps=3)
+    rows = [row for row in csv.DictReader((tmp_path / "metrics.csv").open()) if row.get("health/probe_psnr")]
+    assert [row["step"] for row in rows] == ["5", "10"]
+    assert all(row[f"health/{name}"] for row in rows for name in ("window_usage", "window_entropy",
+               "window_dead_share", "codebook_drift", "encoder_drift", "probe_index_flips", "probe_ssim_drop"))
 
 
 @pytest.mark.parametrize("probes", [{"images": "rm -rf /"}, {"images": torch.zeros(2, 3, 8, 8)},

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils._pytree import tree_map
 
-from ett_lightning.health.tokenizer_health import PREFIX, TokenizerHealth
+from ett_lightning.health.tokenizer_health import PREFIX, TokenizerHealth, publish
 from ett_lightning.user_errors import UserError
 
 Remedy = Literal["lower_lr", "raise_alpha", "stop"]
@@ -106,7 +106,7 @@ class TokenizerGuard(TokenizerHealth):
             restore(trainer, pl_module, self.healthy)
             restored = f"; restored the state of step {self.healthy['step']}"
         self.trips += 1
-        pl_module.log(f"{PREFIX}guard_trips", float(self.trips), on_step=True, on_epoch=False)
+        publish(trainer, {"guard_trips": float(self.trips)})
         where = f"tokenizer guard at step {trainer.global_step}: {reason} for {self.patience} checks{restored}"
         if self.remedy == "stop" or self.trips > self.max_trips:
             raise TokenizerCollapse(f"{where}; stopped ({self.trips} trips). Lower the tokenizer's learning rate or "

@@ -18,7 +18,7 @@ PREFIX = "health/"
 
 
 class TokenizerHealth(L.Callback):
-    """Every ``every_n_steps`` training steps, logs ``health/...`` (the loggers, ``metrics.json``):
+    """Every ``every_n_steps`` training steps, logs ``health/...`` (to the loggers and ``metrics.json``):
 
     - ``window_usage``, ``window_perplexity``, ``window_entropy`` (normalised, in [0, 1]), ``window_dead_share``:
       the codes the tokenizer emitted in the training steps of the last ``window_checks`` intervals, counted on
@@ -33,7 +33,7 @@ class TokenizerHealth(L.Callback):
     them (:class:`~ett_lightning.health.TokenizerGuard`) and every rank takes the same decision.
 
     Args:
-        every_n_steps: steps between checks; a multiple of the trainer's ``log_every_n_steps``, so each is logged.
+        every_n_steps: steps between checks (each is logged at its step, whatever ``log_every_n_steps`` is).
         window_checks: how many check intervals the code window spans.
         num_probe_images: how many probe images.
         dead_below: a code used fewer times than this in the window counts as dead (1: never used).
@@ -59,11 +59,6 @@ class TokenizerHealth(L.Callback):
         self.saved: dict[str, Any] = {}
         self.values: dict[str, float] = {}
         self.hook = None
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and self.every_n_steps % trainer.log_every_n_steps:
-            raise UserError(f"{type(self).__name__}: every_n_steps ({self.every_n_steps}) must be a multiple of "
-                            f"trainer.log_every_n_steps ({trainer.log_every_n_steps}), or its checks are not logged")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         is_trainable = getattr(pl_module, "is_trainable", None)
@@ -99,8 +94,7 @@ class TokenizerHealth(L.Callback):
         self.counting = False
         if self.active and trainer.global_step % self.every_n_steps == 0:
             self.values = self.measure(trainer, pl_module)
-            for name, value in self.values.items():
-                pl_module.log(PREFIX + name, value, on_step=True, on_epoch=False)
+            publish(trainer, self.values)
             self.after_check(trainer, pl_module)
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
@@ -134,6 +128,15 @@ class TokenizerHealth(L.Callback):
             raise UserError("the checkpoint's tokenizer-health probes are malformed (expected uint8 images "
                             "[N, 3, H, W] and the start's indices, PSNR, SSIM, usage and perplexity)")
         self.saved = dict(state_dict) if isinstance(state_dict, dict) else {}
+
+
+def publish(trainer: L.Trainer, values: dict[str, float]) -> None:
+    """``health/<name>`` to the loggers at this step (whatever ``log_every_n_steps`` is) and to the trainer's
+    ``callback_metrics`` (``metrics.json``, other callbacks)."""
+    metrics = {PREFIX + name: value for name, value in values.items()}
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+    trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
 
 
 def probe_images(trainer: L.Trainer, count: int) -> Tensor | None:
