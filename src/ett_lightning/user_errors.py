@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 
@@ -36,3 +37,14 @@ def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], in
         return value
 
     return parse
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse ``type``: a finite number >= 0, else a parser error that says so."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r:.40} is not a finite number >= 0")
+    return value

@@ -6,7 +6,10 @@
    ``frozen`` (stage 2 with the tokenizer frozen) and ``ett`` (stage 2 end to end), each followed by
    stage 3 post-training on VQA with the tokenizer frozen (``ett_sft.yaml``, ``ett_posttrain.yaml``);
 4. evaluation: VQA accuracy of both arms on every held-out VQA sample, and the tokenizer's reconstruction
-   (PSNR, codebook usage; rFID with ``--fid-weights``) before and after ETT.
+   (PSNR, codebook usage; rFID with ``--fid-weights``) before and after ETT, with how far stage 2 moved it
+   (``health/...``, docs/tokenizer_health.md);
+5. with ``--alphas``, more ETT arms at those loss weights alpha, each with its stage 3 and evaluations: the
+   paper's trade-off between VQA and the tokenizer's reconstruction (Table 5), in miniature.
 
 Writes ``<out>/results.json``, ``results.md`` and ``results.png``. Each run's config, log and checkpoints are
 in its own directory under ``<out>``; the ``$ lightning ...`` lines printed are the commands to rerun one.
@@ -31,8 +34,9 @@ from ett_lightning.convert.synthetic import GLYPHS, make_shards
 from ett_lightning.experiments.interval import paired_interval, question_scores, reference_answers, score_matrix
 from ett_lightning.experiments.report import write_figure, write_markdown
 from ett_lightning.experiments.runs import LightningRun
+from ett_lightning.experiments.tradeoff import alpha_rows, health_summary, recipe_alpha
 from ett_lightning.packaged_recipes import RECIPES
-from ett_lightning.user_errors import UserError, whole_number
+from ett_lightning.user_errors import UserError, non_negative_float, whole_number
 
 ARMS = ("frozen", "ett")
 RECIPE_NAMES = ("tokenizer", "ett_align", "ett_sft", "ett_posttrain")  # what --recipes must hold
@@ -43,9 +47,9 @@ RECONSTRUCTION_CALLBACK = "ett_lightning.callbacks.ReconstructionMetrics"
 class DemoPlan:
     """Where things are and how long each stage trains; ``seeds`` are the arms' seeds (stages 2 and 3). ``glyph``
     is how the synthetic shards draw the character when ``data`` has none yet (centred: a small reader can tell
-    the character apart, docs/results.md). ``parallel_arms`` trains the two arms at once, each run with half the
+    the character apart, docs/results.md). ``parallel_arms`` trains two arms at once, each run with half the
     cores as torch threads (on 2 cores about 1.25 times the throughput of 2-thread runs in turn, and one run's
-    OpenMP threads never wait on the other's: docs/performance.md)."""
+    OpenMP threads never wait on the other's: docs/performance.md). ``alphas``: loss weights of extra ETT arms."""
 
     out: Path = Path("outputs/demo")
     data: Path = Path("data/synthetic")
@@ -58,6 +62,7 @@ class DemoPlan:
     glyph: str = "centred"
     fid_weights: str | None = None
     parallel_arms: bool = True
+    alphas: list[float] = field(default_factory=list)
 
     def run(self, recipe: str, out: str, command: str = "fit", **overrides: Any) -> LightningRun:
         kind = "caption" if recipe != "ett_posttrain" else "vqa"
@@ -94,32 +99,30 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     tokenizer = plan.fit("tokenizer", "tokenizer", plan.tokenizer_steps, plan.seeds[0], None).run(reuse)
     align = plan.fit("ett_align", "align", plan.align_steps, plan.seeds[0], tokenizer.last_checkpoint).run(reuse)
     before = plan.evaluate("tokenizer", "tokenizer_eval", tokenizer.last_checkpoint).run(reuse)
-    arms: dict[str, dict[str, list[LightningRun]]] = {arm: {"tune": [], "posttrain": [], "vqa": []} for arm in ARMS}
-    after = []
+    arms: dict[str, dict[str, list[LightningRun]]] = {arm: {"tune": [], "posttrain": [], "vqa": [], "tokenizer": []}
+                                                      for arm in arm_names(plan)}
     threads = arm_threads(plan)
     with ThreadPoolExecutor(runs_at_once(plan)) as pool:
         chains = [(arm, pool.submit(run_arm, plan, seed, arm, align.last_checkpoint, reuse, threads))
-                  for seed in plan.seeds for arm in ARMS]
+                  for seed in plan.seeds for arm in arm_names(plan)]
         try:
             for arm, chain in chains:
-                runs = chain.result()
-                for name in ("tune", "posttrain", "vqa"):
-                    arms[arm][name].append(runs[name])
-                if arm == "ett":
-                    after.append(runs["tokenizer"])
+                for name, run in chain.result().items():
+                    arms[arm][name].append(run)
         except BaseException:
             pool.shutdown(cancel_futures=True)  # a failed run stops the demo once the running chains end
             raise
+    after = arms["ett"]["tokenizer"]
     results = summarize(plan, before, after, arms, time.monotonic() - start)
-    results["seconds_per_run"] = run_seconds(shards_seconds, [tokenizer, align, before], arms, after)
+    results["seconds_per_run"] = run_seconds(shards_seconds, [tokenizer, align, before], arms)
     (plan.out / "results.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, plan.out / "results.md")
-    write_figure(arms, before, after, plan.seeds, plan.out / "results.png")
+    write_figure({arm: arms[arm] for arm in ARMS}, before, after, plan.seeds, plan.out / "results.png", arms)
     return results
 
 
-def run_seconds(shards: float, shared: list[LightningRun], arms: dict[str, dict[str, list[LightningRun]]],
-                after: list[LightningRun]) -> dict[str, float | None]:
+def run_seconds(shards: float, shared: list[LightningRun], arms: dict[str, dict[str, list[LightningRun]]]
+                ) -> dict[str, float | None]:
     """Wall seconds of each stage's command, process start-up included (mean over seeds for the arms' runs, which
     train side by side; None for a run kept with ``--reuse``): where the demo's time goes."""
     def mean(runs: list[LightningRun]) -> float | None:
@@ -127,13 +130,24 @@ def run_seconds(shards: float, shared: list[LightningRun], arms: dict[str, dict[
         return round(statistics.fmean(seconds), 1) if seconds else None
 
     stages = {"shards (made or found)": round(shards, 1), **{run.out.name: mean([run]) for run in shared}}
-    for arm in ARMS:
-        stages |= {f"{arm} {name if name != 'vqa' else 'vqa_eval'}": mean(runs) for name, runs in arms[arm].items()}
-    return stages | {"ett tokenizer_eval": mean(after)}
+    names = {"vqa": "vqa_eval", "tokenizer": "tokenizer_eval"}
+    for arm, chain in arms.items():
+        stages |= {f"{arm} {names.get(name, name)}": mean(runs) for name, runs in chain.items() if runs}
+    return stages
+
+
+def arm_names(plan: DemoPlan) -> list[str]:
+    """``frozen``, ``ett`` (the recipe's alpha) and one ``ett_alpha<a>`` arm per extra alpha."""
+    return [*ARMS, *(f"ett_alpha{alpha:g}" for alpha in plan.alphas)]
+
+
+def arm_alpha(arm: str) -> float | None:
+    """The loss weight alpha an arm overrides (None: the recipe's)."""
+    return float(arm.removeprefix("ett_alpha")) if arm.startswith("ett_alpha") else None
 
 
 def runs_at_once(plan: DemoPlan) -> int:
-    """How many arm chains train side by side: both arms, or one when ``parallel_arms`` is off."""
+    """How many arm chains train side by side: two, or one when ``parallel_arms`` is off."""
     return len(ARMS) if plan.parallel_arms else 1
 
 
@@ -144,16 +158,19 @@ def arm_threads(plan: DemoPlan) -> int | None:
 
 def run_arm(plan: DemoPlan, seed: int, arm: str, align: Path, reuse: bool, threads: int | None
             ) -> dict[str, LightningRun]:
-    """One arm of one seed: stage 2 (the tokenizer trains in the ``ett`` arm only), stage 3, its VQA evaluation
-    and, for the ``ett`` arm, the evaluation of its tuned tokenizer. ``threads``: torch threads of each run."""
+    """One arm of one seed: stage 2 (the tokenizer trains in every arm but ``frozen``; an ``ett_alpha<a>`` arm
+    with the loss weight alpha = a), stage 3, its VQA evaluation and, where the tokenizer trained, the evaluation of
+    the tuned tokenizer. ``threads``: torch threads of each run."""
     root = f"seed{seed}/{arm}"
+    alpha = arm_alpha(arm)
     tune = plan.fit("ett_sft", f"{root}/tune", plan.tune_steps, seed, align,
-                    **{"model.init_args.trainable": {"tokenizer": arm == "ett"}})
+                    **{"model.init_args.trainable": {"tokenizer": arm != "frozen"}},
+                    **({"model.init_args.loss.init_args.alpha": alpha} if alpha is not None else {}))
     chain = {"tune": tune}
     chain["posttrain"] = plan.fit("ett_posttrain", f"{root}/posttrain", plan.posttrain_steps, seed,
                                   tune.last_checkpoint)
     chain["vqa"] = plan.evaluate("ett_posttrain", f"{root}/vqa_eval", chain["posttrain"].last_checkpoint)
-    if arm == "ett":
+    if arm != "frozen":
         chain["tokenizer"] = plan.evaluate("tokenizer", f"{root}/tokenizer_eval", tune.last_checkpoint)
     for run in chain.values():
         run.threads = threads
@@ -188,6 +205,11 @@ def summarize(plan: DemoPlan, before: LightningRun, after: list[LightningRun],
     results["psnr_drop_db"] = results["tokenizer"]["psnr_before"] - results["tokenizer"]["psnr_after"]
     if "val/probe_word" in reference:
         results["probe"] = probe_summary(reference, tuned)
+    results["health"] = {arm: health_summary(arms[arm]["tune"]) for arm in ARMS}
+    if plan.alphas:
+        alphas = {arm: arm_alpha(arm) for arm in arms if arm_alpha(arm) is not None}
+        alphas["ett"] = recipe_alpha(plan.recipes)
+        results["alphas"] = alpha_rows(arms, alphas, reference["val/psnr"])
     results["seeds"] = plan.seeds
     results["plan"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()}
     results["wall_seconds"] = round(seconds, 1)
@@ -236,12 +258,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fid-weights", help="Inception weights file: adds rFID before/after")
     parser.add_argument("--reuse", action="store_true",
                         help="keep finished runs, resume stopped ones from their last.ckpt (a killed demo goes on)")
+    parser.add_argument("--alphas", type=non_negative_float, nargs="+", default=[],
+                        help="more ETT arms with these loss weights alpha, e.g. 0 1 (the ett arm keeps the recipe's)")
     parser.add_argument("--one-arm-at-a-time", dest="parallel_arms", action="store_false",
                         help="train the arms one after the other, each run with every core (default: both at once)")
     args = vars(parser.parse_args(argv))
     missing = [f"{name}.yaml" for name in RECIPE_NAMES if not (args["recipes"] / f"{name}.yaml").is_file()]
     if missing:
         parser.error(f"--recipes {args['recipes']} lacks {', '.join(missing)} (default: the packaged demo recipes)")
+    ett_alpha = recipe_alpha(args["recipes"])
+    args["alphas"] = [a for a in dict.fromkeys(args["alphas"]) if a != ett_alpha]  # the ett arm runs the recipe's
     reuse = args.pop("reuse")
     num_seeds = args.pop("num_seeds")
     if num_seeds is not None:

@@ -39,12 +39,50 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"| codebook usage (val) | {tok['codebook_usage_before']:.3f} | {tok['codebook_usage_after']:.3f} |",
         f"| rFID | {rfid} |",
         *probe_lines(results),
+        *health_lines(results),
+        *alpha_lines(results),
         "",
         f"PSNR drop: {results['psnr_drop_db']:.2f} dB. Wall time {results['wall_seconds']:.0f} s on "
         f"{results['machine']['processor']} ({machine_text(results['machine'])}).",
         *time_lines(results),
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+HEALTH_ROWS = (("probe_index_flips", "probe token positions whose code changed (%)", 100.0),
+               ("probe_psnr_drop", "probe PSNR drop (dB)", 1.0),
+               ("probe_usage_ratio", "probe codebook usage / start's", 1.0),
+               ("codebook_drift", "codebook drift, ||W - W0|| / ||W0||", 1.0),
+               ("encoder_drift", "encoder drift, ||W - W0|| / ||W0||", 1.0),
+               ("guard_trips", "tokenizer guard trips", 1.0))
+
+
+def health_lines(results: dict[str, Any]) -> list[str]:
+    """How far stage 2 moved the tokenizer, at its last health check (the frozen arm's does not move)."""
+    ett = results.get("health", {}).get("ett")
+    if not ett:
+        return []
+    lines = ["", "| tokenizer after stage 2 (last health check) | frozen | ETT |", "|---|---|---|"]
+    return lines + [f"| {label} | 0 (not trained) | {scale * ett[name]:.3g} |" for name, label, scale in HEALTH_ROWS
+                    if name in ett]
+
+
+def alpha_lines(results: dict[str, Any]) -> list[str]:
+    """The ETT arms side by side by loss weight alpha: what VQA gained against what the tokenizer lost."""
+    rows = results.get("alphas")
+    if not rows:
+        return []
+
+    def cell(row: dict[str, Any], name: str, scale: float = 100.0) -> str:
+        return f"{scale * row[name]:.1f}" if name in row else "-"
+
+    frozen = 100 * results["frozen"]["vqa_acc"]
+    lines = ["", f"Stage 2 at each alpha (the frozen arm: {frozen:.1f} % VQA):", "",
+             "| alpha | VQA (%) | character questions (%) | probe: character (%) | PSNR drop (dB) | index flips (%) "
+             "| probe usage / start | guard trips |", "|---|---|---|---|---|---|---|---|"]
+    return lines + [f"| {row['alpha']:g} | {cell(row, 'vqa_acc')} | {cell(row, 'vqa_acc_word')} | "
+                    f"{cell(row, 'probe_word')} | {row['psnr_drop_db']:.2f} | {cell(row, 'probe_index_flips')} | "
+                    f"{cell(row, 'probe_usage_ratio', 1.0)} | {cell(row, 'guard_trips', 1.0)} |" for row in rows]
 
 
 def time_lines(results: dict[str, Any]) -> list[str]:
@@ -109,11 +147,12 @@ def answer_type_lines(results: dict[str, Any]) -> list[str]:
 
 
 def write_figure(arms: dict[str, dict[str, list[LightningRun]]], before: LightningRun, after: list[LightningRun],
-                 seeds: list[int], path: Path) -> None:
+                 seeds: list[int], path: Path, tuned: dict[str, dict[str, list[LightningRun]]]) -> None:
     """Caption loss of both arms in stage 2 and 3 (first seed), input|reconstruction pairs before and after ETT
-    (first seed), and per seed: both arms' VQA and character accuracy, and the code probe before and after."""
-    figure = plt.figure(figsize=(12, 10.5), layout="constrained")
-    top, middle, bottom = figure.subfigures(3, 1, height_ratios=[1, 0.7, 1])
+    (first seed), per seed: both arms' VQA and character accuracy, and the code probe before and after; and how
+    far stage 2 moved the tokenizer of each arm in ``tuned`` (first seed)."""
+    figure = plt.figure(figsize=(12, 13.5), layout="constrained")
+    top, middle, bottom, drift = figure.subfigures(4, 1, height_ratios=[1, 0.7, 1, 0.8])
     for axis, stage, title in zip(top.subplots(1, 2), ("tune", "posttrain"),
                                   ("stage 2: caption loss", "stage 3: VQA answer loss")):
         for arm, runs in arms.items():
@@ -129,6 +168,7 @@ def write_figure(arms: dict[str, dict[str, list[LightningRun]]], before: Lightni
     accuracy_axis, probe_axis = bottom.subplots(1, 2)
     plot_seed_accuracies(accuracy_axis, arms, seeds)
     plot_seed_probes(probe_axis, before, after, seeds)
+    plot_drift(drift.subplots(1, 2), tuned)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -165,3 +205,20 @@ def plot_seed_probes(axis: plt.Axes, before: LightningRun, after: list[Lightning
     axis.set(title="code probe: character from the codes", xlabel="seed", ylabel="%", xticks=range(len(seeds)),
              xticklabels=seeds, ylim=(0, 100))
     axis.legend(fontsize="small", loc="upper right")
+
+
+def plot_drift(axes, tuned: dict[str, dict[str, list[LightningRun]]]) -> None:
+    """Per stage-2 step, first seed: the probe positions whose code changed, and the probes' PSNR drop."""
+    for axis, (name, scale, label) in zip(axes, (("probe_index_flips", 100.0, "% of probe positions"),
+                                                 ("probe_psnr_drop", 1.0, "dB"))):
+        for arm, runs in tuned.items():
+            run = runs["tune"][0]
+            if arm == "frozen":
+                steps = run.curve("train/caption")[0]
+                axis.plot(steps, [0.0] * len(steps), label="frozen (not trained)", color=ARM_COLOURS["frozen"])
+            else:
+                steps, values = run.curve(f"health/{name}")
+                axis.plot(steps, [scale * v for v in values], label=arm, color=ARM_COLOURS.get(arm))
+        title = "stage 2: probe codes changed" if name == "probe_index_flips" else "stage 2: probe PSNR drop"
+        axis.set(title=title, xlabel="step", ylabel=label)
+        axis.legend(fontsize="small")

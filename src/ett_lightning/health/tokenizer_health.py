@@ -55,6 +55,7 @@ class TokenizerHealth(L.Callback):
         self.counting = False
         self.window: CodeWindow | None = None
         self.probes: ProbeImages | None = None
+        self.pending: Tensor | None = None  # probe images whose start is not measured yet
         self.drift: WeightDrift | None = None
         self.saved: dict[str, Any] = {}
         self.values: dict[str, float] = {}
@@ -75,20 +76,25 @@ class TokenizerHealth(L.Callback):
         if "probes" in self.saved:
             self.probes = ProbeImages.from_state(self.saved["probes"])
         else:
-            images = trainer.strategy.broadcast(probe_images(trainer, self.num_probe_images) if
-                                                trainer.is_global_zero else None, src=0)
-            if images is not None:
-                self.probes = ProbeImages.choose(images, tokenizer)
+            self.pending = trainer.strategy.broadcast(probe_images(trainer, self.num_probe_images) if
+                                                      trainer.is_global_zero else None, src=0)
 
     def count_codes(self, module, inputs, output) -> None:
         if self.counting:
             self.window.add(output.indices)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.active and self.probes is None:  # no validation data: the first training batch
-            images = trainer.strategy.broadcast(batch.images[: self.num_probe_images].cpu(), src=0)
-            self.probes = ProbeImages.choose(images, pl_module.tokenizer)
+        if self.active and self.probes is None and self.pending is None:  # no validation data: the first batch
+            self.pending = trainer.strategy.broadcast(batch.images[: self.num_probe_images].cpu(), src=0)
         self.counting = self.active
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """The starting tokenizer's view of the probes, measured before the first update: not earlier, because
+        FSDP2 needs the whole model's forward to run before any part's own."""
+        self.counting = False
+        if self.pending is not None:
+            self.probes = ProbeImages.choose(self.pending, pl_module.tokenizer)
+            self.pending = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.counting = False
