@@ -1,6 +1,8 @@
-"""The stage-2 demo recipe as shipped, with its guard, under 2 processes (Lightning's launcher): code counts are
-summed across ranks, and a breach that only rank 1 sees makes both ranks roll back and lower the rate at the same
-step, without a hang, ending with identical weights."""
+"""The stage-2 demo recipe as shipped, with its guard, under 2 processes sharded by FSDP2 (Lightning's launcher):
+code counts are summed across ranks, the probes are rank 0's on both ranks, and a breach that only rank 1 sees makes
+both ranks restore their own shards and optimizer state and lower the rate at the same step, without a hang, ending
+with identical weights. FSDP2 rather than DDP: its parameters are DTensor shards that the root keeps gathered after
+a forward, the harder case for the rollback; the guard's collectives are the strategy's, the same calls under DDP."""
 
 import json
 
@@ -17,7 +19,8 @@ from tests.distributed.test_ddp_runs import recipe, small
 @pytest.mark.ddp
 def test_a_breach_on_one_rank_trips_the_guard_on_every_rank(tmp_path, synthetic_shards):
     root = tmp_path / "run"
-    args = ["fit", *recipe("ett"), *two_processes(), *small(synthetic_shards, "caption", root, 6),
+    args = ["fit", *recipe("ett"), *two_processes(), "--trainer.strategy=fsdp2",
+            *small(synthetic_shards, "caption", root, 6),
             "--trainer.callbacks+=tests.health.one_rank_breach.RankOneSeesCollapse",
             f"--trainer.callbacks.directory={tmp_path / 'checks'}", "--trainer.callbacks.every_n_steps=2",
             "--trainer.callbacks.num_probe_images=4", "--trainer.callbacks.patience=1",

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.utils._pytree import tree_map
 
 from ett_lightning.health.tokenizer_health import PREFIX, TokenizerHealth, publish
@@ -140,8 +141,17 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
+def reshard(pl_module: L.LightningModule) -> None:
+    """FSDP2 keeps the root's parameters gathered after a forward: shard them again, so that the snapshot and the
+    restore both see each rank's own shard."""
+    for module in pl_module.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def snapshot(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
     """Host copies of the trainable parameters (this rank's shards) and of the optimizers' states."""
+    reshard(pl_module)
     copy = lambda value: local(value).detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value  # noqa: E731
     return {"step": trainer.global_step,
             "parameters": [copy(p) for p in pl_module.parameters() if p.requires_grad],
@@ -149,6 +159,7 @@ def snapshot(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]
 
 
 def restore(trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Any]) -> None:
+    reshard(pl_module)
     with torch.no_grad():
         for p, saved in zip([p for p in pl_module.parameters() if p.requires_grad], state["parameters"], strict=True):
             local(p).copy_(saved)
