@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from ett_lightning import MLPProjector, ViTVQTokenizer
 from ett_lightning.tokenizer import IndexBackpropQuantizer
 from ett_lightning.training.optimizer import parameter_groups, undecayed_names
-from tests.conftest import tiny_module, tiny_tokenizer
+from tests.conftest import fit, tiny_module, tiny_tokenizer
 
 
 def test_the_conv_tokenizer_decays_its_convolutions_and_not_its_codebook():
@@ -57,3 +58,22 @@ def test_a_decayed_codebook_would_shrink():
     codebook.grad = torch.zeros_like(codebook)
     torch.optim.AdamW(groups, lr=0.1).step()
     assert torch.allclose(codebook.detach(), before * (1 - 0.1 * 0.5))
+
+
+def test_a_codebook_rate_moves_the_quantizer_into_a_group_of_its_own():
+    module = tiny_module("ett", learning_rates={"tokenizer": 1e-3, "codebook": 1e-5})
+    fit(module, steps=1)
+    groups = {group["name"]: group for group in module.trainer.optimizers[0].param_groups}
+    codebook = {id(p) for p in module.tokenizer.quantize.parameters()}
+    assert {id(p) for p in groups["tokenizer/codebook"]["params"]} == codebook
+    assert groups["tokenizer/codebook"]["weight_decay"] == 0.0
+    assert not codebook & {id(p) for name, g in groups.items() if name != "tokenizer/codebook" for p in g["params"]}
+    scheduler = module.trainer.lr_scheduler_configs[0].scheduler
+    rates = dict(zip([g["name"] for g in scheduler.optimizer.param_groups], scheduler.base_lrs, strict=True))
+    assert rates["tokenizer/codebook"] == 1e-5 and rates["tokenizer"] == rates["tokenizer/no_decay"] == 1e-3
+    assert sum(len(g["params"]) for g in groups.values()) == len([p for p in module.parameters() if p.requires_grad])
+
+
+def test_a_misspelt_learning_rate_is_refused():
+    with pytest.raises(ValueError, match=r"learning_rates names \['tokenzier'\]: give rates for \['codebook', "):
+        tiny_module("ett", learning_rates={"tokenzier": 1e-3})

@@ -18,7 +18,12 @@ from ett_lightning.models.generation import Decoding, generate_text
 from ett_lightning.tokenizer import TokenizerOutput, VisionTokenizer
 from ett_lightning.training.clipping import clip_by_player
 from ett_lightning.training.component_weights import load_component_weights
-from ett_lightning.training.optimizer import adamw_with_schedule, discriminator_groups, parameter_groups
+from ett_lightning.training.optimizer import (
+    adamw_with_schedule,
+    discriminator_groups,
+    parameter_groups,
+    with_codebook_group,
+)
 from ett_lightning.training.step_logging import evaluation_rows, log_split, writes_step_logs
 
 Stage = Literal["align", "ett", "posttrain"]
@@ -56,7 +61,8 @@ class ETTModule(L.LightningModule):
         stage: ``align`` (stage 1), ``ett`` (stage 2) or ``posttrain`` (stage 3): which components train.
         trainable: per-component overrides of the stage, e.g. ``{"language_model": false}``.
         learning_rates: per-component learning rates; unnamed components keep the defaults (tokenizer 1e-5, projector
-            1e-3, language_model 2e-5).
+            1e-3, language_model 2e-5). ``codebook`` gives the tokenizer's quantizer a rate of its own (default: the
+            tokenizer's).
         weight_decay: AdamW weight decay of matrices and convolutions (none on biases, norms, codebooks, positions).
         betas: AdamW betas.
         warmup_steps: linear warmup steps before the cosine decay.
@@ -95,6 +101,10 @@ class ETTModule(L.LightningModule):
         self.stage = stage
         self.trainable = resolve_trainable(stage, trainable, self.stage_trainable, self.component_names)
         self.loss = loss if loss is not None else ETTLoss()
+        known = {*self.default_learning_rates, *self.component_names, "codebook"}
+        if set(learning_rates or {}) - known:
+            raise ValueError(f"learning_rates names {sorted(set(learning_rates) - known)}: give rates for "
+                             f"{sorted(known)}")
         self.learning_rates = {**self.default_learning_rates, **(learning_rates or {})}
         self.weight_decay = weight_decay
         self.betas = tuple(betas)
@@ -257,7 +267,10 @@ class ETTModule(L.LightningModule):
         groups = []
         for name in self.components():
             if self.is_trainable(name):
-                groups += parameter_groups(name, getattr(self, name), self.learning_rates[name], self.weight_decay)
+                parts = parameter_groups(name, getattr(self, name), self.learning_rates[name], self.weight_decay)
+                if name == "tokenizer" and "codebook" in self.learning_rates:
+                    parts = with_codebook_group(parts, self.tokenizer.quantize, self.learning_rates["codebook"])
+                groups += parts
         if not groups:
             raise ValueError(f"stage {self.stage!r} with trainable={sorted(self.trainable)} leaves nothing to train")
         if self.is_trainable("tokenizer"):

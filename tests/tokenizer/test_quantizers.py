@@ -84,6 +84,31 @@ def test_ibq_entropy_term_only_when_weighted():
     assert torch.isfinite(losses["sample_entropy"]) and torch.isfinite(losses["codebook_entropy"])
 
 
+@pytest.mark.parametrize("inv_temperature", [1.0, 10.0])
+def test_the_vq_entropy_penalty_equals_lookup_free_quantizations_on_its_codebook(inv_temperature):
+    """vector-quantize-pytorch's LFQ (the MAGVIT-v2 entropy penalty) and VectorQuantizer given LFQ's +-1 codebook:
+    the same per-token and batch entropies (up to their different clamping of tiny probabilities), and the weighted
+    difference in the quantizer's objective, with a gradient to the latents and every code."""
+    from vector_quantize_pytorch import LFQ
+
+    bits = 4
+    lfq = LFQ(dim=bits, codebook_size=2**bits, entropy_loss_weight=1.0, commitment_loss_weight=0.0).train()
+    quantizer = VectorQuantizer(2**bits, bits, entropy_weight=0.5, entropy_temperature=1 / inv_temperature)
+    with torch.no_grad():
+        quantizer.embedding.weight.copy_(lfq.codebook)
+    z = latents(shape=(2, bits, 4, 5))
+    _, reference = lfq(z.detach(), inv_temperature=inv_temperature, return_loss_breakdown=True)
+    losses = quantizer(z).losses
+    assert losses["sample_entropy"].item() == pytest.approx(reference.per_sample_entropy.item(), abs=2e-4)
+    assert losses["codebook_entropy"].item() == pytest.approx(reference.batch_entropy.item(), abs=2e-4)
+    plain = losses["codebook"] + 0.25 * losses["commitment"]
+    penalty = losses["sample_entropy"] - losses["codebook_entropy"]
+    assert losses["quantizer"].item() == pytest.approx((plain + 0.5 * penalty).item())
+    (0.5 * penalty).backward()
+    assert z.grad.abs().sum() > 0 and (quantizer.embedding.weight.grad.abs().sum(1) > 0).all()
+    assert "sample_entropy" not in VectorQuantizer(2**bits, bits)(z).losses
+
+
 def test_quantizer_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="expects 8 latent channels"):
         VectorQuantizer(32, 8)(torch.randn(1, 4, 2, 2))

@@ -33,6 +33,17 @@ def parameter_groups(name: str, module: nn.Module, lr: float, weight_decay: floa
     ]
 
 
+def with_codebook_group(groups: list[dict], quantizer: nn.Module, lr: float) -> list[dict]:
+    """``groups`` with the quantizer's trainable parameters moved into their own ``tokenizer/codebook`` group at
+    learning rate ``lr`` (no weight decay, as before): a codebook that end-to-end tuning should move more slowly, or
+    faster, than the encoder."""
+    codebook = [p for p in quantizer.parameters() if p.requires_grad]
+    moved = {id(p) for p in codebook}
+    kept = [{**group, "params": [p for p in group["params"] if id(p) not in moved]} for group in groups]
+    return [group for group in kept if group["params"]] + [
+        {"name": "tokenizer/codebook", "params": codebook, "lr": lr, "weight_decay": 0.0}]
+
+
 def undecayed_names(module: nn.Module) -> set[str]:
     """The parameters of ``module`` AdamW leaves without weight decay, as timm, VQGAN and Hugging Face's Trainer
     do: biases, norm weights and other vectors; codebooks (every parameter of a quantizer: decay would shrink the

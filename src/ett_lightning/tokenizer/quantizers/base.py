@@ -95,4 +95,13 @@ def squared_distances(flat: Tensor, codebook: Tensor) -> Tensor:
     return flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ codebook.t() + codebook.pow(2).sum(1)[None]
 
 
-__all__ = ["Quantizer", "QuantizerOutput", "squared_distances"]
+def entropies(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean entropy of each row's softmax, and the entropy of the rows' mean distribution."""
+    log_probs = logits.log_softmax(dim=1)
+    probs = log_probs.exp()
+    sample = -(probs * log_probs).sum(dim=1).mean()
+    mean_probs = probs.mean(dim=0)
+    return sample, -(mean_probs * torch.log(mean_probs + 1e-5)).sum()
+
+
+__all__ = ["Quantizer", "QuantizerOutput", "entropies", "squared_distances"]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ett_lightning.tokenizer.quantizers.base import Quantizer
+from ett_lightning.tokenizer.quantizers.base import Quantizer, entropies
 
 
 class IndexBackpropQuantizer(Quantizer):
@@ -69,11 +68,3 @@ class IndexBackpropQuantizer(Quantizer):
         losses["quantizer"] = objective
         return quantized, indices, losses
 
-
-def entropies(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """The mean entropy of each row's softmax, and the entropy of the rows' mean distribution."""
-    log_probs = logits.log_softmax(dim=1)
-    probs = log_probs.exp()
-    sample = -(probs * log_probs).sum(dim=1).mean()
-    mean_probs = probs.mean(dim=0)
-    return sample, -(mean_probs * torch.log(mean_probs + 1e-5)).sum()

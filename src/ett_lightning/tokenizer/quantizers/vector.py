@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from ett_lightning.tokenizer.quantizers.base import Quantizer, squared_distances
+from ett_lightning.tokenizer.quantizers.base import Quantizer, entropies, squared_distances
 
 
 class VectorQuantizer(Quantizer):
@@ -16,18 +18,39 @@ class VectorQuantizer(Quantizer):
 
     Its objective is taming's and LlamaGen's: ``codebook + beta * commitment``, with ``codebook = mean((c - sg(z))^2)``
     (pulls the selected codes to the encoder) and ``commitment = mean((sg(c) - z)^2)`` (pulls the encoder to its
-    codes).
+    codes). ``entropy_weight`` > 0 adds ``entropy_weight * (sample_entropy - codebook_entropy)`` over the soft
+    assignments ``softmax(-||z - c||^2 / entropy_temperature)``: each token's distribution is pushed to be sharp and
+    their batch mean to spread over the codebook, the penalty lookup-free quantization (MAGVIT-v2) uses against
+    codebook collapse, here on an explicit codebook (equal to vector-quantize-pytorch's ``LFQ`` entropy terms when
+    the codebook is LFQ's, tested).
 
     Args:
         codebook_size: number of codes.
         code_dim: dimension of each code.
         beta: weight of the commitment term.
         l2_norm: compare latents and codes on the unit sphere (LlamaGen style).
+        entropy_weight: weight of the entropy penalty (0 switches it off).
+        entropy_temperature: temperature of the soft assignments of the entropy penalty.
     """
 
+    def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, l2_norm: bool = False,
+                 entropy_weight: float = 0.0, entropy_temperature: float = 0.01) -> None:
+        super().__init__(codebook_size, code_dim, beta, l2_norm)
+        self.entropy_weight = entropy_weight
+        self.entropy_temperature = entropy_temperature
+
+    def hparams(self) -> dict[str, Any]:
+        return {**super().hparams(), "entropy_weight": self.entropy_weight,
+                "entropy_temperature": self.entropy_temperature}
+
     def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        indices = squared_distances(flat, self.codebook()).argmin(dim=1)
+        distances = squared_distances(flat, self.codebook())
+        indices = distances.argmin(dim=1)
         codes = self.embed(indices).float()
         losses = self.vq_terms(flat, codes)
         losses["quantizer"] = losses["codebook"] + self.beta * losses["commitment"]
+        if self.entropy_weight > 0:
+            sample, mean = entropies(-distances / self.entropy_temperature)
+            losses.update(sample_entropy=sample, codebook_entropy=mean)
+            losses["quantizer"] = losses["quantizer"] + self.entropy_weight * (sample - mean)
         return codes + (flat - flat.detach()), indices, losses
