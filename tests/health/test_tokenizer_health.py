@@ -120,6 +120,12 @@ def test_a_resumed_run_keeps_its_probes_trips_and_lowered_rate(tmp_path):
     assert scheduler.base_lrs[[g["name"] for g in scheduler.optimizer.param_groups].index("tokenizer")] == 1e-3
 
 
+def test_with_gradient_accumulation_each_check_step_is_measured_once():
+    health = Record(**checks())
+    fit(tiny_module(), steps=20, callbacks=[health], log_every_n_steps=5, accumulate_grad_batches=2)
+    assert [c["step"] for c in health.history] == [5, 10, 15, 20]  # 40 batches; none checked at step 0 or twice
+
+
 def test_a_frozen_tokenizer_is_not_measured():
     health = Record(**checks())
     trainer = fit(tiny_module(stage="align"), steps=5, callbacks=[health], log_every_n_steps=5)

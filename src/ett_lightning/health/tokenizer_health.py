@@ -59,6 +59,7 @@ class TokenizerHealth(L.Callback):
         self.drift: WeightDrift | None = None
         self.saved: dict[str, Any] = {}
         self.values: dict[str, float] = {}
+        self.checked = 0  # the step of the last check
         self.hook = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -98,7 +99,9 @@ class TokenizerHealth(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.counting = False
-        if self.active and trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step  # with gradient accumulation, several batches end at one step: check it once
+        if self.active and self.probes is not None and step % self.every_n_steps == 0 and step != self.checked:
+            self.checked = step
             self.values = self.measure(trainer, pl_module)
             publish(trainer, self.values)
             self.after_check(trainer, pl_module)
