@@ -1,8 +1,9 @@
 """The stage-2 demo recipe as shipped, with its guard, under 2 processes sharded by FSDP2 (Lightning's launcher):
 code counts are summed across ranks, the probes are rank 0's on both ranks, and a breach that only rank 1 sees makes
-both ranks restore their own shards and optimizer state and lower the rate at the same step, without a hang, ending
-with identical weights. FSDP2 rather than DDP: its parameters are DTensor shards that the root keeps gathered after
-a forward, the harder case for the rollback; the guard's collectives are the strategy's, the same calls under DDP."""
+both ranks restore their own shards and optimizer state and lower the rate at the same step, without a hang; the
+later checks restart dead codes in the sharded codebook; the ranks end with identical weights. FSDP2 rather than
+DDP: its parameters are DTensor shards that the root keeps gathered after a forward, the harder case for the
+rollback; the guard's collectives are the strategy's, the same calls under DDP."""
 
 import json
 
@@ -24,6 +25,7 @@ def test_a_breach_on_one_rank_trips_the_guard_on_every_rank(tmp_path, synthetic_
             "--trainer.callbacks+=tests.health.one_rank_breach.RankOneSeesCollapse",
             f"--trainer.callbacks.directory={tmp_path / 'checks'}", "--trainer.callbacks.every_n_steps=2",
             "--trainer.callbacks.num_probe_images=4", "--trainer.callbacks.patience=1",
+            "--trainer.callbacks.restart_dead_codes=true",
             *rank_digest(tmp_path / "ranks")]
     run = run_lightning(args, cwd=tmp_path, timeout=180)
 
@@ -42,4 +44,5 @@ def test_a_breach_on_one_rank_trips_the_guard_on_every_rank(tmp_path, synthetic_
         assert torch.equal(value, ranks[1]["params"][name]), name
     metrics = json.loads((root / "metrics.json").read_text())
     assert metrics["health/guard_trips"] == 1.0 and 0.0 <= metrics["health/window_usage"] <= 1.0
+    assert metrics["health/restarted_codes"] > 0  # the sharded codebook changed alike on both ranks (above)
     assert "health/encoder_drift" in (root / "metrics.csv").read_text().splitlines()[0]

@@ -104,6 +104,30 @@ def test_raise_alpha_weights_the_tokenizers_own_objective_more():
     assert module.loss.alpha == pytest.approx(4.0 * alpha) and guard.state_dict()["alpha"] == module.loss.alpha
 
 
+class RecordRestart(TokenizerGuard):
+    """The guard, keeping the codebook and the window's counts just before and after its first check."""
+
+    def after_check(self, trainer, pl_module) -> None:
+        weight = pl_module.tokenizer.quantize.embedding.weight
+        if not hasattr(self, "before"):
+            self.before, self.seen = weight.detach().clone(), self.counts.clone()
+            self.inputs = pl_module.tokenizer.quantize.flatten_latents(self.latents)
+        super().after_check(trainer, pl_module)
+        if not hasattr(self, "after"):
+            self.after = weight.detach().clone()
+
+
+def test_dead_codes_restart_from_recent_encoder_outputs():
+    guard = RecordRestart(**checks(), restart_dead_codes=True)
+    trainer = fit(tiny_module(), steps=5, callbacks=[guard], log_every_n_steps=5)
+    dead = guard.seen < 1
+    assert 0 < int(dead.sum()) < len(dead)  # the tiny tokenizer leaves some of its 32 codes unused
+    assert torch.equal(guard.after[~dead], guard.before[~dead])
+    for row in guard.after[dead]:
+        assert (guard.inputs == row).all(dim=1).any()  # a latent of the last training step
+    assert trainer.callback_metrics["health/restarted_codes"] == float(dead.sum())
+
+
 def test_a_resumed_run_keeps_its_probes_trips_and_lowered_rate(tmp_path):
     guard = TokenizerGuard(**checks(), patience=1, lr_factor=1e-3)
     saved = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=5)

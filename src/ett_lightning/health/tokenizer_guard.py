@@ -9,6 +9,7 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 from torch.utils._pytree import tree_map
 
+from ett_lightning.health.dead_codes import restart_dead_codes
 from ett_lightning.health.tokenizer_health import PREFIX, TokenizerHealth, publish
 from ett_lightning.user_errors import UserError
 
@@ -44,14 +45,18 @@ class TokenizerGuard(TokenizerHealth):
         rollback: keep a copy of the trainable weights and optimizer state of the last healthy check (host memory:
             about three times the trainable parameters' size) and restore it on a trip; off, the remedy starts from
             the current state.
+        restart_dead_codes: at each check that keeps every bound, codes used fewer than ``dead_below`` times in the
+            window take the value of a recent encoder output (logged as ``health/restarted_codes``).
     """
 
     def __init__(self, *, patience: int = 2, min_usage_ratio: float | None = 0.5,
                  min_perplexity_ratio: float | None = 0.5, max_dead_share: float | None = 0.9,
                  max_psnr_drop_db: float | None = 3.0, max_index_flips: float | None = None,
                  remedy: Remedy = "lower_lr", lr_factor: float = 0.1, alpha_factor: float = 4.0,
-                 max_trips: int = 3, rollback: bool = True, **health: Any) -> None:
+                 max_trips: int = 3, rollback: bool = True, restart_dead_codes: bool = False,
+                 **health: Any) -> None:
         super().__init__(**health)
+        self.keep_latents = self.restarting = restart_dead_codes
         if remedy not in ("lower_lr", "raise_alpha", "stop"):
             raise UserError(f"TokenizerGuard: remedy must be lower_lr, raise_alpha or stop, got {remedy!r}")
         if patience < 1 or max_trips < 0:
@@ -94,6 +99,10 @@ class TokenizerGuard(TokenizerHealth):
                                            reduce_op="max")
         if not anywhere.item():
             self.breaches = 0
+            if self.restarting and self.latents is not None:
+                restarted = restart_dead_codes(pl_module.tokenizer.quantize, self.counts, self.latents,
+                                               self.dead_below, trainer.strategy)
+                publish(trainer, {"restarted_codes": float(restarted)})
             if self.rollback:
                 self.healthy = snapshot(trainer, pl_module)
             return

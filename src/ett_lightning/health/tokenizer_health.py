@@ -60,6 +60,9 @@ class TokenizerHealth(L.Callback):
         self.saved: dict[str, Any] = {}
         self.values: dict[str, float] = {}
         self.checked = 0  # the step of the last check
+        self.keep_latents = False  # keep the quantizer's last training input (a subclass that needs it sets this)
+        self.latents: Tensor | None = None
+        self.counts: Tensor | None = None  # the window's code counts at the last check, summed across ranks
         self.hook = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -83,6 +86,8 @@ class TokenizerHealth(L.Callback):
     def count_codes(self, module, inputs, output) -> None:
         if self.counting:
             self.window.add(output.indices)
+            if self.keep_latents:
+                self.latents = inputs[0].detach()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.active and self.probes is None and self.pending is None:  # no validation data: the first batch
@@ -108,6 +113,7 @@ class TokenizerHealth(L.Callback):
 
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         counts = trainer.strategy.reduce(self.window.close_block().to(pl_module.device), reduce_op="sum")
+        self.counts = counts
         window = code_statistics(counts, self.dead_below)
         values = {f"window_{name}": value for name, value in window.items()}
         values |= self.probes.compare(pl_module.tokenizer)
