@@ -18,6 +18,8 @@ from ett_lightning.convert.synthetic import make_shards
 from ett_lightning.models import load_text_tokenizer
 from tests.chat_model import make_chat_model_dir
 
+pytest.register_assert_rewrite("tests.health.one_rank_breach")  # its checks run inside the multi-process tests
+
 IMAGE_SIZE = 32
 TINY_LLM = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, vocab_size=264, max_position_embeddings=256,

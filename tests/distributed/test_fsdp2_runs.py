@@ -4,7 +4,9 @@ step, the same weights at the end, and ``ett export`` of the FSDP2 checkpoint eq
 writes its checkpoint as a folder of per-rank files (``save_distributed_checkpoint``), which export reads; the
 default one-file checkpoint is DDP's format (resumed across strategies at the end of
 tests/resilience/test_preemption_runs.py). The other stages run under FSDP2 in test_ddp_runs.py; resuming an FSDP2
-run, from either checkpoint form, is tested in one process in test_fsdp2_resume.py."""
+run, from either checkpoint form, is tested in one process in test_fsdp2_resume.py. Both runs carry a tokenizer
+guard that only rank 1 sees tripping (tests/health/one_rank_breach.py): both ranks of each run roll back and lower
+the rate at the same step and restart dead codes later, and the two strategies still train alike."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ett_lightning.resilience.checkpoint_checks import checkpoint_hyperparameter
 from tests.cli_runs import run_torchrun, two_processes
 from tests.distributed.rank_digest import rank_digest
 from tests.distributed.test_ddp_runs import recipe, small
+from tests.health.one_rank_breach import assert_the_ranks_agreed, guard_args
 
 STEPS = 4
 FOLDER_CHECKPOINTS = ["--trainer.strategy=ett_lightning.distributed.FSDP2Strategy",
@@ -40,9 +43,11 @@ def test_fsdp2_trains_like_ddp_and_exports_the_same_weights(tmp_path, synthetic_
     runs = {}
     for strategy, options in (("ddp", ["--trainer.strategy=ddp"]), ("fsdp2", FOLDER_CHECKPOINTS)):
         root = tmp_path / strategy
-        run_torchrun(["fit", *recipe("ett"), *two_processes(), *options,
-                      *small(synthetic_shards, "caption", root, STEPS), "--trainer.log_every_n_steps=1",
-                      *rank_digest(tmp_path / f"{strategy}_ranks")], cwd=tmp_path)
+        run = run_torchrun(["fit", *recipe("ett"), *two_processes(), *options,
+                            *small(synthetic_shards, "caption", root, STEPS), "--trainer.log_every_n_steps=1",
+                            *guard_args(tmp_path / f"{strategy}_checks"), *rank_digest(tmp_path / f"{strategy}_ranks")],
+                           cwd=tmp_path)
+        assert_the_ranks_agreed(tmp_path / f"{strategy}_checks", run.stdout, root, STEPS)
         params = [torch.load(tmp_path / f"{strategy}_ranks" / f"rank{r}.pt")["params"] for r in (0, 1)]
         assert all(torch.equal(v, params[1][k]) for k, v in params[0].items()), f"{strategy}: ranks differ"
         runs[strategy] = {"root": root, "losses": step_losses(root), "params": params[0]}

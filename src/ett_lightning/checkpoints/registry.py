@@ -157,6 +157,7 @@ TOKENIZERS.register(VQTokenizer, CONV_ARCHITECTURE, "ett_lightning.tokenizer.VQT
 TOKENIZERS.register(ViTVQTokenizer, VIT_ARCHITECTURE, "ett_lightning.tokenizer.ViTVQTokenizer")
 
 QUANTIZERS = Registry("quantizer")
-QUANTIZERS.register(VectorQuantizer, QUANTIZER, "ett_lightning.tokenizer.VectorQuantizer")
-QUANTIZERS.register(IndexBackpropQuantizer, {**QUANTIZER, "entropy_weight": real, "entropy_temperature": real},
+ENTROPY = {"entropy_weight": real, "entropy_temperature": real}
+QUANTIZERS.register(VectorQuantizer, {**QUANTIZER, **ENTROPY}, "ett_lightning.tokenizer.VectorQuantizer")
+QUANTIZERS.register(IndexBackpropQuantizer, {**QUANTIZER, **ENTROPY},
                     "ett_lightning.tokenizer.IndexBackpropQuantizer")
