@@ -1,6 +1,7 @@
 """Tokenizer health and its guard in one process: the statistics equal their formulas, a destructive learning rate
 breaks the bounds, the guard rolls back and either stops the run or lowers the rate, a healthy run never trips,
-and a resumed run keeps its probes, trips and lowered rate. The 2-process cases are in test_guard_runs.py."""
+and a resumed run keeps its probes, trips and lowered rate. The 2-process cases (DDP and FSDP2) are in
+tests/distributed/test_fsdp2_runs.py, through one_rank_breach.py."""
 
 import csv
 import math
