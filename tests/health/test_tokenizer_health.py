@@ -60,9 +60,9 @@ def test_the_code_window_counts_the_last_blocks_only():
 
 def test_a_destructive_rate_breaks_the_bounds_that_a_healthy_rate_keeps():
     healthy, destroyed = Record(**checks()), Record(**checks())
-    fit(tiny_module(), steps=20, callbacks=[healthy], log_every_n_steps=5)
-    fit(tiny_module(learning_rates=DESTRUCTIVE), steps=20, callbacks=[destroyed], log_every_n_steps=5)
-    assert [c["step"] for c in healthy.history] == [5, 10, 15, 20]
+    fit(tiny_module(), steps=10, callbacks=[healthy], log_every_n_steps=5)
+    fit(tiny_module(learning_rates=DESTRUCTIVE), steps=10, callbacks=[destroyed], log_every_n_steps=5)
+    assert [c["step"] for c in healthy.history] == [5, 10]
     for check in healthy.history:
         assert check["probe_perplexity_ratio"] > 0.5 and check["probe_usage_ratio"] > 0.5, check
         assert check["probe_psnr_drop"] < 3.0 and check["window_dead_share"] < 0.9, check
@@ -85,7 +85,7 @@ def test_the_guard_rolls_back_and_stops_naming_the_metric_and_step():
 def test_the_guard_lowers_the_tokenizer_rate_and_the_run_ends_healthy():
     module = tiny_module(learning_rates=DESTRUCTIVE)
     guard = TokenizerGuard(**checks(), patience=1, remedy="lower_lr", lr_factor=1e-3)
-    trainer = fit(module, steps=25, callbacks=[guard], log_every_n_steps=5)
+    trainer = fit(module, steps=15, callbacks=[guard], log_every_n_steps=5)
     assert guard.trips == 1 and trainer.callback_metrics["health/guard_trips"] == 1.0
     assert not guard.out_of_bounds(), guard.values
     scheduler = trainer.lr_scheduler_configs[0].scheduler
@@ -132,13 +132,13 @@ def test_dead_codes_restart_from_recent_encoder_outputs():
 def test_a_resumed_run_keeps_its_probes_trips_and_lowered_rate(tmp_path):
     guard = TokenizerGuard(**checks(), patience=1, lr_factor=1e-3)
     saved = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=5)
-    fit(tiny_module(learning_rates=DESTRUCTIVE), steps=15, callbacks=[guard, saved], log_every_n_steps=5,
+    fit(tiny_module(learning_rates=DESTRUCTIVE), steps=10, callbacks=[guard, saved], log_every_n_steps=5,
         enable_checkpointing=True)
     assert guard.trips == 1
     resumed = TokenizerGuard(**checks(), patience=1, lr_factor=1e-3)
-    trainer = fit(tiny_module(learning_rates=DESTRUCTIVE), steps=25, callbacks=[resumed], log_every_n_steps=5,
+    trainer = fit(tiny_module(learning_rates=DESTRUCTIVE), steps=15, callbacks=[resumed], log_every_n_steps=5,
                   ckpt_path=str(tmp_path / "last.ckpt"))
-    assert trainer.global_step == 25 and resumed.trips == 1 and not resumed.out_of_bounds(), resumed.values
+    assert trainer.global_step == 15 and resumed.trips == 1 and not resumed.out_of_bounds(), resumed.values
     assert torch.equal(resumed.probes.images, guard.probes.images)
     assert torch.equal(resumed.probes.start["indices"], guard.probes.start["indices"])
     scheduler = trainer.lr_scheduler_configs[0].scheduler
@@ -147,8 +147,8 @@ def test_a_resumed_run_keeps_its_probes_trips_and_lowered_rate(tmp_path):
 
 def test_with_gradient_accumulation_each_check_step_is_measured_once():
     health = Record(**checks())
-    fit(tiny_module(), steps=20, callbacks=[health], log_every_n_steps=5, accumulate_grad_batches=2)
-    assert [c["step"] for c in health.history] == [5, 10, 15, 20]  # 40 batches; none checked at step 0 or twice
+    fit(tiny_module(), steps=10, callbacks=[health], log_every_n_steps=5, accumulate_grad_batches=2)
+    assert [c["step"] for c in health.history] == [5, 10]  # 20 batches; none checked at step 0 or twice
 
 
 def test_a_frozen_tokenizer_is_not_measured():
