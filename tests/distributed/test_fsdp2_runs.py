@@ -5,8 +5,9 @@ writes its checkpoint as a folder of per-rank files (``save_distributed_checkpoi
 default one-file checkpoint is DDP's format (resumed across strategies at the end of
 tests/resilience/test_preemption_runs.py). The other stages run under FSDP2 in test_ddp_runs.py; resuming an FSDP2
 run, from either checkpoint form, is tested in one process in test_fsdp2_resume.py. Both runs carry a tokenizer
-guard that only rank 1 sees tripping (tests/health/one_rank_breach.py): both ranks of each run roll back and lower
-the rate at the same step and restart dead codes later, and the two strategies still train alike."""
+guard that only rank 1 sees tripping at step 4 (tests/health/one_rank_breach.py): both ranks of each run restore
+step 2's weights and optimizer state, lower the rate at the same step and train on, and the two strategies still
+train alike."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tests.distributed.rank_digest import rank_digest
 from tests.distributed.test_ddp_runs import recipe, small
 from tests.health.one_rank_breach import assert_the_ranks_agreed, guard_args
 
-STEPS = 4
+STEPS = 6
 FOLDER_CHECKPOINTS = ["--trainer.strategy=ett_lightning.distributed.FSDP2Strategy",
                       "--trainer.strategy.save_distributed_checkpoint=true"]
 

@@ -1,8 +1,9 @@
 """The tokenizer guard under 2 processes, for the multi-process runs of the stage-2 recipe
-(tests/distributed/test_fsdp2_runs.py runs it under DDP and FSDP2): rank 1 alone sees a collapsed PSNR at the first
-check, every rank writes what it counted and measured at each check, and :func:`assert_the_ranks_agreed` checks
-that the window's counts were summed across ranks, the probes were rank 0's on both, both ranks tripped at the
-same step (rolling back, lowering the rate) and the later checks restarted dead codes."""
+(tests/distributed/test_fsdp2_runs.py runs it under DDP and FSDP2): rank 1 alone sees a collapsed PSNR at the
+second check (step 4), every rank writes what it counted and measured at each check, and
+:func:`assert_the_ranks_agreed` checks that the window's counts were summed across ranks, the probes were rank 0's
+on both, both ranks tripped at the same step (restoring step 2's weights and AdamW state, lowering the rate, then
+training on) and the healthy checks restarted dead codes."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class RankOneSeesCollapse(TokenizerGuard):
     def measure(self, trainer, pl_module) -> dict[str, float]:
         local = torch.stack([*self.window.closed, self.window.current]).sum(0)  # before the ranks' sum
         values = super().measure(trainer, pl_module)
-        if trainer.global_rank == 1 and not self.records:
+        if trainer.global_rank == 1 and len(self.records) == 1:
             values["probe_psnr_drop"] = 99.0
         self.records.append({"step": trainer.global_step, "local_counts": local.cpu(), "values": dict(values),
                              "probes": self.probes.images.clone()})
@@ -49,8 +50,9 @@ def guard_args(directory: Path) -> list[str]:
 def assert_the_ranks_agreed(directory: Path, output: str, root: Path, steps: int) -> None:
     checks = [torch.load(directory / f"rank{rank}.pt") for rank in (0, 1)]
     assert [c["step"] for c in checks[0]] == [c["step"] for c in checks[1]] == list(range(2, steps + 1, 2))
-    assert [c["trips"] for c in checks[0]] == [c["trips"] for c in checks[1]] == [1] * (steps // 2)
-    assert output.count("tokenizer guard at step 2:") == 2, output[-3000:]
+    assert [c["trips"] for c in checks[0]] == [c["trips"] for c in checks[1]] == [0] + [1] * (steps // 2 - 1)
+    assert output.count("tokenizer guard at step 4:") == 2, output[-3000:]
+    assert output.count("restored the state of step 2; lower_lr") == 2
     assert "health/probe_psnr_drop = 99 > 3" in output and "a bound broken on another rank" in output
     for first, second in zip(*checks):
         assert torch.equal(first["probes"], second["probes"])  # rank 0's probes on both ranks

@@ -3,6 +3,7 @@ breaks the bounds, the guard rolls back and either stops the run or lowers the r
 and a resumed run keeps its probes, trips and lowered rate. The 2-process cases (DDP and FSDP2) are in
 tests/distributed/test_fsdp2_runs.py, through one_rank_breach.py."""
 
+import copy
 import csv
 import math
 
@@ -166,8 +167,42 @@ def test_each_check_is_logged_at_its_step_whatever_the_logging_interval(tmp_path
                "window_dead_share", "codebook_drift", "encoder_drift", "probe_index_flips", "probe_ssim_drop"))
 
 
-@pytest.mark.parametrize("probes", [{"images": "rm -rf /"}, {"images": torch.zeros(2, 3, 8, 8)},
-                                    {"images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "start": {}}])
-def test_malformed_probes_in_a_checkpoint_are_refused(probes):
-    with pytest.raises(UserError, match="probes are malformed"):
-        TokenizerGuard().load_state_dict({"probes": probes})
+def tampered(state: dict, case: str) -> None:
+    """One way a hostile or damaged checkpoint can hold the guard's state."""
+    probes, start = state["probes"], state["probes"]["start"]
+    if case == "float images":
+        probes["images"] = probes["images"].float()
+    elif case == "more images than the recipe's probes":
+        probes["images"] = probes["images"][:1].expand(200_000, -1, -1, -1)
+    elif case == "images of another size":
+        probes["images"] = probes["images"][:, :, :8, :8]
+    elif case == "codes of another shape":
+        start["indices"] = start["indices"][:, :5]
+    elif case == "a NaN start":
+        start["psnr"] = float("nan")
+    elif case == "a negative start usage":
+        start["usage"] = -1.0
+    elif case == "trips as text":
+        state["trips"] = "abc"
+    elif case == "a negative alpha":
+        state["alpha"] = -5.0
+    elif case == "a drift reference of another model":
+        state["drift"]["encoder"] = state["drift"]["encoder"][:1]
+
+
+def test_a_tampered_guard_state_in_a_checkpoint_is_refused_with_one_line(tmp_path):
+    saved = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=5)
+    fit(tiny_module(), steps=5, callbacks=[TokenizerGuard(**checks()), saved], log_every_n_steps=5,
+        enable_checkpointing=True)
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    key = next(name for name in checkpoint["callbacks"] if name.startswith("TokenizerGuard"))
+    cases = ["float images", "more images than the recipe's probes", "images of another size",
+             "codes of another shape", "a NaN start", "a negative start usage", "trips as text", "a negative alpha",
+             "a drift reference of another model"]
+    for case in cases:
+        state = copy.deepcopy(checkpoint)
+        tampered(state["callbacks"][key], case)
+        torch.save(state, tmp_path / "tampered.ckpt")
+        with pytest.raises(UserError, match="the checkpoint's tokenizer-(health|guard) (probes|state|reference)"):
+            fit(tiny_module(), steps=10, callbacks=[TokenizerGuard(**checks())], log_every_n_steps=5,
+                ckpt_path=str(tmp_path / "tampered.ckpt"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ett_lightning.user_errors import UserError
+
 
 def full(tensor: Tensor) -> Tensor:
     """The whole tensor of a (possibly FSDP2-sharded) parameter: ``full_tensor`` of a DTensor is a collective,
@@ -43,7 +45,8 @@ class WeightDrift:
         for name, module in self.modules.items():
             shapes = [tuple(full(p).shape) for p in module.parameters()]
             saved = state.get(name) if isinstance(state, dict) else None
-            if not isinstance(saved, list) or [tuple(getattr(t, "shape", ())) for t in saved] != shapes:
-                raise ValueError(f"the checkpoint's tokenizer-health reference for {name!r} does not match this "
-                                 "model's parameters")
+            if (not isinstance(saved, list) or not all(isinstance(t, Tensor) and t.is_floating_point() for t in saved)
+                    or [tuple(t.shape) for t in saved] != shapes):
+                raise UserError(f"the checkpoint's tokenizer-health reference for {name!r} does not match this "
+                                "model's parameters (another model's checkpoint, or a damaged one)")
             self.reference[name] = [t.float().cpu() for t in saved]

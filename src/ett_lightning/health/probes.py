@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +14,7 @@ from ett_lightning.callbacks.reconstruction import to_unit
 from ett_lightning.data.streaming.transforms import to_model_range
 from ett_lightning.health.code_window import code_statistics
 from ett_lightning.tokenizer.base import code_histogram
+from ett_lightning.user_errors import UserError
 
 
 @contextmanager
@@ -85,5 +87,37 @@ class ProbeImages:
         return {"images": self.images, "start": self.start}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], chunk: int = 16) -> ProbeImages:
-        return cls(state["images"], state["start"], chunk)
+    def from_state(cls, state: Any, tokenizer: nn.Module, limit: int, chunk: int = 16) -> ProbeImages:
+        """Probes saved in a checkpoint, refused with a :class:`UserError` unless they are at most ``limit`` uint8
+        images the tokenizer reads, with the start's integer codes for each of its tokens and finite start figures
+        (usage and perplexity above 0): a checkpoint is untrusted input."""
+        images, start = (state.get("images"), state.get("start")) if isinstance(state, dict) else (None, None)
+        figures = ("psnr", "ssim", "usage", "perplexity")
+        problem = None
+        if not (isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+                and images.shape[1] == 3 and 1 <= len(images) <= limit and images.shape[2] == images.shape[3]):
+            problem = f"images must be 1 to {limit} uint8 images [N, 3, H, H]"
+        elif not (isinstance(start, dict) and set(figures) | {"indices"} <= set(start)
+                  and all(isinstance(start[k], float) and math.isfinite(start[k]) for k in figures)
+                  and start["usage"] > 0 and start["perplexity"] > 0):
+            problem = "the start's PSNR, SSIM, usage and perplexity must be finite numbers (usage, perplexity > 0)"
+        elif not valid_indices(start["indices"], len(images), tokenizer, images.shape[2]):
+            problem = "the start's codes must be integers [N, tokens] for the tokenizer's input size"
+        if problem:
+            raise UserError(f"the checkpoint's tokenizer-health probes are malformed: {problem}")
+        return cls(images.contiguous().clone(), start, chunk)
+
+
+def valid_indices(indices: Any, count: int, tokenizer: nn.Module, side: int) -> bool:
+    """``indices`` are [count, tokens] integers within the codebook, for ``side`` x ``side`` images the tokenizer
+    reads (a ViT tokenizer reads its one ``image_size``)."""
+    expected = getattr(tokenizer, "arch", {}).get("image_size")
+    if expected is not None and expected != side:
+        return False
+    try:
+        tokens = tokenizer.num_tokens(side)
+    except ValueError:
+        return False
+    return (isinstance(indices, Tensor) and not indices.is_floating_point() and not indices.is_complex()
+            and tuple(indices.shape) == (count, tokens)
+            and bool(((indices >= 0) & (indices < tokenizer.codebook_size)).all()))

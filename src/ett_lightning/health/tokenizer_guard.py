@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch.distributed.fsdp import FSDPModule
-from torch.utils._pytree import tree_map
 
 from ett_lightning.health.dead_codes import restart_dead_codes
 from ett_lightning.health.tokenizer_health import PREFIX, TokenizerHealth, publish
@@ -61,6 +62,16 @@ class TokenizerGuard(TokenizerHealth):
             raise UserError(f"TokenizerGuard: remedy must be lower_lr, raise_alpha or stop, got {remedy!r}")
         if patience < 1 or max_trips < 0:
             raise UserError("TokenizerGuard: patience must be >= 1 and max_trips >= 0")
+        if not (0 < lr_factor < 1 and 1 < alpha_factor < math.inf):
+            raise UserError(f"TokenizerGuard: lr_factor must lie between 0 and 1 (got {lr_factor}) and alpha_factor "
+                            f"be a finite number above 1 (got {alpha_factor}): the remedies lower the rate and raise "
+                            "alpha")
+        bounds = {"min_usage_ratio": min_usage_ratio, "min_perplexity_ratio": min_perplexity_ratio,
+                  "max_dead_share": max_dead_share, "max_psnr_drop_db": max_psnr_drop_db,
+                  "max_index_flips": max_index_flips}
+        odd = [name for name, bound in bounds.items() if bound is not None and not math.isfinite(bound)]
+        if odd:
+            raise UserError(f"TokenizerGuard: {', '.join(odd)} must be finite numbers, or null for no bound")
         self.bounds = [("probe_usage_ratio", "<", min_usage_ratio), ("probe_perplexity_ratio", "<",
                        min_perplexity_ratio), ("window_dead_share", ">", max_dead_share),
                        ("probe_psnr_drop", ">", max_psnr_drop_db), ("probe_index_flips", ">", max_index_flips)]
@@ -75,17 +86,21 @@ class TokenizerGuard(TokenizerHealth):
         self.breaches = 0
         self.healthy: dict[str, Any] | None = None
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
-        self.trips = int(self.saved.get("trips", 0))
-        self.alpha = self.saved.get("alpha")
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        trips, breaches, alpha = (self.saved.get(key) for key in ("trips", "breaches", "alpha"))
+        if not all(isinstance(n, int) and 0 <= n <= 10**6 for n in (trips or 0, breaches or 0)) or not (
+                alpha is None or (isinstance(alpha, float) and math.isfinite(alpha) and alpha >= 0)):
+            raise UserError("the checkpoint's tokenizer-guard state is malformed: trips and breaches must be whole "
+                            "numbers >= 0, alpha a finite number >= 0")
+        self.trips, self.breaches, self.alpha = trips or 0, breaches or 0, alpha
         if self.alpha is not None:
-            pl_module.loss.alpha = float(self.alpha)
+            pl_module.loss.alpha = self.alpha
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-        if self.active and self.rollback and self.healthy is None:
-            self.healthy = snapshot(trainer, pl_module)
+        if self.active and self.rollback and self.healthy is None and not self.breaches:
+            self.healthy = snapshot(trainer, pl_module)  # the start, or a resumed run's last check if it was healthy
 
     def out_of_bounds(self) -> list[str]:
         """This rank's broken bounds, as text."""
@@ -119,8 +134,13 @@ class TokenizerGuard(TokenizerHealth):
         publish(trainer, {"guard_trips": float(self.trips)})
         where = f"tokenizer guard at step {trainer.global_step}: {reason} for {self.patience} checks{restored}"
         if self.remedy == "stop" or self.trips > self.max_trips:
-            raise TokenizerCollapse(f"{where}; stopped ({self.trips} trips). Lower the tokenizer's learning rate or "
-                                    "raise the loss's alpha (docs/tokenizer_health.md)")
+            kept = ""
+            if self.rollback and self.healthy is not None:
+                path = Path(trainer.default_root_dir) / "checkpoints" / f"healthy-step{self.healthy['step']}.ckpt"
+                trainer.save_checkpoint(path)
+                kept = f"; those weights are in {path}: start again from them with model.init_args.init_from"
+            raise TokenizerCollapse(f"{where}; stopped ({self.trips} trips){kept}, a lower learning rate for the "
+                                    "tokenizer or a higher loss alpha (docs/tokenizer_health.md)")
         self.apply_remedy(trainer, pl_module)
         print(f"{where}; {self.remedy} (trip {self.trips} of at most {self.max_trips})", flush=True)
 
@@ -143,7 +163,7 @@ class TokenizerGuard(TokenizerHealth):
                         group["lr"] *= self.lr_factor
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "trips": self.trips, "alpha": self.alpha}
+        return {**super().state_dict(), "trips": self.trips, "breaches": self.breaches, "alpha": self.alpha}
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
@@ -159,21 +179,33 @@ def reshard(pl_module: L.LightningModule) -> None:
 
 
 def snapshot(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-    """Host copies of the trainable parameters (this rank's shards) and of the optimizers' states."""
+    """Host copies of the trainable parameters and of their optimizer states (this rank's shards)."""
     reshard(pl_module)
     copy = lambda value: local(value).detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value  # noqa: E731
     return {"step": trainer.global_step,
             "parameters": [copy(p) for p in pl_module.parameters() if p.requires_grad],
-            "optimizers": [tree_map(copy, optimizer.state_dict()) for optimizer in trainer.optimizers]}
+            "optimizers": [[{key: copy(value) for key, value in optimizer.state[p].items()}
+                            for group in optimizer.param_groups for p in group["params"]]
+                           for optimizer in trainer.optimizers]}
 
 
 def restore(trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Any]) -> None:
+    """Copies a :func:`snapshot` back into the parameters and optimizer states, in place: the tensors (FSDP2's
+    DTensors among them) stay those the optimizer steps; a state that did not exist yet is dropped again. The
+    learning rates stay the schedule's."""
     reshard(pl_module)
     with torch.no_grad():
         for p, saved in zip([p for p in pl_module.parameters() if p.requires_grad], state["parameters"], strict=True):
             local(p).copy_(saved)
-    for optimizer, saved in zip(trainer.optimizers, state["optimizers"], strict=True):
-        learning_rates = [group["lr"] for group in optimizer.param_groups]
-        optimizer.load_state_dict(saved)
-        for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
-            group["lr"] = lr  # the schedule's rate now, not the snapshot's
+        for optimizer, states in zip(trainer.optimizers, state["optimizers"], strict=True):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            for p, saved in zip(params, states, strict=True):
+                current = optimizer.state[p]
+                if not saved:
+                    optimizer.state.pop(p, None)
+                    continue
+                for key, value in saved.items():
+                    if isinstance(current.get(key), torch.Tensor):
+                        local(current[key]).copy_(value)
+                    else:
+                        current[key] = value

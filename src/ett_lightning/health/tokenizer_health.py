@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from ett_lightning.health.code_window import CodeWindow, code_statistics
@@ -65,7 +66,9 @@ class TokenizerHealth(L.Callback):
         self.counts: Tensor | None = None  # the window's code counts at the last check, summed across ranks
         self.hook = None
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Starts measuring, with the state a resumed run saved: here, not at fit start, because FSDP2 restores the
+        checkpoint (and the callbacks' states) after the fit has started."""
         is_trainable = getattr(pl_module, "is_trainable", None)
         self.active = bool(is_trainable and is_trainable("tokenizer"))
         if not self.active:
@@ -78,7 +81,7 @@ class TokenizerHealth(L.Callback):
             if "drift" in self.saved:
                 self.drift.load_state_dict(self.saved["drift"])
         if "probes" in self.saved:
-            self.probes = ProbeImages.from_state(self.saved["probes"])
+            self.probes = ProbeImages.from_state(self.saved["probes"], tokenizer, self.num_probe_images)
         else:
             self.pending = trainer.strategy.broadcast(probe_images(trainer, self.num_probe_images) if
                                                       trainer.is_global_zero else None, src=0)
@@ -92,6 +95,9 @@ class TokenizerHealth(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.active and self.probes is None and self.pending is None:  # no validation data: the first batch
             self.pending = trainer.strategy.broadcast(batch.images[: self.num_probe_images].cpu(), src=0)
+            rank_zero_warn(f"{type(self).__name__}: no validation data, so the probes are {len(self.pending)} images "
+                           "of the first training batch (not held out); give data.val_shards for "
+                           f"{self.num_probe_images} held-out probes")
         self.counting = self.active
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -138,10 +144,7 @@ class TokenizerHealth(L.Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        probes = state_dict.get("probes") if isinstance(state_dict, dict) else None
-        if probes is not None and not valid_probe_state(probes):
-            raise UserError("the checkpoint's tokenizer-health probes are malformed (expected uint8 images "
-                            "[N, 3, H, W] and the start's indices, PSNR, SSIM, usage and perplexity)")
+        """Keeps a checkpoint's state for :meth:`on_train_start`, which checks it against the model."""
         self.saved = dict(state_dict) if isinstance(state_dict, dict) else {}
 
 
@@ -165,12 +168,3 @@ def probe_images(trainer: L.Trainer, count: int) -> Tensor | None:
         if sum(len(part) for part in images) >= count:
             break
     return torch.cat(images)[:count].cpu() if images else None
-
-
-def valid_probe_state(probes: Any) -> bool:
-    images, start = (probes.get("images"), probes.get("start")) if isinstance(probes, dict) else (None, None)
-    keys = {"indices", "psnr", "ssim", "usage", "perplexity"}
-    return (isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4
-            and images.shape[1] == 3 and isinstance(start, dict) and keys <= set(start)
-            and isinstance(start["indices"], Tensor) and start["indices"].shape[0] == images.shape[0]
-            and all(isinstance(start[k], float) for k in keys - {"indices"}))
