@@ -29,8 +29,7 @@ from contextlib import contextmanager
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
-
-from ett_lightning.training.optimizer import adamw_with_schedule, parameter_groups
+from throughput import optimizer_for  # this folder's benchmark: the optimizer configure_optimizers builds
 
 
 def build(config: str, overrides: list[str]) -> tuple[LightningModule, LightningDataModule]:
@@ -59,14 +58,6 @@ class PhaseClock:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-
-
-def optimizer_for(module: LightningModule, steps: int):
-    groups = [group for name in module.components() if module.is_trainable(name)
-              for group in parameter_groups(name, getattr(module, name), module.learning_rates[name],
-                                            module.weight_decay)]
-    config = adamw_with_schedule(groups, module.betas, module.warmup_steps, steps, module.min_lr_ratio, module.device)
-    return config["optimizer"], config["lr_scheduler"]["scheduler"]
 
 
 def phased_step(module: LightningModule, batch, clock: PhaseClock, step: Callable[[], None]) -> None:

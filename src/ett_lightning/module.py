@@ -262,8 +262,9 @@ class ETTModule(L.LightningModule):
         predictions = self.generate(batch) if len(batch) else []
         return [{"key": k, "prediction": p, "references": r} for k, p, r in zip(batch.keys, predictions, batch.answers)]
 
-    def configure_optimizers(self) -> dict:
-        """AdamW, one learning rate per trainable component (decay as ``parameter_groups``), warmup + cosine."""
+    def optimizer_groups(self) -> list[dict]:
+        """AdamW groups: one learning rate per trainable component (decay as ``parameter_groups``), the codebook's
+        own with ``learning_rates.codebook``, and the discriminator's while the tokenizer trains."""
         groups = []
         for name in self.components():
             if self.is_trainable(name):
@@ -275,8 +276,13 @@ class ETTModule(L.LightningModule):
             raise ValueError(f"stage {self.stage!r} with trainable={sorted(self.trainable)} leaves nothing to train")
         if self.is_trainable("tokenizer"):
             groups += discriminator_groups(self.loss)
+        return groups
+
+    def configure_optimizers(self) -> dict:
+        """AdamW over :meth:`optimizer_groups`, warmup + cosine."""
         total_steps = int(self.trainer.estimated_stepping_batches)
-        return adamw_with_schedule(groups, self.betas, self.warmup_steps, total_steps, self.min_lr_ratio, self.device)
+        return adamw_with_schedule(self.optimizer_groups(), self.betas, self.warmup_steps, total_steps,
+                                   self.min_lr_ratio, self.device)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip_by_player(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

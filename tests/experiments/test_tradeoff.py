@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ett_lightning.experiments.demo import DemoPlan, arm_names, main, run_arm
+from ett_lightning.experiments.demo import DemoPlan, arm_alpha, arm_names, main, run_arm
 from ett_lightning.experiments.report import alpha_lines, health_lines
 from ett_lightning.experiments.runs import LightningRun
 from ett_lightning.experiments.tradeoff import alpha_rows, health_summary, recipe_alpha
@@ -16,12 +16,14 @@ def test_an_alpha_arm_tunes_the_tokenizer_at_its_alpha_and_evaluates_it(tmp_path
     started = []
     monkeypatch.setattr(LightningRun, "run", lambda self, reuse=False: started.append(self))
     plan = DemoPlan(out=tmp_path, alphas=[0.0, 1.0])
-    assert arm_names(plan) == ["frozen", "ett", "ett_alpha0", "ett_alpha1"]
-    run_arm(plan, 0, "ett_alpha0", tmp_path / "align.ckpt", False, 1)
+    assert arm_names(plan) == ["frozen", "ett", "ett_alpha0.0", "ett_alpha1.0"]
+    close = arm_names(DemoPlan(alphas=[0.1234567, 0.1234568, 1e-300]))[2:]
+    assert len(set(close)) == 3 and [arm_alpha(arm) for arm in close] == [0.1234567, 0.1234568, 1e-300]
+    run_arm(plan, 0, "ett_alpha0.0", tmp_path / "align.ckpt", False, 1)
     assert [run.out.name for run in started] == ["tune", "posttrain", "vqa_eval", "tokenizer_eval"]
     tune = started[0].config()["model"]["init_args"]
     assert tune["loss"]["init_args"]["alpha"] == 0.0 and tune["trainable"] == {"tokenizer": True}
-    assert started[0].out == tmp_path / "seed0/ett_alpha0/tune"
+    assert started[0].out == tmp_path / "seed0/ett_alpha0.0/tune"
     started.clear()
     run_arm(plan, 0, "ett", tmp_path / "align.ckpt", False, 1)
     assert started[0].config()["model"]["init_args"]["loss"]["init_args"]["alpha"] == recipe_alpha(plan.recipes)
@@ -56,10 +58,10 @@ def test_the_tables_read_each_arms_runs(tmp_path):
     arms = {arm: {"tune": [write_run(tmp_path / arm / "tune", {**health, "health/probe_psnr_drop": drop})],
                   "vqa": [write_run(tmp_path / arm / "vqa", {"val/vqa_acc": acc, "val/vqa_acc_word": acc / 2})],
                   "tokenizer": [write_run(tmp_path / arm / "tok", {"val/psnr": 16.0 - drop, "val/probe_word": 0.5})]}
-            for arm, drop, acc in (("ett", 0.2, 0.8), ("ett_alpha0", 1.5, 0.7))}
+            for arm, drop, acc in (("ett", 0.2, 0.8), ("ett_alpha0.0", 1.5, 0.7))}
     assert health_summary([write_run(tmp_path / "frozen", {"val/caption": 1.0})]) == {}
     assert health_summary(arms["ett"]["tune"])["guard_trips"] == 0.0
-    rows = alpha_rows(arms, {"ett": 0.25, "ett_alpha0": 0.0}, psnr_before=16.0)
+    rows = alpha_rows(arms, {"ett": 0.25, "ett_alpha0.0": 0.0}, psnr_before=16.0)
     assert [row["alpha"] for row in rows] == [0.0, 0.25]
     assert rows[0]["psnr_drop_db"] == pytest.approx(1.5) and rows[0]["probe_psnr_drop"] == 1.5
     lines = alpha_lines({"frozen": {"vqa_acc": 0.5}, "alphas": rows})

@@ -72,15 +72,18 @@ def test_a_destructive_rate_breaks_the_bounds_that_a_healthy_rate_keeps():
     assert max(c["encoder_drift"] for c in destroyed.history) > 10.0
 
 
-def test_the_guard_rolls_back_and_stops_naming_the_metric_and_step():
+def test_the_guard_rolls_back_and_stops_naming_the_metric_and_step_and_keeps_the_healthy_state(tmp_path):
     module = tiny_module(learning_rates=DESTRUCTIVE)
     start = {name: p.detach().clone() for name, p in module.tokenizer.named_parameters()}
     guard = TokenizerGuard(**checks(), patience=2, remedy="stop")
+    kept = tmp_path / "checkpoints" / "healthy-step0.ckpt"
     with pytest.raises(TokenizerCollapse, match=r"tokenizer guard at step 10: health/probe_\w+ = [-\d.e]+ [<>] "
-                                                r"[\d.]+.* for 2 checks; restored the state of step 0; stopped"):
-        fit(module, steps=20, callbacks=[guard], log_every_n_steps=5)
+                                                r"[\d.]+.* for 2 checks; restored the state of step 0; stopped "
+                                                rf"\(1 trips\); those weights are in {kept}: start again"):
+        fit(module, steps=20, callbacks=[guard], log_every_n_steps=5, default_root_dir=tmp_path)
+    saved = torch.load(kept, weights_only=False)["state_dict"]
     for name, p in module.tokenizer.named_parameters():  # the weights of the last healthy check: the start
-        assert torch.equal(p, start[name]), name
+        assert torch.equal(p, start[name]) and torch.equal(saved[f"tokenizer.{name}"], start[name]), name
 
 
 def test_the_guard_lowers_the_tokenizer_rate_and_the_run_ends_healthy():
@@ -127,6 +130,7 @@ def test_dead_codes_restart_from_recent_encoder_outputs():
     assert torch.equal(guard.after[~dead], guard.before[~dead])
     for row in guard.after[dead]:
         assert (guard.inputs == row).all(dim=1).any()  # a latent of the last training step
+    assert len(guard.after[dead].unique(dim=0)) == min(int(dead.sum()), len(guard.inputs.unique(dim=0)))
     assert trainer.callback_metrics["health/restarted_codes"] == float(dead.sum())
 
 

@@ -138,7 +138,7 @@ def run_seconds(shards: float, shared: list[LightningRun], arms: dict[str, dict[
 
 def arm_names(plan: DemoPlan) -> list[str]:
     """``frozen``, ``ett`` (the recipe's alpha) and one ``ett_alpha<a>`` arm per extra alpha."""
-    return [*ARMS, *(f"ett_alpha{alpha:g}" for alpha in plan.alphas)]
+    return [*ARMS, *(f"ett_alpha{alpha!r}" for alpha in plan.alphas)]  # repr: the exact float, one arm each
 
 
 def arm_alpha(arm: str) -> float | None:

@@ -12,16 +12,20 @@ from ett_lightning.tokenizer.quantizers import Quantizer
 
 @torch.no_grad()
 def restart_dead_codes(quantizer: Quantizer, counts: Tensor, latents: Tensor, dead_below: int,
-                       strategy: L.pytorch.strategies.Strategy) -> int:
+                       strategy: L.pytorch.strategies.Strategy, seed: int) -> int:
     """Sets every code used fewer than ``dead_below`` times (``counts``, the same on every rank) to a latent drawn
     from ``latents`` ([B, D, H, W], the quantizer's last input) on rank 0 and sent to every rank, so the ranks'
-    codebooks stay equal. A codebook sharded by FSDP2 is gathered, changed and sharded again. Returns how many codes
-    were restarted. Their optimizer moments are kept: a code that no token chose had no gradient to build them."""
+    codebooks stay equal: distinct latents while there are enough (two equal codes would leave the second one dead
+    again), drawn with ``seed`` (the step). A codebook sharded by FSDP2 is gathered, changed and sharded again.
+    Returns how many codes were restarted. Their optimizer moments are kept: a code that no token chose had no
+    gradient to build them."""
     dead = (counts < dead_below).nonzero().flatten().cpu()
     if not len(dead):
         return 0
     flat = quantizer.flatten_latents(latents.detach())
-    picks = torch.randint(len(flat), (len(dead),), generator=torch.Generator().manual_seed(len(flat)))
+    generator = torch.Generator().manual_seed(seed)
+    picks = (torch.randperm(len(flat), generator=generator)[: len(dead)] if len(dead) <= len(flat)
+             else torch.randint(len(flat), (len(dead),), generator=generator))
     fresh = strategy.broadcast(flat[picks.to(flat.device)].cpu(), src=0)
     weight = quantizer.embedding.weight
     if hasattr(weight, "full_tensor"):

@@ -116,7 +116,7 @@ class TokenizerGuard(TokenizerHealth):
             self.breaches = 0
             if self.restarting and self.latents is not None:
                 restarted = restart_dead_codes(pl_module.tokenizer.quantize, self.counts, self.latents,
-                                               self.dead_below, trainer.strategy)
+                                               self.dead_below, trainer.strategy, trainer.global_step)
                 publish(trainer, {"restarted_codes": float(restarted)})
             if self.rollback:
                 self.healthy = snapshot(trainer, pl_module)
