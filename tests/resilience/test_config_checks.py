@@ -84,6 +84,20 @@ def test_parser_errors_name_the_problem_without_a_traceback(args, message, capsy
     assert stopped.value.code == 2 and message in error and "Traceback" not in error
 
 
+def test_misspelt_learning_rates_and_odd_guard_settings_are_caught_before_anything_is_built():
+    config = with_change("model.init_args.learning_rates", {"tokeniser": 1e-5, "codebook": 1e-4})
+    guard = {"class_path": "ett_lightning.health.TokenizerGuard", "init_args": {"every_n_steps": 0}}
+    config["trainer"]["callbacks"].append(guard)
+    with pytest.raises(ValueError) as caught:
+        check_config(config)
+    assert "learning_rates.tokeniser: no such part; give rates for codebook, language_model" in str(caught.value)
+    assert "callbacks[1] (TokenizerGuard): TokenizerGuard: every_n_steps, window_checks" in str(caught.value)
+    assert "learning_rates.codebook" not in str(caught.value)
+    guard["init_args"].update(every_n_steps=100, lr_factor=-0.1)
+    with pytest.raises(ValueError, match=r"lr_factor must lie between 0 and 1 \(got -0.1\)"):
+        check_config(config)
+
+
 def test_a_vit_tokenizer_must_match_the_data_image_size():
     config = with_change("model.init_args.tokenizer.init_args", {"image_size": 64, "patch_size": 8})
     check_config(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,46 @@ def find_problems(config: dict[str, Any]) -> Iterator[str]:
     yield from shard_problems(init_args(config.get("data")))
     yield from image_size_problems(model, init_args(config.get("data")))
     yield from seed_problems(config.get("seed_everything"))
+    yield from learning_rate_problems(config.get("model"))
+    yield from health_callback_problems(config.get("trainer"))
+
+
+def learning_rate_problems(model: Any) -> Iterator[str]:
+    """``learning_rates`` names only what the model trains (a misspelt name would be ignored silently)."""
+    rates = init_args(model).get("learning_rates")
+    cls = package_class(model)
+    if not isinstance(rates, dict) or cls is None or not hasattr(cls, "default_learning_rates"):
+        return
+    known = {*cls.default_learning_rates, *cls.component_names, "codebook"}
+    for name in sorted(set(rates) - known):
+        yield f"model.init_args.learning_rates.{name}: no such part; give rates for {', '.join(sorted(known))}"
+
+
+def health_callback_problems(trainer: Any) -> Iterator[str]:
+    """The tokenizer-health callbacks' settings, checked by building them (cheap, nothing loaded) before the rest."""
+    from ett_lightning.health import TokenizerHealth
+    from ett_lightning.user_errors import UserError
+
+    callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
+    for index, callback in enumerate(callbacks if isinstance(callbacks, list) else []):
+        cls = package_class(callback)
+        if isinstance(cls, type) and issubclass(cls, TokenizerHealth):
+            try:
+                cls(**init_args(callback))
+            except UserError as problem:
+                yield f"trainer.callbacks[{index}] ({cls.__name__}): {problem}"
+
+
+def package_class(node: Any) -> type | None:
+    """The class a ``class_path`` of this package names, else None (other code is not imported here)."""
+    path = node.get("class_path") if isinstance(node, dict) else None
+    if not isinstance(path, str) or not path.startswith("ett_lightning.") or "." not in path:
+        return None
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
 
 
 def seed_problems(seed: Any) -> Iterator[str]:
