@@ -45,8 +45,8 @@ class TokenizerHealth(L.Callback):
     def __init__(self, every_n_steps: int = 50, window_checks: int = 2, num_probe_images: int = 64,
                  dead_below: int = 1, weight_drift: bool = True) -> None:
         if min(every_n_steps, window_checks, num_probe_images, dead_below) < 1:
-            raise UserError("TokenizerHealth: every_n_steps, window_checks, num_probe_images and dead_below must be "
-                            ">= 1")
+            raise UserError(f"{type(self).__name__}: every_n_steps, window_checks, num_probe_images and dead_below "
+                            "must be >= 1")
         self.every_n_steps = every_n_steps
         self.window_checks = window_checks
         self.num_probe_images = num_probe_images
