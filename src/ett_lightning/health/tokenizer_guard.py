@@ -119,7 +119,7 @@ class TokenizerGuard(TokenizerHealth):
                                                self.dead_below, trainer.strategy, trainer.global_step)
                 publish(trainer, {"restarted_codes": float(restarted)})
             if self.rollback:
-                self.healthy = snapshot(trainer, pl_module)
+                self.healthy = snapshot(trainer, pl_module, into=self.healthy)
             return
         self.breaches += 1
         if self.breaches < self.patience:
@@ -178,15 +178,28 @@ def reshard(pl_module: L.LightningModule) -> None:
             module.reshard()
 
 
-def snapshot(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-    """Host copies of the trainable parameters and of their optimizer states (this rank's shards)."""
+def snapshot(trainer: L.Trainer, pl_module: L.LightningModule, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Host copies of the trainable parameters and of their optimizer states (this rank's shards), written into the
+    tensors of an earlier snapshot ``into`` where they match (no second copy in memory while the new one is made)."""
     reshard(pl_module)
-    copy = lambda value: local(value).detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value  # noqa: E731
+    params = [p for p in pl_module.parameters() if p.requires_grad]
+    states = [[optimizer.state[p] for group in optimizer.param_groups for p in group["params"]]
+              for optimizer in trainer.optimizers]
+    old = into or {"parameters": [None] * len(params), "optimizers": [[{}] * len(s) for s in states]}
+
+    def copy(value: Any, earlier: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = local(value).detach()
+        if isinstance(earlier, torch.Tensor) and earlier.shape == value.shape and earlier.dtype == value.dtype:
+            return earlier.copy_(value)
+        return value.to("cpu", copy=True)
+
     return {"step": trainer.global_step,
-            "parameters": [copy(p) for p in pl_module.parameters() if p.requires_grad],
-            "optimizers": [[{key: copy(value) for key, value in optimizer.state[p].items()}
-                            for group in optimizer.param_groups for p in group["params"]]
-                           for optimizer in trainer.optimizers]}
+            "parameters": [copy(p, earlier) for p, earlier in zip(params, old["parameters"], strict=True)],
+            "optimizers": [[{key: copy(value, earlier.get(key)) for key, value in state.items()}
+                            for state, earlier in zip(optimizer_states, earlier_states, strict=True)]
+                           for optimizer_states, earlier_states in zip(states, old["optimizers"], strict=True)]}
 
 
 def restore(trainer: L.Trainer, pl_module: L.LightningModule, state: dict[str, Any]) -> None:
