@@ -21,23 +21,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
-from throughput import optimizer_for  # this folder's benchmark: the optimizer configure_optimizers builds
-
-
-def build(config: str, overrides: list[str]) -> tuple[LightningModule, LightningDataModule]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                           run=False, save_config_callback=None, args=["--config", config, *overrides])
-    return cli.model, cli.datamodule
+from lightning.pytorch import LightningModule
+from throughput import optimizer_for  # this folder's benchmarks: the optimizer configure_optimizers builds
+from token_efficiency import build  # the recipe's model and data module, as lightning fit builds them
 
 
 class PhaseClock:

@@ -150,14 +150,14 @@ CONV_ARCHITECTURE = {"ch": count, "ch_mult": levels, "num_res_blocks": depth, "a
                      "resolution": side, "z_channels": count, "dropout": real}
 VIT_ARCHITECTURE = {"image_size": side, "patch_size": count, "encoder_model": timm_architecture, "width": count,
                     "depth": depth, "num_heads": count, "decoder_depth": optional(depth)}
-QUANTIZER = {"codebook_size": count, "code_dim": count, "beta": real, "l2_norm": flag}
+QUANTIZER = {"codebook_size": count, "code_dim": count, "beta": real, "l2_norm": flag, "entropy_weight": real,
+             "entropy_temperature": real}
 
 TOKENIZERS = Registry("tokenizer")
 TOKENIZERS.register(VQTokenizer, CONV_ARCHITECTURE, "ett_lightning.tokenizer.VQTokenizer")
 TOKENIZERS.register(ViTVQTokenizer, VIT_ARCHITECTURE, "ett_lightning.tokenizer.ViTVQTokenizer")
 
 QUANTIZERS = Registry("quantizer")
-ENTROPY = {"entropy_weight": real, "entropy_temperature": real}
-QUANTIZERS.register(VectorQuantizer, {**QUANTIZER, **ENTROPY}, "ett_lightning.tokenizer.VectorQuantizer")
-QUANTIZERS.register(IndexBackpropQuantizer, {**QUANTIZER, **ENTROPY},
+QUANTIZERS.register(VectorQuantizer, QUANTIZER, "ett_lightning.tokenizer.VectorQuantizer")
+QUANTIZERS.register(IndexBackpropQuantizer, QUANTIZER,
                     "ett_lightning.tokenizer.IndexBackpropQuantizer")

@@ -35,9 +35,12 @@ class Quantizer(nn.Module):
         code_dim: dimension of each code.
         beta: the weight VQ-VAE calls beta (where it applies is the subclass's, as in its authors' code).
         l2_norm: compare latents and codes on the unit sphere (LlamaGen style).
+        entropy_weight: weight of the entropy penalty (:meth:`add_entropy_penalty`; 0 switches it off).
+        entropy_temperature: temperature of the code logits the entropy penalty reads.
     """
 
-    def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, l2_norm: bool = False) -> None:
+    def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, l2_norm: bool = False,
+                 entropy_weight: float = 0.0, entropy_temperature: float = 0.01) -> None:
         super().__init__()
         if codebook_size < 2 or code_dim < 1:
             raise ValueError(f"codebook needs >= 2 codes and dim >= 1, got {codebook_size} x {code_dim}")
@@ -45,12 +48,25 @@ class Quantizer(nn.Module):
         self.code_dim = code_dim
         self.beta = beta
         self.l2_norm = l2_norm
+        self.entropy_weight = entropy_weight
+        self.entropy_temperature = entropy_temperature
         self.embedding = nn.Embedding(codebook_size, code_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
 
     def hparams(self) -> dict[str, Any]:
         """Constructor arguments, for rebuilding this quantizer from an export."""
-        return dict(codebook_size=self.codebook_size, code_dim=self.code_dim, beta=self.beta, l2_norm=self.l2_norm)
+        return dict(codebook_size=self.codebook_size, code_dim=self.code_dim, beta=self.beta, l2_norm=self.l2_norm,
+                    entropy_weight=self.entropy_weight, entropy_temperature=self.entropy_temperature)
+
+    def add_entropy_penalty(self, logits: Tensor, losses: dict[str, Tensor]) -> None:
+        """With ``entropy_weight`` > 0: ``sample_entropy`` (of each token's softmax over the code ``logits`` divided
+        by ``entropy_temperature``, minimised) and ``codebook_entropy`` (of their batch mean, maximised) into
+        ``losses``, and ``entropy_weight * (sample_entropy - codebook_entropy)`` into its ``quantizer`` objective:
+        tokens pushed to pick one code each, the batch to spread over the codebook."""
+        if self.entropy_weight > 0:
+            sample, mean = entropies(logits / self.entropy_temperature)
+            losses.update(sample_entropy=sample, codebook_entropy=mean)
+            losses["quantizer"] = losses["quantizer"] + self.entropy_weight * (sample - mean)
 
     def codebook(self) -> Tensor:
         """The codebook as the quantizer uses it (normalised when ``l2_norm``)."""

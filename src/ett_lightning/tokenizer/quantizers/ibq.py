@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import Tensor
 
-from ett_lightning.tokenizer.quantizers.base import Quantizer, entropies
+from ett_lightning.tokenizer.quantizers.base import Quantizer
 
 
 class IndexBackpropQuantizer(Quantizer):
@@ -35,23 +33,6 @@ class IndexBackpropQuantizer(Quantizer):
         entropy_temperature: temperature that sharpens the logits of the entropy terms.
     """
 
-    def __init__(
-        self,
-        codebook_size: int,
-        code_dim: int,
-        beta: float = 0.25,
-        l2_norm: bool = False,
-        entropy_weight: float = 0.0,
-        entropy_temperature: float = 0.01,
-    ) -> None:
-        super().__init__(codebook_size, code_dim, beta, l2_norm)
-        self.entropy_weight = entropy_weight
-        self.entropy_temperature = entropy_temperature
-
-    def hparams(self) -> dict[str, Any]:
-        return {**super().hparams(), "entropy_weight": self.entropy_weight,
-                "entropy_temperature": self.entropy_temperature}
-
     def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         codebook = self.codebook().float()
         logits = flat @ codebook.t()
@@ -60,11 +41,7 @@ class IndexBackpropQuantizer(Quantizer):
         codes = self.embed(indices).float()
         quantized = codes + (probs - probs.detach()) @ codebook
         losses = {"quantization": F.mse_loss(quantized, flat), **self.vq_terms(flat, codes)}
-        objective = losses["quantization"] + losses["commitment"] + self.beta * losses["codebook"]
-        if self.entropy_weight > 0:
-            sample, mean = entropies(logits / self.entropy_temperature)
-            losses.update(sample_entropy=sample, codebook_entropy=mean)
-            objective = objective + self.entropy_weight * (sample - mean)
-        losses["quantizer"] = objective
+        losses["quantizer"] = losses["quantization"] + losses["commitment"] + self.beta * losses["codebook"]
+        self.add_entropy_penalty(logits, losses)
         return quantized, indices, losses
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 
-from ett_lightning.tokenizer.quantizers.base import Quantizer, entropies, squared_distances
+from ett_lightning.tokenizer.quantizers.base import Quantizer, squared_distances
 
 
 class VectorQuantizer(Quantizer):
@@ -33,24 +31,11 @@ class VectorQuantizer(Quantizer):
         entropy_temperature: temperature of the soft assignments of the entropy penalty.
     """
 
-    def __init__(self, codebook_size: int, code_dim: int, beta: float = 0.25, l2_norm: bool = False,
-                 entropy_weight: float = 0.0, entropy_temperature: float = 0.01) -> None:
-        super().__init__(codebook_size, code_dim, beta, l2_norm)
-        self.entropy_weight = entropy_weight
-        self.entropy_temperature = entropy_temperature
-
-    def hparams(self) -> dict[str, Any]:
-        return {**super().hparams(), "entropy_weight": self.entropy_weight,
-                "entropy_temperature": self.entropy_temperature}
-
     def quantize_flat(self, flat: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         distances = squared_distances(flat, self.codebook())
         indices = distances.argmin(dim=1)
         codes = self.embed(indices).float()
         losses = self.vq_terms(flat, codes)
         losses["quantizer"] = losses["codebook"] + self.beta * losses["commitment"]
-        if self.entropy_weight > 0:
-            sample, mean = entropies(-distances / self.entropy_temperature)
-            losses.update(sample_entropy=sample, codebook_entropy=mean)
-            losses["quantizer"] = losses["quantizer"] + self.entropy_weight * (sample - mean)
+        self.add_entropy_penalty(-distances, losses)
         return codes + (flat - flat.detach()), indices, losses
