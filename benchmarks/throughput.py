@@ -35,7 +35,7 @@ from ett_lightning.data.batching.collate import Collator
 from ett_lightning.data.sequences.sequence_builder import SequenceBuilder
 from ett_lightning.data.skips import SkipCounter
 from ett_lightning.profiling import HostSyncRecorder
-from ett_lightning.training.optimizer import adamw_with_schedule
+from ett_lightning.training.optimizer import adamw_with_schedule, module_groups
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -66,7 +66,7 @@ def make_batches(module, count: int, batch_size: int, image_size: int, device: t
 
 
 def optimizer_for(module, total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    config = adamw_with_schedule(module.optimizer_groups(), module.betas, module.warmup_steps, total_steps,
+    config = adamw_with_schedule(module_groups(module), module.betas, module.warmup_steps, total_steps,
                                  module.min_lr_ratio, module.device)
     return config["optimizer"], config["lr_scheduler"]["scheduler"]
 

@@ -18,12 +18,7 @@ from ett_lightning.models.generation import Decoding, generate_text
 from ett_lightning.tokenizer import TokenizerOutput, VisionTokenizer
 from ett_lightning.training.clipping import clip_by_player
 from ett_lightning.training.component_weights import load_component_weights
-from ett_lightning.training.optimizer import (
-    adamw_with_schedule,
-    discriminator_groups,
-    parameter_groups,
-    with_codebook_group,
-)
+from ett_lightning.training.optimizer import adamw_with_schedule, check_rate_names, module_groups
 from ett_lightning.training.step_logging import evaluation_rows, log_split, writes_step_logs
 
 Stage = Literal["align", "ett", "posttrain"]
@@ -101,10 +96,7 @@ class ETTModule(L.LightningModule):
         self.stage = stage
         self.trainable = resolve_trainable(stage, trainable, self.stage_trainable, self.component_names)
         self.loss = loss if loss is not None else ETTLoss()
-        known = {*self.default_learning_rates, *self.component_names, "codebook"}
-        if set(learning_rates or {}) - known:
-            raise ValueError(f"learning_rates names {sorted(set(learning_rates) - known)}: give rates for "
-                             f"{sorted(known)}")
+        check_rate_names(learning_rates or {}, {*self.default_learning_rates, *self.component_names, "codebook"})
         self.learning_rates = {**self.default_learning_rates, **(learning_rates or {})}
         self.weight_decay = weight_decay
         self.betas = tuple(betas)
@@ -262,26 +254,10 @@ class ETTModule(L.LightningModule):
         predictions = self.generate(batch) if len(batch) else []
         return [{"key": k, "prediction": p, "references": r} for k, p, r in zip(batch.keys, predictions, batch.answers)]
 
-    def optimizer_groups(self) -> list[dict]:
-        """AdamW groups: one learning rate per trainable component (decay as ``parameter_groups``), the codebook's
-        own with ``learning_rates.codebook``, and the discriminator's while the tokenizer trains."""
-        groups = []
-        for name in self.components():
-            if self.is_trainable(name):
-                parts = parameter_groups(name, getattr(self, name), self.learning_rates[name], self.weight_decay)
-                if name == "tokenizer" and "codebook" in self.learning_rates:
-                    parts = with_codebook_group(parts, self.tokenizer.quantize, self.learning_rates["codebook"])
-                groups += parts
-        if not groups:
-            raise ValueError(f"stage {self.stage!r} with trainable={sorted(self.trainable)} leaves nothing to train")
-        if self.is_trainable("tokenizer"):
-            groups += discriminator_groups(self.loss)
-        return groups
-
     def configure_optimizers(self) -> dict:
-        """AdamW over :meth:`optimizer_groups`, warmup + cosine."""
+        """AdamW over :func:`module_groups` (one rate per trainable component), warmup + cosine."""
         total_steps = int(self.trainer.estimated_stepping_batches)
-        return adamw_with_schedule(self.optimizer_groups(), self.betas, self.warmup_steps, total_steps,
+        return adamw_with_schedule(module_groups(self), self.betas, self.warmup_steps, total_steps,
                                    self.min_lr_ratio, self.device)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

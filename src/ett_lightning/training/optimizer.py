@@ -33,6 +33,30 @@ def parameter_groups(name: str, module: nn.Module, lr: float, weight_decay: floa
     ]
 
 
+def module_groups(module) -> list[dict]:
+    """An ``ETTModule``'s AdamW groups: one learning rate per trainable component (decay as
+    :func:`parameter_groups`), the codebook's own with ``learning_rates.codebook``, and the discriminator's while the
+    tokenizer trains."""
+    groups = []
+    for name in module.components():
+        if module.is_trainable(name):
+            parts = parameter_groups(name, getattr(module, name), module.learning_rates[name], module.weight_decay)
+            if name == "tokenizer" and "codebook" in module.learning_rates:
+                parts = with_codebook_group(parts, module.tokenizer.quantize, module.learning_rates["codebook"])
+            groups += parts
+    if not groups:
+        raise ValueError(f"stage {module.stage!r} with trainable={sorted(module.trainable)} leaves nothing to train")
+    if module.is_trainable("tokenizer"):
+        groups += discriminator_groups(module.loss)
+    return groups
+
+
+def check_rate_names(rates: dict[str, float], known: set[str]) -> None:
+    """Refuses learning rates for parts a model does not have (a misspelt name would be ignored silently)."""
+    if set(rates) - known:
+        raise ValueError(f"learning_rates names {sorted(set(rates) - known)}: give rates for {sorted(known)}")
+
+
 def with_codebook_group(groups: list[dict], quantizer: nn.Module, lr: float) -> list[dict]:
     """``groups`` with the quantizer's trainable parameters moved into their own ``tokenizer/codebook`` group at
     learning rate ``lr`` (no weight decay, as before): a codebook that end-to-end tuning should move more slowly, or
