@@ -98,12 +98,12 @@ def test_the_guard_lowers_the_tokenizer_rate_and_the_run_ends_healthy():
     assert base["language_model"] == module.learning_rates["language_model"]  # only the tokenizer's was lowered
 
 
-def test_raise_alpha_weights_the_tokenizers_own_objective_more():
+def test_raise_alpha_weights_the_tokenizers_own_objective_more(tmp_path):
     module = tiny_module(learning_rates=DESTRUCTIVE)
     alpha = module.loss.alpha
     guard = TokenizerGuard(**checks(), patience=1, remedy="raise_alpha", alpha_factor=4.0, max_trips=1)
     try:
-        fit(module, steps=15, callbacks=[guard], log_every_n_steps=5)
+        fit(module, steps=15, callbacks=[guard], log_every_n_steps=5, default_root_dir=tmp_path)
     except TokenizerCollapse as stopped:  # the rate is still destructive: a second trip stops the run
         assert "stopped (2 trips)" in str(stopped)
     assert module.loss.alpha == pytest.approx(4.0 * alpha) and guard.state_dict()["alpha"] == module.loss.alpha
