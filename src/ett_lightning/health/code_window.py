@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import torch
 from torch import Tensor
 
-from ett_lightning.tokenizer.base import code_histogram
+from ett_lightning.tokenizer.base import code_histogram, histogram_statistics
 
 
 class CodeWindow:
@@ -49,10 +50,7 @@ def code_statistics(counts: Tensor, dead_below: int = 1) -> dict[str, float]:
     codebook size when every code is used equally); ``entropy``: that entropy over log(codebook size), in [0, 1];
     ``dead_share``: share of codes used fewer than ``dead_below`` times (with 1, the codes never used).
     """
-    counts = counts.double()
-    probs = counts / counts.sum().clamp_min(1)
-    entropy = -(probs * torch.log(probs.clamp_min(1e-300))).sum()
-    size = counts.numel()
-    return {"usage": float((counts > 0).double().mean()), "perplexity": float(entropy.exp()),
-            "entropy": float(entropy / torch.log(torch.tensor(float(size), dtype=torch.float64))),
+    stats = histogram_statistics(counts.double())
+    return {"usage": float(stats["usage"]), "perplexity": float(stats["perplexity"]),
+            "entropy": float(stats["entropy"]) / math.log(counts.numel()),
             "dead_share": float((counts < dead_below).double().mean())}

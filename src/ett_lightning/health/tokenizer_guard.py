@@ -149,21 +149,25 @@ class TokenizerGuard(TokenizerHealth):
             self.alpha = pl_module.loss.alpha * self.alpha_factor
             pl_module.loss.alpha = self.alpha
             return
-        for config in trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            for index, group in enumerate(scheduler.optimizer.param_groups):
-                if group.get("name", "").split("/")[0] == "tokenizer":
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                if is_tokenizer_group(group):
                     group["lr"] *= self.lr_factor
-                    group["initial_lr"] = group.get("initial_lr", group["lr"]) * self.lr_factor
-                    scheduler.base_lrs[index] *= self.lr_factor
-        if not trainer.lr_scheduler_configs:
-            for optimizer in trainer.optimizers:
-                for group in optimizer.param_groups:
-                    if group.get("name", "").split("/")[0] == "tokenizer":
-                        group["lr"] *= self.lr_factor
+                    if "initial_lr" in group:
+                        group["initial_lr"] *= self.lr_factor
+        for config in trainer.lr_scheduler_configs:  # the schedule multiplies its base rates: lower those too
+            scheduler = config.scheduler
+            scheduler.base_lrs = [lr * self.lr_factor if is_tokenizer_group(group) else lr
+                                  for lr, group in zip(scheduler.base_lrs, scheduler.optimizer.param_groups,
+                                                       strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "trips": self.trips, "breaches": self.breaches, "alpha": self.alpha}
+
+
+def is_tokenizer_group(group: dict[str, Any]) -> bool:
+    """An AdamW group of the tokenizer's (``tokenizer``, ``tokenizer/no_decay``, ``tokenizer/codebook``)."""
+    return group.get("name", "").split("/")[0] == "tokenizer"
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from ett_lightning.tokenizer.base import code_histogram
+from ett_lightning.tokenizer.base import code_histogram, histogram_statistics
 
 
 class CodebookUsage(Metric):
@@ -31,6 +31,5 @@ class CodebookUsage(Metric):
         self.counts += code_histogram(flat, self.codebook_size, dtype=torch.long)
 
     def compute(self) -> dict[str, Tensor]:
-        probs = self.counts.double() / self.counts.sum().clamp_min(1)
-        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum()
-        return {"usage": (self.counts > 0).float().mean(), "perplexity": entropy.exp().float()}
+        stats = histogram_statistics(self.counts.double())
+        return {"usage": stats["usage"].float(), "perplexity": stats["perplexity"].float()}

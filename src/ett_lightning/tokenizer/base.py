@@ -136,10 +136,17 @@ def code_histogram(indices: Tensor, codebook_size: int, dtype: torch.dtype = tor
     return torch.zeros(codebook_size, dtype=dtype, device=flat.device).index_add_(0, flat, ones)
 
 
+def histogram_statistics(counts: Tensor) -> dict[str, Tensor]:
+    """A code histogram's ``usage`` (fraction of codes used), ``entropy`` of the code frequencies (nats) and
+    ``perplexity`` (exp of it: the codebook size when every code is used equally), in the histogram's dtype, on
+    its device (nothing read back)."""
+    probs = counts / counts.sum().clamp_min(1)
+    entropy = -(probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum()
+    return {"usage": (counts > 0).to(probs.dtype).mean(), "entropy": entropy, "perplexity": entropy.exp()}
+
+
 @torch.no_grad()
 def codebook_stats(indices: Tensor, codebook_size: int) -> dict[str, Tensor]:
     """Fraction of the codebook used by ``indices`` and the perplexity of their histogram."""
-    counts = code_histogram(indices, codebook_size)
-    probs = counts / counts.sum()
-    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
-    return {"codebook_usage": (counts > 0).float().mean(), "codebook_perplexity": entropy.exp()}
+    stats = histogram_statistics(code_histogram(indices, codebook_size))
+    return {"codebook_usage": stats["usage"], "codebook_perplexity": stats["perplexity"]}
