@@ -211,9 +211,10 @@ def plot_seed_probes(axis: plt.Axes, before: LightningRun, after: list[Lightning
 
 def plot_drift(axes, tuned: dict[str, dict[str, list[LightningRun]]]) -> None:
     """Per stage-2 step, first seed: the probe positions whose code changed, and the probes' PSNR drop."""
+    colours = {**dict(zip([arm for arm in tuned if arm not in ARM_COLOURS], itertools.cycle(MORE_COLOURS))),
+               **ARM_COLOURS}
     for axis, (name, scale, label) in zip(axes, (("probe_index_flips", 100.0, "% of probe positions"),
                                                  ("probe_psnr_drop", 1.0, "dB"))):
-        colours = dict(zip([arm for arm in tuned if arm not in ARM_COLOURS], itertools.cycle(MORE_COLOURS)))
         for arm, runs in tuned.items():
             run = runs["tune"][0]
             if arm == "frozen":
@@ -221,7 +222,7 @@ def plot_drift(axes, tuned: dict[str, dict[str, list[LightningRun]]]) -> None:
                 axis.plot(steps, [0.0] * len(steps), label="frozen (not trained)", color=ARM_COLOURS["frozen"])
             else:
                 steps, values = run.curve(f"health/{name}")
-                axis.plot(steps, [scale * v for v in values], label=arm, color=ARM_COLOURS.get(arm, colours.get(arm)))
+                axis.plot(steps, [scale * v for v in values], label=arm, color=colours[arm])
         title = "stage 2: probe codes changed" if name == "probe_index_flips" else "stage 2: probe PSNR drop"
         axis.set(title=title, xlabel="step", ylabel=label)
         axis.legend(fontsize="small")
