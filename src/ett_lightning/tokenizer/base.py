@@ -39,27 +39,31 @@ class VisionTokenizer(nn.Module):
     activations in the backward pass instead of storing them (less memory, about a third more compute).
     ``channels_last`` stores the conv weights NHWC, the layout GPU tensor-core convolutions run in, so no
     layout conversion happens around each convolution (the collated images already have NHWC strides).
+    Without ``latent_convs`` (Open-MAGVIT2) the encoder writes the quantizer's channels and the decoder reads them:
+    ``quant_conv`` and ``post_quant_conv`` are identities.
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, quantizer: Quantizer, z_channels: int,
                  downsample_factor: int, arch: dict[str, Any], gradient_checkpointing: bool = False,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, latent_convs: bool = True) -> None:
         super().__init__()
         encoder.gradient_checkpointing = decoder.gradient_checkpointing = gradient_checkpointing
         self.arch = arch
         self.encoder = encoder
         self.decoder = decoder
-        self.quant_conv = nn.Conv2d(z_channels, quantizer.code_dim, kernel_size=1)
+        if not latent_convs and z_channels != quantizer.code_dim:
+            raise ValueError(f"without latent convs the encoder's {z_channels} channels must equal the quantizer's "
+                             f"code_dim {quantizer.code_dim}")
+        self.quant_conv = nn.Conv2d(z_channels, quantizer.code_dim, 1) if latent_convs else nn.Identity()
         self.quantize = quantizer
-        self.post_quant_conv = nn.Conv2d(quantizer.code_dim, z_channels, kernel_size=1)
+        self.post_quant_conv = nn.Conv2d(quantizer.code_dim, z_channels, 1) if latent_convs else nn.Identity()
         self.downsample_factor = downsample_factor
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
-    @classmethod
-    def rebuild_class(cls) -> type[VisionTokenizer]:
+    def rebuild_class(self) -> type[VisionTokenizer]:
         """The class whose ``(quantizer, **arch)`` constructor rebuilds this tokenizer from an export."""
-        return cls
+        return type(self)
 
     def load_weights(self, path: str) -> None:
         """Loads a state dict in this package's layout (safetensors or torch pickle) strictly."""

@@ -9,6 +9,9 @@ Our modules use the taming-transformers names (``encoder.down.{i}.block.{j}``, `
   under the parameter name with its dots removed; ``use_ema`` picks them (the released weights are the EMA ones).
 * ``llamagen``: LlamaGen VQ-8/VQ-16 (``model`` or ``ema`` in a ``.pt``): ``conv_blocks.{k}.res/attn/downsample``,
   ``mid.{0,1,2}``, decoder levels in run order, an l2-normalised codebook and a ``codebook_used`` usage buffer.
+* ``open-magvit2``: SEED-Voken Open-MAGVIT2 Lightning checkpoints (``state_dict``): the names of
+  :class:`~ett_lightning.tokenizer.MAGVIT2Tokenizer` (``encoder.mid_block.{k}``, ``decoder.adaptive.{i}``, no
+  ``quant_conv``), no quantizer entries (the +-1 codebook is computed), EMA copies as IBQ's.
 * ``ett``: this package's own layout (what :mod:`ett_lightning.checkpoints.export` writes as safetensors).
 """
 
@@ -19,16 +22,20 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-FORMATS = ("ett", "taming", "ibq", "llamagen")
+FORMATS = ("ett", "taming", "ibq", "llamagen", "open-magvit2")
+WITH_EMA = ("ibq", "open-magvit2")  # formats whose checkpoints may carry LitEma copies
 DROPPED_PREFIXES = ("loss.", "model_ema.", "quantize.codebook_used")
 MID = {"0": "block_1", "1": "attn_1", "2": "block_2"}
 MID_BACK = {v: k for k, v in MID.items()}
 
 
 def detect_format(state: dict[str, Tensor]) -> str:
-    """Guesses the layout from key names (LlamaGen's ``conv_blocks``, IBQ's EMA copies, else taming/ours)."""
+    """Guesses the layout from key names (LlamaGen's ``conv_blocks``, Open-MAGVIT2's adaptive norms, IBQ's EMA
+    copies, else taming/ours)."""
     if any(".conv_blocks." in k for k in state):
         return "llamagen"
+    if any(k.startswith("decoder.adaptive.") for k in state):
+        return "open-magvit2" if any(k.startswith(("loss.", "model_ema.")) for k in state) else "ett"
     if any(k.startswith("model_ema.") for k in state):
         return "ibq"
     if any(k.startswith("loss.") for k in state):
@@ -39,7 +46,7 @@ def detect_format(state: dict[str, Tensor]) -> str:
 def to_ett(state: dict[str, Tensor], fmt: str, use_ema: bool = True) -> dict[str, Tensor]:
     """A public state dict in layout ``fmt`` -> our key names (training-only entries dropped)."""
     check_format(fmt)
-    if fmt == "ibq" and use_ema and any(k.startswith("model_ema.") for k in state):
+    if fmt in WITH_EMA and use_ema and any(k.startswith("model_ema.") for k in state):
         state = with_ema_weights(state)
     if fmt == "llamagen":
         state = rename(state, llamagen_to_taming, num_levels(state, r"encoder\.conv_blocks\.(\d+)\."))

@@ -1,4 +1,5 @@
-"""Starting from a public VQ tokenizer: architecture from a preset or from the weights, strict loading."""
+"""Starting from a public tokenizer (VQGAN family or Open-MAGVIT2): architecture from a preset or from the weights,
+strict loading."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ett_lightning.checkpoints.files import load_state_dict_file
 from ett_lightning.tokenizer.formats import check_format, detect_format, to_ett
-from ett_lightning.tokenizer.quantizers import IndexBackpropQuantizer, Quantizer, VectorQuantizer
+from ett_lightning.tokenizer.base import VisionTokenizer
+from ett_lightning.tokenizer.magvit2 import MAGVIT2Tokenizer
+from ett_lightning.tokenizer.quantizers import IndexBackpropQuantizer, LookupFreeQuantizer, Quantizer, VectorQuantizer
 from ett_lightning.tokenizer.vq_tokenizer import VQTokenizer
 from ett_lightning.utils import load_strict
 
 VQGAN_F16 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), resolution=256,
                  z_channels=256)
+MAGVIT2_F16 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=4, resolution=256)
 PRESETS: dict[str, dict[str, Any]] = {
     "taming-vqgan-f16-1024": dict(format="taming", arch=VQGAN_F16, codebook=(1024, 256)),
     "taming-vqgan-f16-16384": dict(format="taming", arch=VQGAN_F16, codebook=(16384, 256)),
@@ -24,11 +28,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llamagen-vq16": dict(format="llamagen", arch=VQGAN_F16, codebook=(16384, 8)),
     "llamagen-vq8": dict(format="llamagen", arch={**VQGAN_F16, "ch_mult": (1, 2, 2, 4), "attn_resolutions": (32,)},
                          codebook=(16384, 8)),
+    "open-magvit2-262144": dict(format="open-magvit2", arch=MAGVIT2_F16, codebook=(262144, 18)),
+    "open-magvit2-16384": dict(format="open-magvit2", arch=MAGVIT2_F16, codebook=(16384, 14)),
+    "open-magvit2-128-262144": dict(format="open-magvit2", arch={**MAGVIT2_F16, "ch_mult": (1, 2, 2, 4),
+                                                                  "resolution": 128}, codebook=(262144, 18)),
 }
 
 
+def format_family(fmt: str) -> type[VisionTokenizer]:
+    """The tokenizer class whose submodules a checkpoint layout names (taming / IBQ / LlamaGen / ours: the conv
+    VQGAN; Open-MAGVIT2: its own encoder and decoder)."""
+    return MAGVIT2Tokenizer if fmt == "open-magvit2" else VQTokenizer
+
+
 def default_quantizer(fmt: str, codebook_size: int, code_dim: int) -> Quantizer:
-    """The quantizer each family was trained with: IBQ for SEED-Voken, l2-normalised VQ for LlamaGen."""
+    """The quantizer each family was trained with: IBQ and LFQ (Open-MAGVIT2) for SEED-Voken, l2-normalised VQ for
+    LlamaGen."""
+    if fmt == "open-magvit2":
+        return LookupFreeQuantizer(code_dim)
     if fmt == "ibq":
         return IndexBackpropQuantizer(codebook_size, code_dim)
     return VectorQuantizer(codebook_size, code_dim, l2_norm=fmt == "llamagen")
@@ -42,9 +59,12 @@ def infer_architecture(state: dict[str, Tensor], resolution: int) -> dict[str, A
     ch = state["encoder.conv_in.weight"].shape[0]
     levels = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))}
+    ch_mult = tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels)
+    if "encoder.mid_block.0.conv1.weight" in state:  # Open-MAGVIT2
+        return dict(ch=ch, ch_mult=ch_mult, num_res_blocks=len(blocks), resolution=resolution)
     return dict(
         ch=ch,
-        ch_mult=tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels),
+        ch_mult=ch_mult,
         num_res_blocks=len(blocks),
         attn_resolutions=tuple(resolution // 2**i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state),
         resolution=resolution,
@@ -52,8 +72,9 @@ def infer_architecture(state: dict[str, Tensor], resolution: int) -> dict[str, A
     )
 
 
-class PretrainedVQTokenizer(VQTokenizer):
-    """A :class:`VQTokenizer` built around public weights (taming VQGAN, SEED-Voken IBQ, LlamaGen VQ, or ours).
+class PretrainedVQTokenizer(VisionTokenizer):
+    """A tokenizer built around public weights: taming VQGAN, SEED-Voken IBQ, LlamaGen VQ (the conv
+    :class:`VQTokenizer`), SEED-Voken Open-MAGVIT2 (:class:`MAGVIT2Tokenizer` with LFQ), or this package's own.
 
     ``format="auto"`` guesses the layout from key names. The architecture comes from ``preset`` (a name in
     :data:`PRESETS`) or is inferred from the weights; ``quantizer`` overrides the family's default (e.g. IBQ with
@@ -63,7 +84,8 @@ class PretrainedVQTokenizer(VQTokenizer):
 
     Args:
         weights: the public checkpoint (safetensors or torch pickle).
-        format: its key layout (``taming``, ``ibq``, ``llamagen``, ``ett``), or ``auto`` to guess it from key names.
+        format: its key layout (``taming``, ``ibq``, ``llamagen``, ``open-magvit2``, ``ett``), or ``auto`` to guess
+            it from key names.
         preset: a name in :data:`PRESETS` fixing the architecture; None infers it from the weights.
         resolution: the image side the architecture is built for.
         use_ema: load the EMA copy of the weights when the checkpoint has one.
@@ -92,16 +114,31 @@ class PretrainedVQTokenizer(VQTokenizer):
             arch, (codebook_size, code_dim) = dict(spec["arch"]), spec["codebook"]
         else:
             arch = infer_architecture(state, resolution)
-            codebook_size, code_dim = state["quantize.embedding.weight"].shape
-        super().__init__(quantizer or default_quantizer(fmt, codebook_size, code_dim), **arch,
-                         gradient_checkpointing=gradient_checkpointing, channels_last=channels_last)
+            codebook_size, code_dim = codebook_shape(state)
+        self.family = VQTokenizer if "z_channels" in arch else MAGVIT2Tokenizer  # Open-MAGVIT2: latent = code
+        body = self.family(quantizer or default_quantizer(fmt, codebook_size, code_dim), **arch)
+        super().__init__(body.encoder, body.decoder, body.quantize, arch.get("z_channels", code_dim),
+                         body.downsample_factor, body.arch, gradient_checkpointing, channels_last,
+                         latent_convs=self.family is not MAGVIT2Tokenizer)
         load_strict(self, state, f"{Path(weights).name} (format {fmt}{f', preset {preset}' if preset else ''})")
         self.source_format = fmt
 
-    @classmethod
-    def rebuild_class(cls) -> type[VQTokenizer]:
-        """Once loaded it is a plain :class:`VQTokenizer` of ``arch``: exports rebuild it without the file."""
-        return VQTokenizer
+    def rebuild_class(self) -> type[VisionTokenizer]:
+        """Once loaded it is a plain tokenizer of its family and ``arch``: exports rebuild it without the file."""
+        return self.family
+
+    def block_classes(self) -> set[type[nn.Module]]:
+        return self.family.block_classes(self)
+
+
+def codebook_shape(state: dict[str, Tensor]) -> tuple[int, int]:
+    """(codebook size, code dim) from an explicit codebook, or from the bits an Open-MAGVIT2 encoder writes."""
+    if "quantize.embedding.weight" in state:
+        return tuple(state["quantize.embedding.weight"].shape)
+    if "encoder.conv_out.weight" in state:
+        bits = state["encoder.conv_out.weight"].shape[0]
+        return 2**bits, bits
+    raise ValueError("cannot infer the codebook: the weights hold neither quantize.embedding.weight nor an encoder")
 
 
 def preset_spec(name: str) -> dict[str, Any]:

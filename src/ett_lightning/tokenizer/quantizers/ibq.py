@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from ett_lightning.tokenizer.quantizers.base import Quantizer
+from ett_lightning.tokenizer.quantizers.codebook import CodebookQuantizer
 
 
-class IndexBackpropQuantizer(Quantizer):
+class IndexBackpropQuantizer(CodebookQuantizer):
     """Straight-through over a softmax of code logits, so *every* codebook entry receives gradient.
 
     Logits are dot products of latents with codes. The forward value is the argmax code; the backward pass is

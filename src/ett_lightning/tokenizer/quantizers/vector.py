@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ett_lightning.tokenizer.quantizers.base import Quantizer, squared_distances
+from ett_lightning.tokenizer.quantizers.base import squared_distances
+from ett_lightning.tokenizer.quantizers.codebook import CodebookQuantizer
 
 
-class VectorQuantizer(Quantizer):
+class VectorQuantizer(CodebookQuantizer):
     """Nearest-code quantization with a two-sided straight-through estimator.
 
     The output has the value of the nearest code. Its gradient reaches the encoder (straight-through, as in
