@@ -29,12 +29,13 @@ from ett_lightning.checkpoints.registry import ExportError, class_path
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.models import LanguageModel
 from ett_lightning.models.lora import merged
-from ett_lightning.tokenizer import VQTokenizer, from_ett
+from ett_lightning.tokenizer import from_ett
+from ett_lightning.tokenizer.pretrained import format_family
 from ett_lightning.utils import load_strict
 
 log = logging.getLogger(__name__)
 ORIGINAL_FILES = {"taming": ("taming.ckpt", "state_dict"), "ibq": ("ibq.ckpt", "state_dict"),
-                  "llamagen": ("llamagen.pt", "model")}
+                  "llamagen": ("llamagen.pt", "model"), "open-magvit2": ("open_magvit2.ckpt", "state_dict")}
 
 
 def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | None = None,
@@ -53,9 +54,10 @@ def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | No
     tokenizer_state = contiguous(tokenizer.state_dict())
     save_file(tokenizer_state, out / "tokenizer" / "model.safetensors")
     source_format = tokenizer_format or getattr(tokenizer, "source_format", "ett")
-    if source_format in ORIGINAL_FILES and not isinstance(tokenizer, VQTokenizer):
-        raise ValueError(f"tokenizer format {source_format!r} is a conv VQGAN layout; a {type(tokenizer).__name__} "
-                         "has none: export without --tokenizer-format")
+    family = format_family(source_format) if source_format in ORIGINAL_FILES else None
+    if family is not None and not issubclass(tokenizer.rebuild_class(), family):
+        raise ValueError(f"tokenizer format {source_format!r} is the layout of a {family.__name__}; a "
+                         f"{type(tokenizer).__name__} has none: export without --tokenizer-format")
     if source_format in ORIGINAL_FILES:
         name, key = ORIGINAL_FILES[source_format]
         torch.save({key: from_ett(tokenizer_state, source_format)}, out / "tokenizer" / name)

@@ -20,7 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ett_lightning.tokenizer import IndexBackpropQuantizer, VectorQuantizer, ViTVQTokenizer, VQTokenizer
+from ett_lightning.tokenizer import (
+    FiniteScalarQuantizer,
+    IndexBackpropQuantizer,
+    LookupFreeQuantizer,
+    MAGVIT2Tokenizer,
+    VectorQuantizer,
+    ViTVQTokenizer,
+    VQTokenizer,
+)
 
 Check = Callable[[Any], Any]
 LARGEST_COUNT = 2**24  # far above any width or codebook size in use; the weights file decides the rest
@@ -150,14 +158,21 @@ CONV_ARCHITECTURE = {"ch": count, "ch_mult": levels, "num_res_blocks": depth, "a
                      "resolution": side, "z_channels": count, "dropout": real}
 VIT_ARCHITECTURE = {"image_size": side, "patch_size": count, "encoder_model": timm_architecture, "width": count,
                     "depth": depth, "num_heads": count, "decoder_depth": optional(depth)}
+MAGVIT2_ARCHITECTURE = {"ch": count, "ch_mult": levels, "num_res_blocks": depth, "resolution": side}
 QUANTIZER = {"codebook_size": count, "code_dim": count, "beta": real, "l2_norm": flag, "entropy_weight": real,
              "entropy_temperature": real}
+LOOKUP_FREE = {"bits": whole(24, "a number of bits"), "entropy_weight": real, "commitment_weight": real,
+               "diversity_gamma": real, "entropy_temperature": real}
+FINITE_SCALAR = {"levels": levels}
 
 TOKENIZERS = Registry("tokenizer")
 TOKENIZERS.register(VQTokenizer, CONV_ARCHITECTURE, "ett_lightning.tokenizer.VQTokenizer")
 TOKENIZERS.register(ViTVQTokenizer, VIT_ARCHITECTURE, "ett_lightning.tokenizer.ViTVQTokenizer")
+TOKENIZERS.register(MAGVIT2Tokenizer, MAGVIT2_ARCHITECTURE, "ett_lightning.tokenizer.MAGVIT2Tokenizer")
 
 QUANTIZERS = Registry("quantizer")
 QUANTIZERS.register(VectorQuantizer, QUANTIZER, "ett_lightning.tokenizer.VectorQuantizer")
 QUANTIZERS.register(IndexBackpropQuantizer, QUANTIZER,
                     "ett_lightning.tokenizer.IndexBackpropQuantizer")
+QUANTIZERS.register(LookupFreeQuantizer, LOOKUP_FREE, "ett_lightning.tokenizer.LookupFreeQuantizer")
+QUANTIZERS.register(FiniteScalarQuantizer, FINITE_SCALAR, "ett_lightning.tokenizer.FiniteScalarQuantizer")

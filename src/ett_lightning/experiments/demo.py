@@ -11,6 +11,9 @@
 5. with ``--alphas``, more ETT arms at those loss weights alpha, each with its stage 3 and evaluations: the
    paper's trade-off between VQA and the tokenizer's reconstruction (Table 5), in miniature.
 
+``--quantizer lfq|fsq|ibq`` asks the same question of another tokenizer family: step 1 runs ``tokenizer_<name>``
+and every later stage gets that recipe's quantizer (and a projector reading its code vectors).
+
 Writes ``<out>/results.json``, ``results.md`` and ``results.png``. Each run's config, log and checkpoints are
 in its own directory under ``<out>``; the ``$ lightning ...`` lines printed are the commands to rerun one.
 """
@@ -18,6 +21,7 @@ in its own directory under ``<out>``; the ``$ lightning ...`` lines printed are 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ett_lightning.convert.synthetic import GLYPHS, make_shards
 from ett_lightning.experiments.interval import paired_interval, question_scores, reference_answers, score_matrix
@@ -40,6 +45,9 @@ from ett_lightning.user_errors import UserError, non_negative_float, whole_numbe
 
 ARMS = ("frozen", "ett")
 RECIPE_NAMES = ("tokenizer", "ett_align", "ett_sft", "ett_posttrain")  # what --recipes must hold
+QUANTIZER_RECIPES = {"vq": "tokenizer", "ibq": "tokenizer_ibq", "lfq": "tokenizer_lfq", "fsq": "tokenizer_fsq"}
+QUANTIZER_KEY = "model.init_args.tokenizer.init_args.quantizer"
+PROJECTOR_IN_KEY = "model.init_args.projector.init_args.in_dim"
 RECONSTRUCTION_CALLBACK = "ett_lightning.callbacks.ReconstructionMetrics"
 
 
@@ -49,7 +57,8 @@ class DemoPlan:
     is how the synthetic shards draw the character when ``data`` has none yet (centred: a small reader can tell
     the character apart, docs/results.md). ``parallel_arms`` trains two arms at once, each run with half the
     cores as torch threads (on 2 cores about 1.25 times the throughput of 2-thread runs in turn, and one run's
-    OpenMP threads never wait on the other's: docs/performance.md). ``alphas``: loss weights of extra ETT arms."""
+    OpenMP threads never wait on the other's: docs/performance.md). ``alphas``: loss weights of extra ETT arms.
+    ``quantizer``: the tokenizer family (a key of :data:`QUANTIZER_RECIPES`)."""
 
     out: Path = Path("outputs/demo")
     data: Path = Path("data/synthetic")
@@ -63,11 +72,16 @@ class DemoPlan:
     fid_weights: str | None = None
     parallel_arms: bool = True
     alphas: list[float] = field(default_factory=list)
+    quantizer: str = "vq"
 
     def run(self, recipe: str, out: str, command: str = "fit", **overrides: Any) -> LightningRun:
         kind = "caption" if recipe != "ett_posttrain" else "vqa"
         data = {"data.init_args.train_shards": str(self.data / kind / "train-*.tar"),
                 "data.init_args.val_shards": str(self.data / kind / "val-*.tar")}
+        if recipe == "tokenizer":
+            recipe = QUANTIZER_RECIPES[self.quantizer]
+        elif self.quantizer != "vq":
+            data |= quantizer_overrides(self.recipes / f"{QUANTIZER_RECIPES[self.quantizer]}.yaml")
         return LightningRun(str(self.recipes / f"{recipe}.yaml"), self.out / out, command, {**data, **overrides})
 
     def fit(self, recipe: str, out: str, steps: int, seed: int, init_from: Path | None, **overrides: Any):
@@ -83,6 +97,17 @@ class DemoPlan:
         if recipe == "tokenizer" and self.fid_weights:
             run.callback_args[RECONSTRUCTION_CALLBACK] = {"fid": True, "fid_weights": self.fid_weights}
         return run
+
+
+def quantizer_overrides(tokenizer_recipe: Path) -> dict[str, Any]:
+    """The quantizer of a tokenizer recipe and the projector input width its code vectors need, as overrides of the
+    later stages' recipes."""
+    node: Any = yaml.safe_load(tokenizer_recipe.read_text())
+    for key in QUANTIZER_KEY.split("."):
+        node = node[key]
+    module, _, name = node["class_path"].rpartition(".")
+    quantizer = getattr(importlib.import_module(module), name)(**node.get("init_args", {}))
+    return {QUANTIZER_KEY: node, PROJECTOR_IN_KEY: quantizer.code_dim}
 
 
 def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
@@ -211,6 +236,7 @@ def summarize(plan: DemoPlan, before: LightningRun, after: list[LightningRun],
         alphas["ett"] = recipe_alpha(plan.recipes)
         results["alphas"] = alpha_rows(arms, alphas, reference["val/psnr"])
     results["seeds"] = plan.seeds
+    results["quantizer"] = plan.quantizer
     results["plan"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()}
     results["wall_seconds"] = round(seconds, 1)
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -245,7 +271,7 @@ def probe_summary(before: dict[str, float], after: list[dict[str, float]]) -> di
 def main(argv: list[str] | None = None) -> None:
     defaults = DemoPlan()
     parser = argparse.ArgumentParser(prog="ett demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=defaults.out)
+    parser.add_argument("--out", type=Path, help=f"default: {defaults.out}, {defaults.out}-<quantizer> for another one")
     parser.add_argument("--data", type=Path, default=defaults.data, help="synthetic shards (made if missing)")
     parser.add_argument("--recipes", type=Path, default=defaults.recipes)
     seeds = parser.add_mutually_exclusive_group()
@@ -260,14 +286,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep finished runs, resume stopped ones from their last.ckpt (a killed demo goes on)")
     parser.add_argument("--alphas", type=non_negative_float, nargs="+", default=[],
                         help="more ETT arms with these loss weights alpha, e.g. 0 1 (the ett arm keeps the recipe's)")
+    parser.add_argument("--quantizer", choices=QUANTIZER_RECIPES, default=defaults.quantizer,
+                        help="tokenizer family: vq (default), ibq, lfq (Open-MAGVIT2's), fsq (recipes tokenizer_<name>)")
     parser.add_argument("--one-arm-at-a-time", dest="parallel_arms", action="store_false",
                         help="train the arms one after the other, each run with every core (default: both at once)")
     args = vars(parser.parse_args(argv))
-    missing = [f"{name}.yaml" for name in RECIPE_NAMES if not (args["recipes"] / f"{name}.yaml").is_file()]
+    needed = (*RECIPE_NAMES, QUANTIZER_RECIPES[args["quantizer"]])
+    missing = [f"{name}.yaml" for name in needed if not (args["recipes"] / f"{name}.yaml").is_file()]
     if missing:
         parser.error(f"--recipes {args['recipes']} lacks {', '.join(missing)} (default: the packaged demo recipes)")
     ett_alpha = recipe_alpha(args["recipes"])
     args["alphas"] = [a for a in dict.fromkeys(args["alphas"]) if a != ett_alpha]  # the ett arm runs the recipe's
+    if args["out"] is None:
+        args["out"] = Path(f"{defaults.out}{'' if args['quantizer'] == 'vq' else '-' + args['quantizer']}")
     reuse = args.pop("reuse")
     num_seeds = args.pop("num_seeds")
     if num_seeds is not None:

@@ -88,6 +88,10 @@ class TokenizerGuard(TokenizerHealth):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        if self.active and self.restarting and not pl_module.tokenizer.quantize.learned_codebook:
+            raise UserError(f"TokenizerGuard: restart_dead_codes needs a learned codebook; the "
+                            f"{type(pl_module.tokenizer.quantize).__name__} computes its codes from the index (set "
+                            "restart_dead_codes: false)")
         trips, breaches, alpha = (self.saved.get(key) for key in ("trips", "breaches", "alpha"))
         if not all(isinstance(n, int) and 0 <= n <= 10**6 for n in (trips or 0, breaches or 0)) or not (
                 alpha is None or (isinstance(alpha, float) and math.isfinite(alpha) and alpha >= 0)):

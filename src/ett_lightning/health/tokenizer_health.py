@@ -77,7 +77,8 @@ class TokenizerHealth(L.Callback):
         self.window = CodeWindow(tokenizer.codebook_size, self.window_checks)
         self.hook = tokenizer.quantize.register_forward_hook(self.count_codes)
         if self.weight_drift:
-            self.drift = WeightDrift({"codebook": tokenizer.quantize, "encoder": tokenizer.encoder})
+            groups = {"codebook": tokenizer.quantize} if tokenizer.quantize.learned_codebook else {}
+            self.drift = WeightDrift({**groups, "encoder": tokenizer.encoder})  # LFQ / FSQ: no codebook to move
             if "drift" in self.saved:
                 self.drift.load_state_dict(self.saved["drift"])
         if "probes" in self.saved:

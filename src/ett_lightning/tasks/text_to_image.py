@@ -22,6 +22,9 @@ ImageVocabulary = Literal["head", "extended"]
 IMAGE_HEAD = "image_head"
 
 
+MAX_IMAGE_CODES = 2**17  # the paper's IBQ codebook (131072); Open-MAGVIT2's 2**18 is refused
+
+
 class TextToImage(ETTModule):
     """Next-token prediction of an image's codebook indices given its caption (the paper's generation task).
 
@@ -90,6 +93,12 @@ class TextToImage(ETTModule):
         if image_vocabulary == "extended" and language_model.lora is not None:
             raise ValueError("image_vocabulary 'extended' trains new rows of the LLM's embedding and head, which a "
                              "LoRA LLM keeps frozen; use image_vocabulary 'head' with language_model.lora")
+        if tokenizer.codebook_size > MAX_IMAGE_CODES:
+            raise ValueError(
+                f"text-to-image predicts one of the tokenizer's {tokenizer.codebook_size} codes per image token: an "
+                f"output layer of hidden size x {tokenizer.codebook_size} (0.94 B weights for a 3584-wide LLM and 2**18 "
+                f"codes) and a softmax of that width per token; up to {MAX_IMAGE_CODES} codes are supported (Open-MAGVIT2"
+                "'s own generator splits each 2**18 index into two 2**9 sub-tokens, which this task does not)")
         self.image_size = image_size
         self.num_generated_tokens = tokenizer.num_tokens(image_size)
         self.image_vocabulary = image_vocabulary

@@ -4,8 +4,8 @@ or implicit-codebook (LFQ, FSQ) quantizers."""
 from ett_lightning.tokenizer.base import TokenizerOutput, VisionTokenizer, codebook_stats
 from ett_lightning.tokenizer.decoder import Decoder
 from ett_lightning.tokenizer.encoder import Encoder
-from ett_lightning.tokenizer.magvit2 import MAGVIT2Tokenizer
 from ett_lightning.tokenizer.formats import FORMATS, detect_format, from_ett, to_ett
+from ett_lightning.tokenizer.magvit2 import MAGVIT2Tokenizer
 from ett_lightning.tokenizer.pretrained import PRESETS, PretrainedVQTokenizer, infer_architecture
 from ett_lightning.tokenizer.quantizers import (
     CodebookQuantizer,

@@ -10,8 +10,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ett_lightning.checkpoints.files import load_state_dict_file
-from ett_lightning.tokenizer.formats import check_format, detect_format, to_ett
 from ett_lightning.tokenizer.base import VisionTokenizer
+from ett_lightning.tokenizer.formats import check_format, detect_format, to_ett
 from ett_lightning.tokenizer.magvit2 import MAGVIT2Tokenizer
 from ett_lightning.tokenizer.quantizers import IndexBackpropQuantizer, LookupFreeQuantizer, Quantizer, VectorQuantizer
 from ett_lightning.tokenizer.vq_tokenizer import VQTokenizer

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from vector_quantize_pytorch import FSQ
 
 from ett_lightning.tokenizer.quantizers.base import Quantizer
 
@@ -28,9 +27,12 @@ class FiniteScalarQuantizer(Quantizer):
 
     def __init__(self, levels: Sequence[int]) -> None:
         levels = [int(level) for level in levels]
-        if not levels or min(levels) < 3:
-            raise ValueError(f"FiniteScalarQuantizer needs levels of at least 3 values each, got {levels}")
+        if not levels or min(levels) < 3 or prod(levels) > 2**24:
+            raise ValueError(f"FiniteScalarQuantizer needs levels of at least 3 values each and at most 2**24 codes "
+                             f"in all, got {levels}")
         super().__init__(prod(levels), len(levels))
+        from vector_quantize_pytorch import FSQ  # here: importing the library takes a second (einx)
+
         self.levels = levels
         self.fsq = FSQ(levels, dim=len(levels))
 

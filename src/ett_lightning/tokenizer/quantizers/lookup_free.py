@@ -36,8 +36,8 @@ class LookupFreeQuantizer(Quantizer):
 
     def __init__(self, bits: int, entropy_weight: float = 0.1, commitment_weight: float = 0.25,
                  diversity_gamma: float = 1.0, entropy_temperature: float = 0.01) -> None:
-        if not 1 <= bits <= 30:
-            raise ValueError(f"LookupFreeQuantizer needs 1 to 30 bits, got {bits}")
+        if not 1 <= bits <= 24:
+            raise ValueError(f"LookupFreeQuantizer takes 1 to 24 bits (Open-MAGVIT2: 18), got {bits}")
         super().__init__(2**bits, bits)
         self.entropy_weight = entropy_weight
         self.commitment_weight = commitment_weight
