@@ -35,8 +35,8 @@ def tiny_tokenizer(quantizer_cls=IndexBackpropQuantizer, **quantizer_kwargs) -> 
 def tiny_module(stage: str = "ett", **kwargs) -> ETTModule:
     torch.manual_seed(0)
     return ETTModule(
-        tokenizer=tiny_tokenizer(),
-        projector=MLPProjector(8, 32),
+        tokenizer=kwargs.pop("tokenizer", None) or tiny_tokenizer(),
+        projector=kwargs.pop("projector", None) or MLPProjector(8, 32),
         language_model=LanguageModel(config=TINY_LLM, lora=kwargs.pop("lora", None)),
         loss=kwargs.pop("loss", None) or ETTLoss(perceptual_weight=0.0),
         stage=stage,

@@ -196,6 +196,10 @@ def test_export_files_that_would_hang_mislead_or_crash_the_loader_are_refused(ti
     (lambda m: m["tokenizer"]["arch"].update(num_res_blocks=2**20), "num_res_blocks: expected a whole number from 1"),
     (lambda m: m["inputs"]["image"].update(size=2**24), "inputs.image.size: expected an image side"),
     (lambda m: m["tokenizer"]["arch"].update(ch_mult=[]), "ch_mult: expected a list of 1 to 16"),
+    (lambda m: m["tokenizer"].update(quantizer={"class_path": "ett_lightning.tokenizer.LookupFreeQuantizer",
+                                                "init_args": {"bits": 40}}), "bits: expected a number of bits"),
+    (lambda m: m["tokenizer"].update(quantizer={"class_path": "ett_lightning.tokenizer.FiniteScalarQuantizer",
+                                                "init_args": {"levels": [2**20] * 16}}), "at most 2\\*\\*20 codes"),
 ])
 def test_sizes_that_would_build_for_ever_are_refused_before_building(tiny_export, tmp_path, edit, message):
     with pytest.raises(ExportError, match=message):

@@ -176,3 +176,35 @@ def test_a_demo_runs_saved_config_reruns_elsewhere_and_never_over_the_run(demo, 
     assert log.read_text().strip().splitlines()[-1].startswith(f"ett fit: error: {run} already holds a run")
     assert "Traceback" not in log.read_text()
     assert {path: path.read_bytes() for path in sorted(run.rglob("*")) if path.is_file()} == before
+
+
+def test_a_quantizer_family_reaches_every_stage_of_the_chain(tmp_path, monkeypatch):
+    plan = DemoPlan(out=tmp_path, quantizer="fsq")
+    assert Path(plan.run("tokenizer", "tokenizer").recipe).name == "tokenizer_fsq.yaml"
+    for stage in ("ett_align", "ett_sft", "ett_posttrain"):
+        model = plan.run(stage, stage).config()["model"]["init_args"]
+        assert model["tokenizer"]["init_args"]["quantizer"] == {"class_path": "ett_lightning.FiniteScalarQuantizer",
+                                                                "init_args": {"levels": [4, 4, 4, 4]}}
+        assert model["projector"]["init_args"]["in_dim"] == 4  # the FSQ code vector's 4 values
+    vq = DemoPlan(out=tmp_path).run("ett_sft", "tune").config()["model"]["init_args"]
+    assert vq["tokenizer"]["init_args"]["quantizer"]["class_path"] == "ett_lightning.VectorQuantizer"
+    planned = []
+    monkeypatch.setattr(demo_module, "run_demo", lambda plan, reuse: planned.append(plan) or {"wall_seconds": 0})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError):  # results.md of the stubbed run
+        main(["--quantizer", "lfq", "--data", str(tmp_path)])
+    assert planned[0].quantizer == "lfq" and planned[0].out == Path("outputs/demo-lfq")
+
+
+@pytest.mark.slow
+def test_the_lookup_free_demo_stage_2_trains_end_to_end(demo, tmp_path):
+    data, _ = demo
+    run = DemoPlan(out=tmp_path, data=data, quantizer="lfq").fit("ett_sft", "tune", 2, 0, None, **{
+        "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1, "trainer.log_every_n_steps": 1})
+    run.run()
+    saved = torch.load(run.last_checkpoint, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
+    assert saved["hyper_parameters"]["tokenizer"]["init_args"]["quantizer"]["class_path"].endswith("LookupFreeQuantizer")
+    assert not any(key.startswith("tokenizer.quantize.") for key in saved["state_dict"])  # no codebook
+    metrics = run.metrics()
+    assert {"train/caption", "train/sample_entropy", "train/codebook_entropy", "val/psnr"} <= set(metrics)

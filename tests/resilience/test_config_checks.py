@@ -106,7 +106,8 @@ def test_a_vit_tokenizer_must_match_the_data_image_size():
         check_config(config)
 
 
-@pytest.mark.parametrize("recipe", ["ett_align", "ett_sft", "ett_posttrain", "ett_t2i"])
+@pytest.mark.parametrize("recipe", ["ett_align", "ett_sft", "ett_posttrain", "ett_t2i", "ett_align_open_magvit2",
+                                    "ett_sft_open_magvit2"])
 def test_every_placeholder_of_a_real_recipe_is_caught_before_anything_is_built(recipe):
     import re
 

@@ -22,19 +22,21 @@ class FiniteScalarQuantizer(Quantizer):
     (vector-quantize-pytorch's order).
 
     Args:
-        levels: values per latent channel, each at least 3 (e.g. [8, 5, 5, 5]: 1000 codes of 4 channels).
+        levels: values per latent channel, each at least 3, at most 2**20 codes in all (e.g. [8, 5, 5, 5]: 1000 codes
+            of 4 channels).
     """
 
     def __init__(self, levels: Sequence[int]) -> None:
         levels = [int(level) for level in levels]
-        if not levels or min(levels) < 3 or prod(levels) > 2**24:
-            raise ValueError(f"FiniteScalarQuantizer needs levels of at least 3 values each and at most 2**24 codes "
+        if not levels or min(levels) < 3 or prod(levels) > 2**20:
+            raise ValueError(f"FiniteScalarQuantizer needs levels of at least 3 values each and at most 2**20 codes "
                              f"in all, got {levels}")
         super().__init__(prod(levels), len(levels))
         from vector_quantize_pytorch import FSQ  # here: importing the library takes a second (einx)
 
         self.levels = levels
-        self.fsq = FSQ(levels, dim=len(levels))
+        with torch.device("cpu"):  # its constructor reads its levels back (.item()): no meta-device build
+            self.fsq = FSQ(levels, dim=len(levels))
 
     def hparams(self) -> dict[str, Any]:
         return dict(levels=list(self.levels))

@@ -1,0 +1,95 @@
+"""ETT through the implicit-codebook families: the caption loss reaches the encoder through LFQ's sign and FSQ's
+rounding as through VQ, there is no codebook to tune, stage 2 trains with the health checks on, and an export of the
+tuned model reloads exactly and answers through ``ett ask``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ett_lightning import ETTLoss, ETTModule, LanguageModel, MLPProjector
+from ett_lightning.checkpoints.export import EXPORT_FILE, export_module
+from ett_lightning.evaluation import InferenceModel
+from ett_lightning.evaluation.ask import main as ask_main
+from ett_lightning.health import TokenizerGuard, TokenizerHealth
+from ett_lightning.models.generation import Decoding
+from ett_lightning.tokenizer import FiniteScalarQuantizer, LookupFreeQuantizer, MAGVIT2Tokenizer, VQTokenizer
+from ett_lightning.user_errors import UserError
+from tests.conftest import IMAGE_SIZE, TINY_LLM, fit, make_batch, tiny_module
+
+FAMILIES = {
+    "open-magvit2 lfq": lambda: MAGVIT2Tokenizer(LookupFreeQuantizer(6), ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                                 resolution=IMAGE_SIZE),
+    "conv fsq": lambda: VQTokenizer(FiniteScalarQuantizer([5, 4, 3]), ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                    attn_resolutions=(8,), resolution=IMAGE_SIZE, z_channels=16),
+}
+
+
+def family_module(name: str, stage: str = "ett", **kwargs) -> ETTModule:
+    torch.manual_seed(0)
+    tokenizer = FAMILIES[name]()
+    return tiny_module(stage, tokenizer=tokenizer, projector=MLPProjector(tokenizer.code_dim, 32), **kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_caption_loss_alone_reaches_the_encoder_and_nothing_is_a_codebook(family):
+    module = family_module(family)
+    batch = make_batch(module)
+    encoded = module.encode_images(batch.images)
+    module.caption_loss(batch, module.projector(encoded.embeddings)).backward()
+    tokenizer = module.tokenizer
+    assert tokenizer.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert list(tokenizer.quantize.parameters()) == [] and not tokenizer.quantize.learned_codebook
+    assert all(p.grad is None for p in tokenizer.decoder.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stage_2_trains_with_the_health_checks_and_the_export_reloads_exactly_and_answers(family, tmp_path, capsys):
+    module = family_module(family)
+    start = {k: v.clone() for k, v in module.tokenizer.encoder.state_dict().items()}
+    health = TokenizerHealth(every_n_steps=1, num_probe_images=2)
+    trainer = fit(module, steps=2, callbacks=[health], default_root_dir=tmp_path)
+    assert any(not torch.equal(v, start[k]) for k, v in module.tokenizer.encoder.state_dict().items())
+    metrics = trainer.callback_metrics
+    assert "health/probe_usage_ratio" in metrics and "health/encoder_drift" in metrics
+    assert "health/codebook_drift" not in metrics  # the codes are computed, not trained
+
+    export_module(module, tmp_path / "export")
+    manifest = json.loads((tmp_path / "export" / EXPORT_FILE).read_text())
+    assert manifest["tokenizer"]["quantizer"]["class_path"].endswith(type(module.tokenizer.quantize).__name__)
+    reloaded = ETTModule.from_export(str(tmp_path / "export"), loss=ETTLoss(perceptual_weight=0.0)).eval()
+    batch = make_batch(module)
+    with torch.no_grad():
+        for model in (module.eval(), reloaded):
+            encoded = model.tokenizer.encode(batch.images)
+            model.outputs = (encoded.indices, model.tokenizer.decode(encoded.embeddings),
+                             model.projector(encoded.embeddings))
+    for ours, theirs in zip(module.outputs, reloaded.outputs, strict=True):
+        assert torch.equal(ours, theirs)
+
+    image = tmp_path / "q.png"
+    from PIL import Image
+
+    Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "red").save(image)
+    ask_main(["--export", str(tmp_path / "export"), "--image", str(image), "--question", "What colour?",
+              "--max-new-tokens", "4"])
+    expected = InferenceModel.from_export(str(tmp_path / "export")).answer(
+        [Image.open(image)], ["What colour?"], Decoding(max_new_tokens=4))[0]
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_dead_code_restarts_are_refused_for_a_computed_codebook(tmp_path):
+    guard = TokenizerGuard(every_n_steps=1, num_probe_images=2, restart_dead_codes=True)
+    with pytest.raises(UserError, match="restart_dead_codes needs a learned codebook"):
+        fit(family_module("open-magvit2 lfq"), steps=1, callbacks=[guard], default_root_dir=tmp_path)
+
+
+def test_text_to_image_refuses_an_index_space_its_image_head_cannot_hold():
+    from ett_lightning.tasks import TextToImage
+
+    tokenizer = MAGVIT2Tokenizer(LookupFreeQuantizer(18), ch=16, ch_mult=(1, 2), num_res_blocks=1, resolution=16)
+    with pytest.raises(ValueError, match="up to 131072 codes are supported"):
+        TextToImage(tokenizer=tokenizer, projector=MLPProjector(18, 32), language_model=LanguageModel(config=TINY_LLM),
+                    loss=ETTLoss(perceptual_weight=0.0))
