@@ -93,3 +93,10 @@ def test_text_to_image_refuses_an_index_space_its_image_head_cannot_hold():
     with pytest.raises(ValueError, match="up to 131072 codes are supported"):
         TextToImage(tokenizer=tokenizer, projector=MLPProjector(18, 32), language_model=LanguageModel(config=TINY_LLM),
                     loss=ETTLoss(perceptual_weight=0.0))
+
+
+def test_a_codebook_learning_rate_is_refused_where_there_is_no_codebook(tmp_path):
+    module = family_module("conv fsq", learning_rates={"tokenizer": 1e-4, "projector": 1e-3, "language_model": 1e-5,
+                                                       "codebook": 1e-5})
+    with pytest.raises(UserError, match="learning_rates.codebook: the FiniteScalarQuantizer .* has no codebook"):
+        fit(module, steps=1, default_root_dir=tmp_path)

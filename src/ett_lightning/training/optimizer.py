@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from ett_lightning.losses import ETTLoss
 from ett_lightning.tokenizer.quantizers import Quantizer
+from ett_lightning.user_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ def module_groups(module) -> list[dict]:
         if module.is_trainable(name):
             parts = parameter_groups(name, getattr(module, name), module.learning_rates[name], module.weight_decay)
             if name == "tokenizer" and "codebook" in module.learning_rates:
+                if not module.tokenizer.quantize.learned_codebook:
+                    raise UserError(f"learning_rates.codebook: the {type(module.tokenizer.quantize).__name__} "
+                                    "computes its codes from the index and has no codebook to train; remove it")
                 parts = with_codebook_group(parts, module.tokenizer.quantize, module.learning_rates["codebook"])
             groups += parts
     if not groups:
