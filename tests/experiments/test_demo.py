@@ -204,7 +204,8 @@ def test_the_lookup_free_demo_stage_2_trains_end_to_end(demo, tmp_path):
     run.run()
     saved = torch.load(run.last_checkpoint, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 2
-    assert saved["hyper_parameters"]["tokenizer"]["init_args"]["quantizer"]["class_path"].endswith("LookupFreeQuantizer")
+    quantizer = saved["hyper_parameters"]["tokenizer"]["init_args"]["quantizer"]
+    assert quantizer["class_path"].endswith("LookupFreeQuantizer")
     assert not any(key.startswith("tokenizer.quantize.") for key in saved["state_dict"])  # no codebook
     metrics = run.metrics()
     assert {"train/caption", "train/sample_entropy", "train/codebook_entropy", "val/psnr"} <= set(metrics)

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from ett_lightning.checkpoints.export import ORIGINAL_FILES, export_module
-from ett_lightning.tokenizer.magvit2 import MAGVIT2ResBlock
 from ett_lightning.tokenizer import (
     PRESETS,
     LookupFreeQuantizer,
@@ -17,6 +16,7 @@ from ett_lightning.tokenizer import (
     PretrainedVQTokenizer,
     detect_format,
 )
+from ett_lightning.tokenizer.magvit2 import MAGVIT2ResBlock
 from tests.conftest import tiny_module
 from tests.tokenizer.test_formats import Weights
 

@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alphas", type=non_negative_float, nargs="+", default=[],
                         help="more ETT arms with these loss weights alpha, e.g. 0 1 (the ett arm keeps the recipe's)")
     parser.add_argument("--quantizer", choices=QUANTIZER_RECIPES, default=defaults.quantizer,
-                        help="tokenizer family: vq (default), ibq, lfq (Open-MAGVIT2's), fsq (recipes tokenizer_<name>)")
+                        help="tokenizer family: vq, ibq, lfq (Open-MAGVIT2's) or fsq (recipe tokenizer_<name>)")
     parser.add_argument("--one-arm-at-a-time", dest="parallel_arms", action="store_false",
                         help="train the arms one after the other, each run with every core (default: both at once)")
     args = vars(parser.parse_args(argv))

@@ -44,7 +44,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         *health_lines(results),
         *alpha_lines(results),
         "",
-        f"Quantizer: {results.get('quantizer', 'vq')}. PSNR drop: {results['psnr_drop_db']:.2f} dB. Wall time {results['wall_seconds']:.0f} s on "
+        f"Quantizer: {results.get('quantizer', 'vq')}. "
+        f"PSNR drop: {results['psnr_drop_db']:.2f} dB. Wall time {results['wall_seconds']:.0f} s on "
         f"{results['machine']['processor']} ({machine_text(results['machine'])}).",
         *time_lines(results),
     ]

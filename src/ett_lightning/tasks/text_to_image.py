@@ -96,9 +96,9 @@ class TextToImage(ETTModule):
         if tokenizer.codebook_size > MAX_IMAGE_CODES:
             raise ValueError(
                 f"text-to-image predicts one of the tokenizer's {tokenizer.codebook_size} codes per image token: an "
-                f"output layer of hidden size x {tokenizer.codebook_size} (0.94 B weights for a 3584-wide LLM and 2**18 "
-                f"codes) and a softmax of that width per token; up to {MAX_IMAGE_CODES} codes are supported (Open-MAGVIT2"
-                "'s own generator splits each 2**18 index into two 2**9 sub-tokens, which this task does not)")
+                f"output layer of hidden size x {tokenizer.codebook_size} (0.94 B weights for a 3584-wide LLM and "
+                f"2**18 codes) and a softmax that wide per token; up to {MAX_IMAGE_CODES} codes are supported "
+                "(Open-MAGVIT2's own generator splits each 2**18 index into two 2**9 sub-tokens; this task does not)")
         self.image_size = image_size
         self.num_generated_tokens = tokenizer.num_tokens(image_size)
         self.image_vocabulary = image_vocabulary
