@@ -34,8 +34,8 @@ def detect_format(state: dict[str, Tensor]) -> str:
     copies, else taming/ours)."""
     if any(".conv_blocks." in k for k in state):
         return "llamagen"
-    if any(k.startswith("decoder.adaptive.") for k in state):
-        return "open-magvit2" if any(k.startswith(("loss.", "model_ema.")) for k in state) else "ett"
+    if any(k.startswith("decoder.adaptive.") for k in state):  # this package's MAGVIT2Tokenizer uses the same names
+        return "open-magvit2"
     if any(k.startswith("model_ema.") for k in state):
         return "ibq"
     if any(k.startswith("loss.") for k in state):

@@ -116,7 +116,8 @@ class PretrainedVQTokenizer(VisionTokenizer):
             arch = infer_architecture(state, resolution)
             codebook_size, code_dim = codebook_shape(state)
         self.family = VQTokenizer if "z_channels" in arch else MAGVIT2Tokenizer  # Open-MAGVIT2: latent = code
-        body = self.family(quantizer or default_quantizer(fmt, codebook_size, code_dim), **arch)
+        default = "open-magvit2" if self.family is MAGVIT2Tokenizer else fmt
+        body = self.family(quantizer or default_quantizer(default, codebook_size, code_dim), **arch)
         super().__init__(body.encoder, body.decoder, body.quantize, arch.get("z_channels", code_dim),
                          body.downsample_factor, body.arch, gradient_checkpointing, channels_last,
                          latent_convs=self.family is not MAGVIT2Tokenizer)
