@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from ett_lightning import ETTLoss, ETTModule, LanguageModel, MLPProjector
 from ett_lightning.checkpoints.export import EXPORT_FILE, export_module
@@ -69,9 +70,9 @@ def test_stage_2_trains_with_the_health_checks_and_the_export_reloads_exactly_an
     for ours, theirs in zip(module.outputs, reloaded.outputs, strict=True):
         assert torch.equal(ours, theirs)
 
+    if family != "open-magvit2 lfq":  # `ett ask` reads every export through the same loader: asked once
+        return
     image = tmp_path / "q.png"
-    from PIL import Image
-
     Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "red").save(image)
     ask_main(["--export", str(tmp_path / "export"), "--image", str(image), "--question", "What colour?",
               "--max-new-tokens", "4"])

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ett_lightning.cli import main as cli_main
 from ett_lightning.convert.cli import main as ett_convert
 from tests.chat_model import make_chat_model_dir
-from tests.cli_runs import ROOT, run_lightning
+from tests.cli_runs import ROOT
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
@@ -41,7 +42,7 @@ def llava_json(tmp_path: Path, count: int, seed: int) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_convert_llava_then_fit_the_posttrain_recipe_with_a_chat_model(tmp_path):
+def test_convert_llava_then_fit_the_posttrain_recipe_with_a_chat_model(tmp_path, monkeypatch):
     shards = tmp_path / "shards"
     for split, count, seed in (("train", 24, 0), ("val", 6, 1)):
         source, images = llava_json(tmp_path, count, seed)
@@ -53,12 +54,13 @@ def test_convert_llava_then_fit_the_posttrain_recipe_with_a_chat_model(tmp_path)
     run = tmp_path / "run"
     language_model = {"class_path": "ett_lightning.LanguageModel",
                       "init_args": {"pretrained": str(model_dir), "config": None}}
-    run_lightning(["fit", "--config", str(ROOT / "recipes/demo/ett_posttrain.yaml"),
-                   f"--data.train_shards={shards}/train-*.tar", f"--data.val_shards={shards}/val-*.tar",
-                   "--data.init_args.batch_size=4",
-                   f"--model.init_args.language_model={json.dumps(language_model)}",
-                   "--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2",
-                   f"--trainer.default_root_dir={run}"], cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)  # the CLI's own entry function, in this process (no second start-up)
+    cli_main(["fit", "--config", str(ROOT / "recipes/demo/ett_posttrain.yaml"),
+              f"--data.train_shards={shards}/train-*.tar", f"--data.val_shards={shards}/val-*.tar",
+              "--data.init_args.batch_size=4",
+              f"--model.init_args.language_model={json.dumps(language_model)}",
+              "--trainer.max_steps=4", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2",
+              f"--trainer.default_root_dir={run}"])
 
     metrics = json.loads(next(run.rglob("metrics.json")).read_text())
     assert "val/vqa_acc" in json.dumps(metrics)
