@@ -65,7 +65,7 @@ def test_missing_export_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_ett_export_command_from_a_cli_checkpoint(tmp_path, synthetic_shards, monkeypatch):
+def test_ett_export_command_from_a_cli_checkpoint(tmp_path, synthetic_shards, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ett_main(["fit", "--config", str(Path(__file__).parents[2] / "recipes/demo/ett_sft.yaml"),
               f"--data.train_shards={synthetic_shards}/caption/train-*.tar", "--data.val_shards=null",
@@ -78,5 +78,9 @@ def test_ett_export_command_from_a_cli_checkpoint(tmp_path, synthetic_shards, mo
     exported = ETTModule.from_export(str(tmp_path / "export"), loss=NO_LPIPS)
     assert all(torch.equal(v, exported.state_dict()[k]) for k, v in trained.state_dict().items()
                if not k.startswith("loss."))
-    with pytest.raises(ValueError, match="'ibq' is a conv VQGAN layout; a ViTVQTokenizer has none"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
         ett_main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "again"), "--tokenizer-format", "ibq"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert refused.value.code == 2 and "'ibq' holds a VQTokenizer" in line and "a ViTVQTokenizer" in line
+    assert not (tmp_path / "again").exists()  # refused before anything was written

@@ -196,6 +196,17 @@ def test_a_quantizer_family_reaches_every_stage_of_the_chain(tmp_path, monkeypat
     assert planned[0].quantizer == "lfq" and planned[0].out == Path("outputs/demo-lfq")
 
 
+def test_a_family_recipe_whose_quantizer_cannot_be_built_stops_the_demo_before_it_trains(tmp_path, capsys):
+    recipes = tmp_path / "recipes"
+    shutil.copytree(ROOT / "recipes" / "demo", recipes)
+    lfq = recipes / "tokenizer_lfq.yaml"
+    lfq.write_text(lfq.read_text().replace("bits: 8 ", "bits: 40 "))
+    with pytest.raises(SystemExit) as stopped:
+        main(["--quantizer", "lfq", "--recipes", str(recipes), "--out", str(tmp_path / "out"), "--data", str(tmp_path)])
+    assert stopped.value.code == 2 and "1 to 24 bits" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_the_lookup_free_demo_stage_2_trains_end_to_end(demo, tmp_path):
     data, _ = demo

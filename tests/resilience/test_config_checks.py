@@ -24,6 +24,14 @@ GOOD = {
 }
 
 
+def LFQ(bits: int) -> dict:  # noqa: N802 (named as the quantizer it stands for)
+    return {"class_path": "ett_lightning.LookupFreeQuantizer", "init_args": {"bits": bits}}
+
+
+def FSQ(levels: list[int]) -> dict:  # noqa: N802
+    return {"class_path": "ett_lightning.FiniteScalarQuantizer", "init_args": {"levels": levels}}
+
+
 def with_change(path: str, value):
     config = copy.deepcopy(GOOD)
     node = config
@@ -49,6 +57,13 @@ def test_a_good_config_passes():
     ("data.init_args.train_shards", "/data/none-{0..3}.tar", r"data.init_args.train_shards: shard pattern"),
     ("data.init_args.predict_prompts", "/absent/prompts.txt", r"data.init_args.predict_prompts: /absent/prompts.txt"),
     ("model.init_args.image_size", 128, r"image_size: 64 but model.init_args.image_size \(the generated images\)"),
+    ("model.init_args.tokenizer.init_args.quantizer", LFQ(6), r"32 differs .* quantizer bits 6; set in_dim to 6"),
+    ("model.init_args.tokenizer.init_args.quantizer", FSQ([5, 5, 5]), r"quantizer number of levels 3; set in_dim to 3"),
+    ("model.init_args.tokenizer.init_args.quantizer", LFQ(32), r"quantizer \(LookupFreeQuantizer\): .* 1 to 24 bits"),
+    ("model.init_args.tokenizer.init_args.quantizer", FSQ([2, 5]), r"\(FiniteScalarQuantizer\): .* at least 3 values"),
+    ("model", {"class_path": "ett_lightning.tasks.TextToImage", "init_args": {
+        "tokenizer": {"class_path": "ett_lightning.MAGVIT2Tokenizer", "init_args": {"quantizer": LFQ(18)}}}},
+     r"262144 codes; text-to-image's image head .* 131072"),
 ])
 def test_each_problem_names_its_key_and_the_fix(path, value, message):
     with pytest.raises(ValueError, match=message):

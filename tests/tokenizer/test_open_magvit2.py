@@ -8,15 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ett_lightning import MLPProjector
 from ett_lightning.checkpoints.export import ORIGINAL_FILES, export_module
 from ett_lightning.tokenizer import (
     PRESETS,
+    FiniteScalarQuantizer,
     LookupFreeQuantizer,
     MAGVIT2Tokenizer,
     PretrainedVQTokenizer,
     detect_format,
 )
 from ett_lightning.tokenizer.magvit2 import MAGVIT2ResBlock
+from ett_lightning.user_errors import UserError
 from tests.conftest import tiny_module
 from tests.tokenizer.test_formats import Weights
 
@@ -160,6 +163,22 @@ def test_a_tuned_open_magvit2_tokenizer_is_written_back_in_its_layout(tmp_path):
         module.tokenizer.decoder.conv_out.bias.add_(0.5)  # "tuned"
     export_module(module, tmp_path / "export")
     original = tmp_path / "export" / "tokenizer" / ORIGINAL_FILES["open-magvit2"][0]
-    again = PretrainedVQTokenizer(str(original), format="open-magvit2", resolution=RES).eval()
+    again = PretrainedVQTokenizer(str(original), resolution=RES).eval()  # format auto: found from the keys
     with torch.no_grad():
         assert torch.equal(again(images)[0], module.tokenizer.eval()(images)[0])
+
+
+def test_a_layout_that_cannot_hold_the_tokenizer_is_refused_before_anything_is_written(tmp_path):
+    module = tiny_module(tokenizer=MAGVIT2Tokenizer(FiniteScalarQuantizer([5, 4, 3]), ch=CH, ch_mult=CH_MULT,
+                                                    num_res_blocks=BLOCKS, resolution=RES),
+                         projector=MLPProjector(3, 32))
+    with pytest.raises(UserError, match="'open-magvit2' holds a MAGVIT2Tokenizer with a LookupFreeQuantizer"):
+        export_module(module, tmp_path / "export", tokenizer_format="open-magvit2")  # it would reload as LFQ
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("fmt", ["taming", "ibq"])
+def test_a_format_that_does_not_match_the_keys_says_so(tmp_path, fmt):
+    path, _, _ = released_checkpoint(tmp_path, torch.rand(1, 3, RES, RES))
+    with pytest.raises(ValueError, match=f"not in the {fmt} layout: its keys are those of a MAGVIT2Tokenizer"):
+        PretrainedVQTokenizer(str(path), format=fmt, resolution=RES)

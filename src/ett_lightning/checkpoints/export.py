@@ -29,8 +29,9 @@ from ett_lightning.checkpoints.registry import ExportError, class_path
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.models import LanguageModel
 from ett_lightning.models.lora import merged
-from ett_lightning.tokenizer import from_ett
+from ett_lightning.tokenizer import CodebookQuantizer, LookupFreeQuantizer, from_ett
 from ett_lightning.tokenizer.pretrained import format_family
+from ett_lightning.user_errors import UserError
 from ett_lightning.utils import load_strict
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,12 @@ def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | No
     """
     out = Path(out)
     tokenizer, projector, language_model = module.tokenizer, module.projector, module.language_model
+    source_format = tokenizer_format or getattr(tokenizer, "source_format", "ett")
+    check_public_layout(tokenizer, source_format)
     (out / "tokenizer").mkdir(parents=True, exist_ok=True)
     (out / "projector").mkdir(exist_ok=True)
     tokenizer_state = contiguous(tokenizer.state_dict())
     save_file(tokenizer_state, out / "tokenizer" / "model.safetensors")
-    source_format = tokenizer_format or getattr(tokenizer, "source_format", "ett")
-    family = format_family(source_format) if source_format in ORIGINAL_FILES else None
-    if family is not None and not issubclass(tokenizer.rebuild_class(), family):
-        raise ValueError(f"tokenizer format {source_format!r} is the layout of a {family.__name__}; a "
-                         f"{type(tokenizer).__name__} has none: export without --tokenizer-format")
     if source_format in ORIGINAL_FILES:
         name, key = ORIGINAL_FILES[source_format]
         torch.save({key: from_ett(tokenizer_state, source_format)}, out / "tokenizer" / name)
@@ -83,6 +81,21 @@ def export_module(module: nn.Module, out: str | Path, tokenizer_format: str | No
     }
     (out / EXPORT_FILE).write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def check_public_layout(tokenizer: nn.Module, fmt: str) -> None:
+    """Refuses, before anything is written, a public layout that cannot hold ``tokenizer``: another family's
+    modules, or another quantizer than the one the layout's own code rebuilds (Open-MAGVIT2 files are read back
+    with LFQ, the VQGAN-family files with their stored codebook)."""
+    if fmt not in ORIGINAL_FILES:
+        return
+    family = format_family(fmt)
+    quantizer = tokenizer.quantize
+    fits = LookupFreeQuantizer if fmt == "open-magvit2" else CodebookQuantizer
+    if not issubclass(tokenizer.rebuild_class(), family) or not isinstance(quantizer, fits):
+        raise UserError(f"tokenizer format {fmt!r} holds a {family.__name__} with a {fits.__name__}; this model's "
+                        f"tokenizer is a {type(tokenizer).__name__} with a {type(quantizer).__name__}: export without "
+                        "--tokenizer-format (the export's own tokenizer/model.safetensors holds it)")
 
 
 def attention_name(language_model: LanguageModel) -> str:

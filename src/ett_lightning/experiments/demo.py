@@ -101,12 +101,16 @@ class DemoPlan:
 
 def quantizer_overrides(tokenizer_recipe: Path) -> dict[str, Any]:
     """The quantizer of a tokenizer recipe and the projector input width its code vectors need, as overrides of the
-    later stages' recipes."""
+    later stages' recipes; a recipe whose quantizer cannot be built is one :class:`UserError`."""
     node: Any = yaml.safe_load(tokenizer_recipe.read_text())
-    for key in QUANTIZER_KEY.split("."):
-        node = node[key]
-    module, _, name = node["class_path"].rpartition(".")
-    quantizer = getattr(importlib.import_module(module), name)(**node.get("init_args", {}))
+    try:
+        for key in QUANTIZER_KEY.split("."):
+            node = node[key]
+        module, _, name = node["class_path"].rpartition(".")  # a bare name is one of the package's exports
+        quantizer = getattr(importlib.import_module(module or "ett_lightning"), name)(**node.get("init_args") or {})
+    except (AttributeError, ImportError, KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{tokenizer_recipe}: no quantizer the demo can build at {QUANTIZER_KEY} "
+                        f"({type(err).__name__}: {str(err)[:160]})") from None
     return {QUANTIZER_KEY: node, PROJECTOR_IN_KEY: quantizer.code_dim}
 
 
@@ -303,6 +307,11 @@ def main(argv: list[str] | None = None) -> None:
     num_seeds = args.pop("num_seeds")
     if num_seeds is not None:
         args["seeds"] = list(range(num_seeds))
+    if args["quantizer"] != "vq":  # before the first stage: a recipe mistake costs no training
+        try:
+            quantizer_overrides(args["recipes"] / f"{QUANTIZER_RECIPES[args['quantizer']]}.yaml")
+        except UserError as problem:
+            parser.error(str(problem))
     results = run_demo(DemoPlan(**args), reuse)
     print((Path(args["out"]) / "results.md").read_text())
     print(f"results: {args['out']}/results.json, results.md, results.png ({results['wall_seconds']:.0f} s)")

@@ -29,6 +29,7 @@ def find_problems(config: dict[str, Any]) -> Iterator[str]:
     yield from negative_weights(init_args(model.get("loss")), "model.init_args.loss.init_args")
     yield from missing_files(config, "")
     yield from projector_mismatch(model)
+    yield from quantizer_problems(config.get("model"))
     yield from shard_problems(init_args(config.get("data")))
     yield from image_size_problems(model, init_args(config.get("data")))
     yield from seed_problems(config.get("seed_everything"))
@@ -60,6 +61,29 @@ def health_callback_problems(trainer: Any) -> Iterator[str]:
                 cls(**init_args(callback))
             except UserError as problem:
                 yield f"trainer.callbacks[{index}] ({cls.__name__}): {problem}"
+
+
+def quantizer_problems(model: Any) -> Iterator[str]:
+    """An implicit-codebook quantizer's settings, checked by building it (a few buffers), and a codebook too wide
+    for text-to-image's image head."""
+    from ett_lightning.tokenizer import Quantizer
+
+    node = init_args(init_args(model).get("tokenizer")).get("quantizer")
+    cls, key = package_class(node), "model.init_args.tokenizer.init_args.quantizer"
+    if not (isinstance(cls, type) and issubclass(cls, Quantizer)) or cls.learned_codebook:
+        return
+    try:
+        codes = cls(**init_args(node)).codebook_size
+    except (TypeError, ValueError) as problem:
+        yield f"{key} ({cls.__name__}): {problem}"
+        return
+    if getattr(package_class(model), "__name__", "") != "TextToImage":
+        return
+    from ett_lightning.tasks.text_to_image import MAX_IMAGE_CODES
+
+    if codes > MAX_IMAGE_CODES:
+        yield (f"{key}: {codes} codes; text-to-image's image head predicts one of at most {MAX_IMAGE_CODES} per "
+               "image token")
 
 
 def package_class(node: Any) -> type | None:
@@ -126,11 +150,16 @@ def missing_path(key: str, value: str) -> Iterator[str]:
 
 
 def projector_mismatch(model: dict[str, Any]) -> Iterator[str]:
+    """The projector reads the quantizer's code vectors: ``code_dim`` values (VQ, IBQ), ``bits`` (LFQ) or one per
+    entry of ``levels`` (FSQ)."""
     projector = init_args(model.get("projector"))
     quantizer = init_args(init_args(model.get("tokenizer")).get("quantizer"))
-    if "in_dim" in projector and "code_dim" in quantizer and projector["in_dim"] != quantizer["code_dim"]:
-        yield (f"model.init_args.projector.init_args.in_dim: {projector['in_dim']} differs from the tokenizer's "
-               f"quantizer code_dim {quantizer['code_dim']}; set in_dim to {quantizer['code_dim']}")
+    levels = quantizer.get("levels")
+    for name, dim in (("code_dim", quantizer.get("code_dim")), ("bits", quantizer.get("bits")),
+                      ("number of levels", len(levels) if isinstance(levels, list) else None)):
+        if isinstance(dim, int) and "in_dim" in projector and projector["in_dim"] != dim:
+            yield (f"model.init_args.projector.init_args.in_dim: {projector['in_dim']} differs from the tokenizer's "
+                   f"quantizer {name} {dim}; set in_dim to {dim}")
 
 
 def shard_problems(data: dict[str, Any]) -> Iterator[str]:

@@ -17,6 +17,7 @@ from ett_lightning.losses import ETTLoss
 from ett_lightning.models import LanguageModel, MLPProjector
 from ett_lightning.module import COMPONENTS, DEFAULT_LEARNING_RATES, STAGE_TRAINABLE, ETTModule, Stage
 from ett_lightning.tokenizer import VisionTokenizer
+from ett_lightning.user_errors import UserError
 
 ImageVocabulary = Literal["head", "extended"]
 IMAGE_HEAD = "image_head"
@@ -94,7 +95,7 @@ class TextToImage(ETTModule):
             raise ValueError("image_vocabulary 'extended' trains new rows of the LLM's embedding and head, which a "
                              "LoRA LLM keeps frozen; use image_vocabulary 'head' with language_model.lora")
         if tokenizer.codebook_size > MAX_IMAGE_CODES:
-            raise ValueError(
+            raise UserError(
                 f"text-to-image predicts one of the tokenizer's {tokenizer.codebook_size} codes per image token: an "
                 f"output layer of hidden size x {tokenizer.codebook_size} (0.94 B weights for a 3584-wide LLM and "
                 f"2**18 codes) and a softmax that wide per token; up to {MAX_IMAGE_CODES} codes are supported "

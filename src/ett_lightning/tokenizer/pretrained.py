@@ -116,6 +116,10 @@ class PretrainedVQTokenizer(VisionTokenizer):
             arch = infer_architecture(state, resolution)
             codebook_size, code_dim = codebook_shape(state)
         self.family = VQTokenizer if "z_channels" in arch else MAGVIT2Tokenizer  # Open-MAGVIT2: latent = code
+        if fmt != "ett" and format_family(fmt) is not self.family:
+            raise ValueError(f"{Path(weights).name} is not in the {fmt} layout: its keys are those of a "
+                             f"{self.family.__name__} (encoder.mid_block.* is Open-MAGVIT2's, encoder.mid.* the "
+                             "VQGAN family's); give the format that matches, or format: auto")
         default = "open-magvit2" if self.family is MAGVIT2Tokenizer else fmt
         body = self.family(quantizer or default_quantizer(default, codebook_size, code_dim), **arch)
         super().__init__(body.encoder, body.decoder, body.quantize, arch.get("z_channels", code_dim),

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ett_lightning.tokenizer.quantizers.base import Quantizer
+from ett_lightning.user_errors import UserError
 
 
 class FiniteScalarQuantizer(Quantizer):
@@ -27,9 +28,10 @@ class FiniteScalarQuantizer(Quantizer):
     """
 
     def __init__(self, levels: Sequence[int]) -> None:
-        levels = [int(level) for level in levels]
-        if not levels or min(levels) < 3 or prod(levels) > 2**20:
-            raise ValueError(f"FiniteScalarQuantizer needs levels of at least 3 values each and at most 2**20 codes "
+        levels = list(levels) if isinstance(levels, list | tuple) else []
+        if (not levels or any(isinstance(n, bool) or not isinstance(n, int) for n in levels) or min(levels) < 3
+                or prod(levels) > 2**20):
+            raise UserError(f"FiniteScalarQuantizer needs levels of at least 3 values each and at most 2**20 codes "
                              f"in all, got {levels}")
         super().__init__(prod(levels), len(levels))
         from vector_quantize_pytorch import FSQ  # here: importing the library takes a second (einx)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ett_lightning.tokenizer.quantizers.base import Quantizer, entropies
+from ett_lightning.user_errors import UserError
 
 
 class LookupFreeQuantizer(Quantizer):
@@ -23,7 +24,7 @@ class LookupFreeQuantizer(Quantizer):
     its log taken of the mean + 1e-5, maximised) and ``commitment = mean((z - sg(q))^2)``. It is not
     vector-quantize-pytorch's: that library clamps the mean's probabilities at 1e-5, so with many more codes than
     tokens (2**18) most codes pass no gradient and the batch term's gradient differs from the one Open-MAGVIT2
-    trained with (tests/tokenizer/test_lookup_free.py shows both). The entropies need a tokens x ``2 ** bits``
+    trained with (tests/tokenizer/test_implicit_quantizers.py compares both). The entropies need a tokens x ``2 ** bits``
     matrix: they are computed in training mode only.
 
     Args:
@@ -36,8 +37,8 @@ class LookupFreeQuantizer(Quantizer):
 
     def __init__(self, bits: int, entropy_weight: float = 0.1, commitment_weight: float = 0.25,
                  diversity_gamma: float = 1.0, entropy_temperature: float = 0.01) -> None:
-        if not 1 <= bits <= 24:
-            raise ValueError(f"LookupFreeQuantizer takes 1 to 24 bits (Open-MAGVIT2: 18), got {bits}")
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 24:
+            raise UserError(f"LookupFreeQuantizer takes 1 to 24 bits (Open-MAGVIT2: 18), got {bits}")
         super().__init__(2**bits, bits)
         self.entropy_weight = entropy_weight
         self.commitment_weight = commitment_weight
