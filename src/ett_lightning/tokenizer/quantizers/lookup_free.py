@@ -24,8 +24,8 @@ class LookupFreeQuantizer(Quantizer):
     its log taken of the mean + 1e-5, maximised) and ``commitment = mean((z - sg(q))^2)``. It is not
     vector-quantize-pytorch's: that library clamps the mean's probabilities at 1e-5, so with many more codes than
     tokens (2**18) most codes pass no gradient and the batch term's gradient differs from the one Open-MAGVIT2
-    trained with (tests/tokenizer/test_implicit_quantizers.py compares both). The entropies need a tokens x ``2 ** bits``
-    matrix: they are computed in training mode only.
+    trained with (tests/tokenizer/test_implicit_quantizers.py compares both). The entropies need tokens x
+    ``2 ** bits`` matrices (about five alive at once in the backward pass): they are computed in training mode only.
 
     Args:
         bits: latent channels, each one bit of the index (Open-MAGVIT2: 18, 2**18 codes).
