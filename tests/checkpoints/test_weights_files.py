@@ -100,3 +100,14 @@ def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "model.ckpt").write_bytes(b"this is not a checkpoint")
     with pytest.raises(ValueError, match="not a readable torch checkpoint"):
         load_state_dict_file(tmp_path / "model.ckpt")
+
+
+def test_a_small_file_declaring_huge_weights_is_refused_before_a_model_is_built_to_them(tmp_path):
+    """A broadcast view pickles its small storage with zero strides: 4 bytes can declare a 2**22-wide conv, and a
+    tokenizer whose architecture is read off the weights would be built that wide (gigabytes) before any check."""
+    state = tiny_tokenizer(VectorQuantizer).state_dict()
+    state["encoder.down.1.block.0.conv1.weight"] = torch.zeros(()).expand(2**22, 16, 3, 3)
+    torch.save({"state_dict": from_ett(state, "taming")}, tmp_path / "huge.ckpt")
+    assert (tmp_path / "huge.ckpt").stat().st_size < 10**7  # against 2.4 GB declared
+    with pytest.raises(ValueError, match=r"conv1.weight declares shape \(4194304, 16, 3, 3\) over 4 bytes"):
+        PretrainedVQTokenizer(str(tmp_path / "huge.ckpt"), format="taming", resolution=IMAGE_SIZE)

@@ -59,4 +59,10 @@ def tensors_only(payload: object, path: Path) -> dict[str, Tensor]:
                          "state_dict() (or the weights as .safetensors) and load that")
     if not isinstance(payload, dict):
         raise ValueError(f"{path} holds a {type(payload).__name__}, not a state dict of tensors")
-    return {key: value for key, value in payload.items() if isinstance(value, Tensor)}
+    tensors = {key: value for key, value in payload.items() if isinstance(value, Tensor)}
+    for key, tensor in tensors.items():
+        if tensor.untyped_storage().nbytes() < tensor.numel() * tensor.element_size():
+            raise ValueError(f"{path}: {str(key)[:100]} declares shape {tuple(tensor.shape)} over "
+                             f"{tensor.untyped_storage().nbytes()} bytes of storage (a broadcast view, not weights): "
+                             "a model built to its shape would be that large; refusing the file")
+    return tensors
