@@ -101,3 +101,20 @@ def test_a_codebook_learning_rate_is_refused_where_there_is_no_codebook(tmp_path
                                                        "codebook": 1e-5})
     with pytest.raises(UserError, match="learning_rates.codebook: the FiniteScalarQuantizer .* has no codebook"):
         fit(module, steps=1, default_root_dir=tmp_path)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_to_image_predicts_the_familys_indices_and_its_loss_reaches_the_encoder(family):
+    from ett_lightning.tasks import TextToImage
+    from tests.tasks.test_text_to_image import prompt_batch, t2i_batch
+
+    torch.manual_seed(0)
+    tokenizer = FAMILIES[family]()
+    module = TextToImage(tokenizer, MLPProjector(tokenizer.code_dim, 32), LanguageModel(config=TINY_LLM),
+                         loss=ETTLoss(perceptual_weight=0.0), image_size=IMAGE_SIZE, stage="ett")
+    assert module.image_head.out_features == tokenizer.codebook_size
+    _, parts, _ = module.train().compute_losses(t2i_batch(module))
+    parts["image_tokens"].backward()
+    assert tokenizer.encoder.conv_in.weight.grad.abs().sum() > 0
+    images, _ = module.eval().generate_images(prompt_batch(module), seed=1)
+    assert images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
