@@ -21,6 +21,7 @@ in its own directory under ``<out>``; the ``$ lightning ...`` lines printed are 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -80,9 +81,16 @@ class DemoPlan:
                 "data.init_args.val_shards": str(self.data / kind / "val-*.tar")}
         if recipe == "tokenizer":
             recipe = QUANTIZER_RECIPES[self.quantizer]
-        elif self.quantizer != "vq":
-            data |= quantizer_overrides(self.recipes / f"{QUANTIZER_RECIPES[self.quantizer]}.yaml")
+        else:
+            data |= self.family_overrides
         return LightningRun(str(self.recipes / f"{recipe}.yaml"), self.out / out, command, {**data, **overrides})
+
+    @functools.cached_property
+    def family_overrides(self) -> dict[str, Any]:
+        """What the later stages' recipes change for ``quantizer`` (none for the recipes' own VQ), read once."""
+        if self.quantizer == "vq":
+            return {}
+        return quantizer_overrides(self.recipes / f"{QUANTIZER_RECIPES[self.quantizer]}.yaml")
 
     def fit(self, recipe: str, out: str, steps: int, seed: int, init_from: Path | None, **overrides: Any):
         return self.run(recipe, out, "fit", **{"trainer.max_steps": steps, "seed_everything": seed,
@@ -307,11 +315,11 @@ def main(argv: list[str] | None = None) -> None:
     num_seeds = args.pop("num_seeds")
     if num_seeds is not None:
         args["seeds"] = list(range(num_seeds))
-    if args["quantizer"] != "vq":  # before the first stage: a recipe mistake costs no training
-        try:
-            quantizer_overrides(args["recipes"] / f"{QUANTIZER_RECIPES[args['quantizer']]}.yaml")
-        except UserError as problem:
-            parser.error(str(problem))
-    results = run_demo(DemoPlan(**args), reuse)
+    plan = DemoPlan(**args)
+    try:
+        plan.family_overrides  # noqa: B018 (read before the first stage: a recipe mistake costs no training)
+    except UserError as problem:
+        parser.error(str(problem))
+    results = run_demo(plan, reuse)
     print((Path(args["out"]) / "results.md").read_text())
     print(f"results: {args['out']}/results.json, results.md, results.png ({results['wall_seconds']:.0f} s)")
