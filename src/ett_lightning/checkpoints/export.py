@@ -29,7 +29,7 @@ from ett_lightning.checkpoints.registry import ExportError, class_path
 from ett_lightning.data.input_spec import InputSpec
 from ett_lightning.models import LanguageModel
 from ett_lightning.models.lora import merged
-from ett_lightning.tokenizer import CodebookQuantizer, LookupFreeQuantizer, from_ett
+from ett_lightning.tokenizer import from_ett
 from ett_lightning.tokenizer.pretrained import format_family
 from ett_lightning.user_errors import UserError
 from ett_lightning.utils import load_strict
@@ -89,9 +89,8 @@ def check_public_layout(tokenizer: nn.Module, fmt: str) -> None:
     with LFQ, the VQGAN-family files with their stored codebook)."""
     if fmt not in ORIGINAL_FILES:
         return
-    family = format_family(fmt)
+    family, fits = format_family(fmt)
     quantizer = tokenizer.quantize
-    fits = LookupFreeQuantizer if fmt == "open-magvit2" else CodebookQuantizer
     if not issubclass(tokenizer.rebuild_class(), family) or not isinstance(quantizer, fits):
         raise UserError(f"tokenizer format {fmt!r} holds a {family.__name__} with a {fits.__name__}; this model's "
                         f"tokenizer is a {type(tokenizer).__name__} with a {type(quantizer).__name__}: export without "

@@ -13,7 +13,13 @@ from ett_lightning.checkpoints.files import load_state_dict_file
 from ett_lightning.tokenizer.base import VisionTokenizer
 from ett_lightning.tokenizer.formats import check_format, detect_format, to_ett
 from ett_lightning.tokenizer.magvit2 import MAGVIT2Tokenizer
-from ett_lightning.tokenizer.quantizers import IndexBackpropQuantizer, LookupFreeQuantizer, Quantizer, VectorQuantizer
+from ett_lightning.tokenizer.quantizers import (
+    CodebookQuantizer,
+    IndexBackpropQuantizer,
+    LookupFreeQuantizer,
+    Quantizer,
+    VectorQuantizer,
+)
 from ett_lightning.tokenizer.vq_tokenizer import VQTokenizer
 from ett_lightning.utils import load_strict
 
@@ -35,10 +41,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def format_family(fmt: str) -> type[VisionTokenizer]:
-    """The tokenizer class whose submodules a checkpoint layout names (taming / IBQ / LlamaGen / ours: the conv
-    VQGAN; Open-MAGVIT2: its own encoder and decoder)."""
-    return MAGVIT2Tokenizer if fmt == "open-magvit2" else VQTokenizer
+def format_family(fmt: str) -> tuple[type[VisionTokenizer], type[Quantizer]]:
+    """The tokenizer class whose submodules a checkpoint layout names, and the kind of quantizer its own code
+    rebuilds: taming / IBQ / LlamaGen / ours, the conv VQGAN with a stored codebook; Open-MAGVIT2, its own encoder
+    and decoder with LFQ."""
+    if fmt == "open-magvit2":
+        return MAGVIT2Tokenizer, LookupFreeQuantizer
+    return VQTokenizer, CodebookQuantizer
 
 
 def default_quantizer(fmt: str, codebook_size: int, code_dim: int) -> Quantizer:
@@ -116,7 +125,7 @@ class PretrainedVQTokenizer(VisionTokenizer):
             arch = infer_architecture(state, resolution)
             codebook_size, code_dim = codebook_shape(state)
         self.family = VQTokenizer if "z_channels" in arch else MAGVIT2Tokenizer  # Open-MAGVIT2: latent = code
-        if fmt != "ett" and format_family(fmt) is not self.family:
+        if fmt != "ett" and format_family(fmt)[0] is not self.family:
             raise ValueError(f"{Path(weights).name} is not in the {fmt} layout: its keys are those of a "
                              f"{self.family.__name__} (encoder.mid_block.* is Open-MAGVIT2's, encoder.mid.* the "
                              "VQGAN family's); give the format that matches, or format: auto")
