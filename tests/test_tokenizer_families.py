@@ -18,6 +18,7 @@ from ett_lightning.health import TokenizerGuard, TokenizerHealth
 from ett_lightning.models.generation import Decoding
 from ett_lightning.tokenizer import FiniteScalarQuantizer, LookupFreeQuantizer, MAGVIT2Tokenizer, VQTokenizer
 from ett_lightning.user_errors import UserError
+from tests.checkpoints.test_export import outputs
 from tests.conftest import IMAGE_SIZE, TINY_LLM, fit, make_batch, tiny_module
 
 FAMILIES = {
@@ -60,15 +61,11 @@ def test_stage_2_trains_with_the_health_checks_and_the_export_reloads_exactly_an
     export_module(module, tmp_path / "export")
     manifest = json.loads((tmp_path / "export" / EXPORT_FILE).read_text())
     assert manifest["tokenizer"]["quantizer"]["class_path"].endswith(type(module.tokenizer.quantize).__name__)
-    reloaded = ETTModule.from_export(str(tmp_path / "export"), loss=ETTLoss(perceptual_weight=0.0)).eval()
+    reloaded = ETTModule.from_export(str(tmp_path / "export"), loss=ETTLoss(perceptual_weight=0.0))
     batch = make_batch(module)
-    with torch.no_grad():
-        for model in (module.eval(), reloaded):
-            encoded = model.tokenizer.encode(batch.images)
-            model.outputs = (encoded.indices, model.tokenizer.decode(encoded.embeddings),
-                             model.projector(encoded.embeddings))
-    for ours, theirs in zip(module.outputs, reloaded.outputs, strict=True):
-        assert torch.equal(ours, theirs)
+    expected, actual = outputs(module, batch), outputs(reloaded, batch)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
 
     if family != "open-magvit2 lfq":  # `ett ask` reads every export through the same loader: asked once
         return
