@@ -14,7 +14,7 @@ import yaml
 from ett_lightning import ETTModule
 from ett_lightning.convert.synthetic import make_shards
 from ett_lightning.experiments import demo as demo_module
-from ett_lightning.experiments.demo import DemoPlan, main, run_arm
+from ett_lightning.experiments.demo import CoreShare, DemoPlan, main, run_arm
 from ett_lightning.experiments.report import answer_type_lines, blind_lines
 from ett_lightning.experiments.runs import LightningRun, run_cli
 
@@ -35,13 +35,25 @@ def test_the_report_tables_each_answer_type_beside_its_grey_image_accuracy():
     assert answer_type_lines({"frozen": {"vqa_acc": 0.5, "vqa_acc_per_seed": [0.5]}, "ett": {}}) == []
 
 
-def test_an_arm_chains_its_runs_each_with_the_arm_threads(tmp_path, monkeypatch):
+def test_each_run_gets_its_share_of_the_cores_and_a_chain_left_alone_gets_them_all(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_module.os, "cpu_count", lambda: 4)
+    cores = CoreShare(chains=3, at_once=2)
     started = []
-    monkeypatch.setattr(LightningRun, "run", lambda self, reuse=False: started.append((self.out.name, self.threads)))
-    run_arm(DemoPlan(out=tmp_path), 0, "ett", tmp_path / "align.ckpt", False, 1)
-    assert started == [("tune", 1), ("posttrain", 1), ("vqa_eval", 1), ("tokenizer_eval", 1)]
+
+    def run(self, reuse=False):
+        started.append((self.out.name, self.threads))
+        if self.out.parent.name == "ett" and self.out.name == "tune":
+            cores.chain_done()  # the chain beside this one ends while this one tunes
+
+    monkeypatch.setattr(LightningRun, "run", run)
+    run_arm(DemoPlan(out=tmp_path), 0, "frozen", tmp_path / "align.ckpt", False, cores)
+    assert started == [("tune", 2), ("posttrain", 2), ("vqa_eval", 2)]  # 3 chains to go, 2 at once: 2 cores each
     started.clear()
-    run_arm(DemoPlan(out=tmp_path), 0, "frozen", tmp_path / "align.ckpt", False, None)
+    run_arm(DemoPlan(out=tmp_path), 1, "ett", tmp_path / "align.ckpt", False, cores)
+    assert started == [("tune", 2), ("posttrain", 4), ("vqa_eval", 4), ("tokenizer_eval", 4)]
+    assert cores.left == 0
+    started.clear()
+    run_arm(DemoPlan(out=tmp_path), 0, "frozen", tmp_path / "align.ckpt", False, None)  # --one-arm-at-a-time
     assert started == [("tune", None), ("posttrain", None), ("vqa_eval", None)]
 
 

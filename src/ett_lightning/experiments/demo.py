@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -58,8 +59,9 @@ class DemoPlan:
     is how the synthetic shards draw the character when ``data`` has none yet (centred: a small reader can tell
     the character apart, docs/results.md). ``parallel_arms`` trains two arms at once, each run with half the
     cores as torch threads (on 2 cores about 1.25 times the throughput of 2-thread runs in turn, and one run's
-    OpenMP threads never wait on the other's: docs/performance.md). ``alphas``: loss weights of extra ETT arms.
-    ``quantizer``: the tokenizer family (a key of :data:`QUANTIZER_RECIPES`)."""
+    OpenMP threads never wait on the other's: docs/performance.md); a chain left alone gets every core.
+    ``alphas``: loss weights of extra ETT arms. ``quantizer``: the tokenizer family (a key of
+    :data:`QUANTIZER_RECIPES`)."""
 
     out: Path = Path("outputs/demo")
     data: Path = Path("data/synthetic")
@@ -138,9 +140,9 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     before = plan.evaluate("tokenizer", "tokenizer_eval", tokenizer.last_checkpoint).run(reuse)
     arms: dict[str, dict[str, list[LightningRun]]] = {arm: {"tune": [], "posttrain": [], "vqa": [], "tokenizer": []}
                                                       for arm in arm_names(plan)}
-    threads = arm_threads(plan)
+    cores = CoreShare(len(plan.seeds) * len(arm_names(plan)), runs_at_once(plan)) if plan.parallel_arms else None
     with ThreadPoolExecutor(runs_at_once(plan)) as pool:
-        chains = [(arm, pool.submit(run_arm, plan, seed, arm, align.last_checkpoint, reuse, threads))
+        chains = [(arm, pool.submit(run_arm, plan, seed, arm, align.last_checkpoint, reuse, cores))
                   for seed in plan.seeds for arm in arm_names(plan)]
         try:
             for arm, chain in chains:
@@ -189,15 +191,39 @@ def runs_at_once(plan: DemoPlan) -> int:
 
 
 def arm_threads(plan: DemoPlan) -> int | None:
-    """Torch threads of each run when the arms train at once (half the cores each), else None (torch's default)."""
+    """Torch threads of each run while the arms train side by side (half the cores each), else None (torch's
+    default)."""
     return max(1, (os.cpu_count() or 1) // runs_at_once(plan)) if plan.parallel_arms else None
 
 
-def run_arm(plan: DemoPlan, seed: int, arm: str, align: Path, reuse: bool, threads: int | None
+class CoreShare:
+    """The cores split among the arm chains that train side by side: each run gets its share when it starts, so
+    the chain left running alone at the end (the ETT arm's, whose steps cost about twice the frozen arm's) takes
+    every core instead of leaving one idle.
+
+    Args:
+        chains: how many chains the demo runs in all.
+        at_once: how many of them train side by side.
+    """
+
+    def __init__(self, chains: int, at_once: int):
+        self.left, self.at_once, self.lock = chains, at_once, threading.Lock()
+
+    def threads(self) -> int:
+        """Torch threads for a run starting now."""
+        with self.lock:
+            return max(1, (os.cpu_count() or 1) // max(1, min(self.at_once, self.left)))
+
+    def chain_done(self) -> None:
+        with self.lock:
+            self.left -= 1
+
+
+def run_arm(plan: DemoPlan, seed: int, arm: str, align: Path, reuse: bool, cores: CoreShare | None
             ) -> dict[str, LightningRun]:
     """One arm of one seed: stage 2 (the tokenizer trains in every arm but ``frozen``; an ``ett_alpha<a>`` arm
     with the loss weight alpha = a), stage 3, its VQA evaluation and, where the tokenizer trained, the evaluation of
-    the tuned tokenizer. ``threads``: torch threads of each run."""
+    the tuned tokenizer. ``cores`` gives each run its torch threads (None: torch's default, every core)."""
     root = f"seed{seed}/{arm}"
     alpha = arm_alpha(arm)
     tune = plan.fit("ett_sft", f"{root}/tune", plan.tune_steps, seed, align,
@@ -209,9 +235,13 @@ def run_arm(plan: DemoPlan, seed: int, arm: str, align: Path, reuse: bool, threa
     chain["vqa"] = plan.evaluate("ett_posttrain", f"{root}/vqa_eval", chain["posttrain"].last_checkpoint)
     if arm != "frozen":
         chain["tokenizer"] = plan.evaluate("tokenizer", f"{root}/tokenizer_eval", tune.last_checkpoint)
-    for run in chain.values():
-        run.threads = threads
-        run.run(reuse)
+    try:
+        for run in chain.values():
+            run.threads = cores.threads() if cores else None
+            run.run(reuse)
+    finally:
+        if cores:
+            cores.chain_done()
     return chain
 
 
