@@ -126,7 +126,12 @@ def test_demo_chains_every_stage_and_writes_results(demo):
                             "ett tokenizer_eval"}
     assert seconds.pop("shards (made or found)") >= 0 and all(value > 0 for value in seconds.values())
     assert seconds["tokenizer"] + seconds["align"] + seconds["tokenizer_eval"] < results["wall_seconds"]
-    assert f"| ett tune | {seconds['ett tune']:.1f} |" in (out / "results.md").read_text()
+    half, every = max(1, (os.cpu_count() or 1) // 2), os.cpu_count() or 1
+    threads = results["threads_per_run"]
+    assert threads["frozen tune"] == threads["ett tune"] == [half] and threads["tokenizer"] == [None]  # default
+    assert threads["ett tokenizer_eval"][0] in (half, every)  # every core once the frozen arm's chain has ended
+    assert f"| ett tune | {seconds['ett tune']:.1f} | {half} |" in (out / "results.md").read_text()
+    assert f"| tokenizer | {seconds['tokenizer']:.1f} | default |" in (out / "results.md").read_text()
     frozen = yaml.safe_load((out / "seed3/frozen/tune/config.yaml").read_text())
     ett = yaml.safe_load((out / "seed3/ett/tune/config.yaml").read_text())
     assert frozen["model"]["init_args"]["trainable"] == {"tokenizer": False}

@@ -153,26 +153,40 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
             raise
     after = arms["ett"]["tokenizer"]
     results = summarize(plan, before, after, arms, time.monotonic() - start)
-    results["seconds_per_run"] = run_seconds(shards_seconds, [tokenizer, align, before], arms)
+    stages = stage_runs([tokenizer, align, before], arms)
+    results["seconds_per_run"] = run_seconds(shards_seconds, stages)
+    results["threads_per_run"] = run_threads(stages)
     (plan.out / "results.json").write_text(json.dumps(results, indent=2))
     write_markdown(results, plan.out / "results.md")
     write_figure({arm: arms[arm] for arm in ARMS}, before, after, plan.seeds, plan.out / "results.png", arms)
     return results
 
 
-def run_seconds(shards: float, shared: list[LightningRun], arms: dict[str, dict[str, list[LightningRun]]]
-                ) -> dict[str, float | None]:
+def stage_runs(shared: list[LightningRun], arms: dict[str, dict[str, list[LightningRun]]]
+               ) -> dict[str, list[LightningRun]]:
+    """Each stage's runs (an arm's: one per seed) under the name the time table gives the stage."""
+    names = {"vqa": "vqa_eval", "tokenizer": "tokenizer_eval"}
+    stages = {run.out.name: [run] for run in shared}
+    for arm, chain in arms.items():
+        stages |= {f"{arm} {names.get(name, name)}": runs for name, runs in chain.items() if runs}
+    return stages
+
+
+def run_seconds(shards: float, stages: dict[str, list[LightningRun]]) -> dict[str, float | None]:
     """Wall seconds of each stage's command, process start-up included (mean over seeds for the arms' runs, which
     train side by side; None for a run kept with ``--reuse``): where the demo's time goes."""
     def mean(runs: list[LightningRun]) -> float | None:
         seconds = [run.seconds for run in runs if run.seconds is not None]
         return round(statistics.fmean(seconds), 1) if seconds else None
 
-    stages = {"shards (made or found)": round(shards, 1), **{run.out.name: mean([run]) for run in shared}}
-    names = {"vqa": "vqa_eval", "tokenizer": "tokenizer_eval"}
-    for arm, chain in arms.items():
-        stages |= {f"{arm} {names.get(name, name)}": mean(runs) for name, runs in chain.items() if runs}
-    return stages
+    return {"shards (made or found)": round(shards, 1), **{stage: mean(runs) for stage, runs in stages.items()}}
+
+
+def run_threads(stages: dict[str, list[LightningRun]]) -> dict[str, list[int | None]]:
+    """Torch threads of each stage's runs that ran here, per seed (None: torch's default, every core): a run at
+    another thread count gives other, equally valid figures (another summation order), and a chain left alone
+    runs on every core. Runs kept with ``--reuse`` are left out, as in :func:`run_seconds`."""
+    return {stage: [run.threads for run in runs if run.seconds is not None] for stage, runs in stages.items()}
 
 
 def arm_names(plan: DemoPlan) -> list[str]:
@@ -198,8 +212,8 @@ def arm_threads(plan: DemoPlan) -> int | None:
 
 class CoreShare:
     """The cores split among the arm chains that train side by side: each run gets its share when it starts, so
-    the chain left running alone at the end (the ETT arm's, whose steps cost about twice the frozen arm's) takes
-    every core instead of leaving one idle.
+    the chain left running alone at the end (with one seed the ETT arm's, whose steps cost about twice the frozen
+    arm's) takes every core instead of leaving one idle.
 
     Args:
         chains: how many chains the demo runs in all.

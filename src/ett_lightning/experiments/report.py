@@ -89,18 +89,22 @@ def alpha_lines(results: dict[str, Any]) -> list[str]:
 
 
 def time_lines(results: dict[str, Any]) -> list[str]:
-    """Seconds per stage, each run's command with its process start-up (the arms' runs overlap in time)."""
+    """Seconds per stage, each run's command with its process start-up (the arms' runs overlap in time), and the
+    torch threads each run had."""
     if "seconds_per_run" not in results:
         return []
-    rows = [f"| {stage} | {'kept (--reuse)' if s is None else f'{s:.1f}'} |"
+    threads = results.get("threads_per_run", {})
+    rows = [f"| {stage} | {'kept (--reuse)' if s is None else f'{s:.1f}'} | "
+            f"{', '.join('default' if t is None else str(t) for t in threads.get(stage, [])) or '-'} |"
             for stage, s in results["seconds_per_run"].items()]
-    return ["", "| stage (mean over seeds) | seconds |", "|---|---|", *rows]
+    return ["", "| stage (mean over seeds) | seconds | torch threads (per seed) |", "|---|---|---|", *rows]
 
 
 def machine_text(machine: dict[str, Any]) -> str:
-    """How the runs shared the machine, e.g. "2 runs at once, 1 torch thread each"."""
-    threads = machine["torch_threads"]
-    return f"{machine.get('runs_at_once', 1)} run(s) at once, {threads} torch thread{'s' * (threads != 1)} each"
+    """How the runs shared the machine, e.g. "2 runs at once, 1 torch thread each, every core for a run alone"."""
+    threads, at_once = machine["torch_threads"], machine.get("runs_at_once", 1)
+    alone = ", every core for a chain left alone" if at_once > 1 else ""
+    return f"{at_once} run(s) at once, {threads} torch thread{'s' * (threads != 1)} each{alone}"
 
 
 def interval_text(results: dict[str, Any]) -> str:
