@@ -21,11 +21,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/pytest -m "not ddp" -n 2 --dist loadfile
-	$(BIN)/pytest -m ddp
+	$(BIN)/pytest
 
 test-fast: install
-	$(BIN)/pytest -m "not slow and not ddp" -n 2 --dist loadfile
+	$(BIN)/pytest -m "not slow and not ddp"
 
 shards: install
 	$(BIN)/ett-make-shards $(DEMO_DATA) --num-train 5000 --num-val 500 --image-size 64 --glyph centred

@@ -19,8 +19,6 @@ from ett_lightning.models import load_text_tokenizer
 from tests.chat_model import make_chat_model_dir
 
 pytest.register_assert_rewrite("tests.health.one_rank_breach")  # its checks run inside the multi-process tests
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # `make test` runs the tests not marked ddp in 2 workers: one torch thread each, not 2 x 2
 
 IMAGE_SIZE = 32
 TINY_LLM = dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -19,13 +19,13 @@ def test_an_alpha_arm_tunes_the_tokenizer_at_its_alpha_and_evaluates_it(tmp_path
     assert arm_names(plan) == ["frozen", "ett", "ett_alpha0.0", "ett_alpha1.0"]
     close = arm_names(DemoPlan(alphas=[0.1234567, 0.1234568, 1e-300]))[2:]
     assert len(set(close)) == 3 and [arm_alpha(arm) for arm in close] == [0.1234567, 0.1234568, 1e-300]
-    run_arm(plan, 0, "ett_alpha0.0", tmp_path / "align.ckpt", False, 1)
+    run_arm(plan, 0, "ett_alpha0.0", tmp_path / "align.ckpt", False, None)
     assert [run.out.name for run in started] == ["tune", "posttrain", "vqa_eval", "tokenizer_eval"]
     tune = started[0].config()["model"]["init_args"]
     assert tune["loss"]["init_args"]["alpha"] == 0.0 and tune["trainable"] == {"tokenizer": True}
     assert started[0].out == tmp_path / "seed0/ett_alpha0.0/tune"
     started.clear()
-    run_arm(plan, 0, "ett", tmp_path / "align.ckpt", False, 1)
+    run_arm(plan, 0, "ett", tmp_path / "align.ckpt", False, None)
     assert started[0].config()["model"]["init_args"]["loss"]["init_args"]["alpha"] == recipe_alpha(plan.recipes)
 
 
