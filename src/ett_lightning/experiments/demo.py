@@ -207,7 +207,12 @@ def runs_at_once(plan: DemoPlan) -> int:
 def arm_threads(plan: DemoPlan) -> int | None:
     """Torch threads of each run while the arms train side by side (half the cores each), else None (torch's
     default)."""
-    return max(1, (os.cpu_count() or 1) // runs_at_once(plan)) if plan.parallel_arms else None
+    return threads_each(runs_at_once(plan)) if plan.parallel_arms else None
+
+
+def threads_each(runs: int) -> int:
+    """Torch threads of each of ``runs`` runs that share the machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, runs))
 
 
 class CoreShare:
@@ -226,7 +231,7 @@ class CoreShare:
     def threads(self) -> int:
         """Torch threads for a run starting now."""
         with self.lock:
-            return max(1, (os.cpu_count() or 1) // max(1, min(self.at_once, self.left)))
+            return threads_each(min(self.at_once, self.left))
 
     def chain_done(self) -> None:
         with self.lock:

@@ -101,7 +101,8 @@ def time_lines(results: dict[str, Any]) -> list[str]:
 
 
 def machine_text(machine: dict[str, Any]) -> str:
-    """How the runs shared the machine, e.g. "2 runs at once, 1 torch thread each, every core for a run alone"."""
+    """How the runs shared the machine, e.g. "2 run(s) at once, 1 torch thread each, every core for a chain
+    left alone"."""
     threads, at_once = machine["torch_threads"], machine.get("runs_at_once", 1)
     alone = ", every core for a chain left alone" if at_once > 1 else ""
     return f"{at_once} run(s) at once, {threads} torch thread{'s' * (threads != 1)} each{alone}"
