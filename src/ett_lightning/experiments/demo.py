@@ -26,7 +26,10 @@ import importlib
 import json
 import os
 import platform
+import shlex
+import signal
 import statistics
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +43,7 @@ import yaml
 from ett_lightning.convert.synthetic import GLYPHS, make_shards
 from ett_lightning.experiments.interval import paired_interval, question_scores, reference_answers, score_matrix
 from ett_lightning.experiments.report import write_figure, write_markdown
-from ett_lightning.experiments.runs import LightningRun
+from ett_lightning.experiments.runs import LightningRun, RunsStopped, stop_runs_on_sigterm
 from ett_lightning.experiments.tradeoff import alpha_rows, health_summary, recipe_alpha
 from ett_lightning.packaged_recipes import RECIPES
 from ett_lightning.user_errors import UserError, non_negative_float, whole_number
@@ -330,6 +333,7 @@ def probe_summary(before: dict[str, float], after: list[dict[str, float]]) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     defaults = DemoPlan()
     parser = argparse.ArgumentParser(prog="ett demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help=f"default: {defaults.out}, {defaults.out}-<quantizer> for another one")
@@ -369,6 +373,12 @@ def main(argv: list[str] | None = None) -> None:
         plan.family_overrides  # noqa: B018 (read before the first stage: a recipe mistake costs no training)
     except UserError as problem:
         parser.error(str(problem))
-    results = run_demo(plan, reuse)
+    stop_runs_on_sigterm()
+    try:
+        results = run_demo(plan, reuse)
+    except RunsStopped:
+        print("ett demo: stopped by SIGTERM; the runs that were training saved their last.ckpt. To go on: ett demo "
+              f"{shlex.join(argv)}{'' if reuse else ' --reuse'}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
     print((Path(args["out"]) / "results.md").read_text())
     print(f"results: {args['out']}/results.json, results.md, results.png ({results['wall_seconds']:.0f} s)")

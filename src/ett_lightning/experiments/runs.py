@@ -8,11 +8,14 @@ logger directory, so it reruns elsewhere with one ``--trainer.default_root_dir``
 
 Where the platform has fork servers, each run is forked from one server process that imported the CLI once, so it
 starts with torch, Lightning and transformers loaded (seconds of every run on a small machine); elsewhere it is a
-fresh ``python -m ett_lightning.cli``.
+fresh ``python -m ett_lightning.cli``. Either way the runs are not this process's own children in the shell's sense:
+a SIGTERM to it alone (a scheduler's, ``kill``'s) would leave them training, so :func:`stop_runs_on_sigterm` passes
+it on to them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -20,8 +23,10 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +36,14 @@ import torch
 import yaml
 
 log = logging.getLogger(__name__)
+STOPPING = threading.Event()  # set by a SIGTERM: no run starts any more
+RUNNING: set[int] = set()  # process ids of the runs going on now
+RUNNING_LOCK = threading.RLock()  # re-entrant: the SIGTERM handler can interrupt its holder in the main thread
+
+
+class RunsStopped(Exception):
+    """A SIGTERM ended the runs: each fit saved its ``last.ckpt`` (the recipes' PreemptionCheckpoint) and none
+    started after it."""
 
 
 @dataclass
@@ -81,6 +94,8 @@ class LightningRun:
     def run(self, reuse: bool = False) -> LightningRun:
         """Writes the config and runs it; raises on failure. With ``reuse``, a finished run is skipped and a fit
         stopped before its ``max_steps`` resumes from its ``last.ckpt``."""
+        if STOPPING.is_set():
+            raise RunsStopped(f"stopped before {self.out}")
         if reuse and self.done:
             log.info("reusing %s", self.out)
             return self
@@ -96,6 +111,8 @@ class LightningRun:
         exit_code = run_cli([self.command, "--config", str(config_path), *resume], self.out / "run.log",
                             fork=None if single_process(config) else False, threads=self.threads)
         self.seconds = time.monotonic() - start
+        if exit_code != 0 and STOPPING.is_set():
+            raise RunsStopped(f"stopped {self.out} (exit {exit_code})")
         if exit_code != 0:
             tail = "".join((self.out / "run.log").read_text().splitlines(keepends=True)[-30:])
             raise RuntimeError(f"lightning {self.command} --config {config_path} failed "
@@ -137,12 +154,49 @@ def run_cli(argv: list[str], log: Path, fork: bool | None = None, threads: int |
     if not fork:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
         with open(log, "w") as file:
-            return subprocess.run([sys.executable, "-m", "ett_lightning.cli", *argv], stdout=file,
-                                  stderr=subprocess.STDOUT, env=env).returncode
+            process = subprocess.Popen([sys.executable, "-m", "ett_lightning.cli", *argv], stdout=file,
+                                       stderr=subprocess.STDOUT, env=env)
+            with running(process.pid):
+                return process.wait()
     child = fork_server().Process(target=cli_in_child, args=(argv, str(log), os.getcwd(), threads))
     child.start()
-    child.join()
+    with running(child.pid):
+        child.join()
     return child.exitcode
+
+
+@contextlib.contextmanager
+def running(pid: int):
+    """Counts ``pid`` among the runs a SIGTERM reaches while the block runs (one started as the signal came gets
+    it here)."""
+    with RUNNING_LOCK:
+        RUNNING.add(pid)
+    if STOPPING.is_set():
+        pass_on(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        with RUNNING_LOCK:
+            RUNNING.discard(pid)
+
+
+def stop_runs_on_sigterm() -> None:
+    """From now on a SIGTERM to this process reaches every run going on (each saves its ``last.ckpt`` and stops),
+    and no run starts after it: :meth:`LightningRun.run` raises :class:`RunsStopped`. Call from the main thread."""
+
+    def stop(number: int, frame: Any) -> None:
+        STOPPING.set()
+        pass_on(signal.Signals(number))
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def pass_on(number: signal.Signals) -> None:
+    with RUNNING_LOCK:
+        pids = list(RUNNING)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, number)
 
 
 @functools.cache

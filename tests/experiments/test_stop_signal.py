@@ -1,0 +1,97 @@
+"""A SIGTERM to an experiment's process (a scheduler's, or ``kill <pid of ett demo>``) reaches the runs it started,
+which are not its children in the shell's sense: the demo's stage-2 recipe as shipped (callbacks, checkpoints on),
+shrunk, saves its ``last.ckpt`` and stops, no run starts after it, and ``ett demo`` ends with status 143 and says
+how to go on."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ett_lightning.experiments import demo as demo_module
+from ett_lightning.experiments import runs
+from ett_lightning.experiments.runs import LightningRun, RunsStopped, run_cli, stop_runs_on_sigterm
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_STEPS = 100_000  # far more than it trains before the signal
+
+
+@pytest.fixture
+def sigterm_passed_on(monkeypatch):
+    """:func:`stop_runs_on_sigterm` in this process, undone afterwards (handler and the stop it records)."""
+    monkeypatch.setattr(runs, "STOPPING", threading.Event())
+    before = signal.getsignal(signal.SIGTERM)
+    stop_runs_on_sigterm()
+    yield
+    signal.signal(signal.SIGTERM, before)
+    for pid in list(runs.RUNNING):  # a run the signal did not stop: not left training after a failure
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_a_sigterm_reaches_the_running_run_which_saves_and_stops(tmp_path, synthetic_shards, sigterm_passed_on):
+    run = LightningRun(str(ROOT / "recipes/demo/ett_sft.yaml"), tmp_path / "run", overrides={
+        "data.init_args.train_shards": f"{synthetic_shards}/caption/train-*.tar",
+        "data.init_args.val_shards": f"{synthetic_shards}/caption/val-*.tar",
+        "data.init_args.batch_size": 2, "data.init_args.image_size": 32,
+        "model.init_args.tokenizer.init_args.image_size": 32, "trainer.max_steps": MAX_STEPS})
+    ended: list[BaseException | None] = []
+
+    def train() -> None:
+        try:
+            run.run()
+            ended.append(None)
+        except BaseException as error:  # noqa: BLE001 (handed to the test's thread)
+            ended.append(error)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not run.last_checkpoint.is_file() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)  # until it has trained 50 steps and written its first checkpoint
+    assert run.last_checkpoint.is_file(), (run.out / "run.log").read_text()[-3000:]
+    signal.raise_signal(signal.SIGTERM)  # to this process alone, as `kill` sends it
+    thread.join(60)
+    assert not thread.is_alive(), "the run went on after the SIGTERM"
+    assert isinstance(ended[0], RunsStopped), ended
+    assert runs.RUNNING == set()
+    log = (run.out / "run.log").read_text()
+    assert "SIGTERM on rank 0 of 1: saved" in log, log[-3000:]
+    step = torch.load(run.last_checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    assert 50 <= step < MAX_STEPS
+    with pytest.raises(RunsStopped, match="stopped before"):  # no run starts after the signal
+        LightningRun(str(ROOT / "recipes/demo/ett_sft.yaml"), tmp_path / "next").run()
+    assert not (tmp_path / "next").exists()
+
+
+def test_a_sigterm_reaches_a_run_started_as_a_subprocess(tmp_path, sigterm_passed_on):
+    """Multi-process recipes run as a fresh ``python -m ett_lightning.cli``; here it is still starting."""
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(run_cli(["fit", "--help"], tmp_path / "log", fork=False)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not runs.RUNNING and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    signal.raise_signal(signal.SIGTERM)
+    thread.join(30)
+    assert codes == [-signal.SIGTERM], (codes, (tmp_path / "log").read_text()[-2000:])  # ended by it, not by --help
+
+
+def test_ett_demo_stopped_by_sigterm_says_how_to_go_on_and_exits_143(tmp_path, monkeypatch, capsys):
+    (tmp_path / "data" / "vqa").mkdir(parents=True)
+    monkeypatch.setattr(demo_module, "stop_runs_on_sigterm", lambda: None)
+
+    def stopped(plan, reuse):
+        raise RunsStopped(f"stopped {plan.out / 'seed0/ett/tune'} (exit 143)")
+
+    monkeypatch.setattr(demo_module, "run_demo", stopped)
+    with pytest.raises(SystemExit) as exit_status:
+        demo_module.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), "--tune-steps", "9"])
+    assert exit_status.value.code == 143
+    message = capsys.readouterr().err
+    assert message.strip() == (f"ett demo: stopped by SIGTERM; the runs that were training saved their last.ckpt. "
+                               f"To go on: ett demo --out {tmp_path / 'out'} --data {tmp_path / 'data'} "
+                               f"--tune-steps 9 --reuse")
