@@ -1,7 +1,7 @@
-"""A SIGTERM to an experiment's process (a scheduler's, or ``kill <pid of ett demo>``) reaches the runs it started,
-which are not its children in the shell's sense: the demo's stage-2 recipe as shipped (callbacks, checkpoints on),
-shrunk, saves its ``last.ckpt`` and stops, no run starts after it, and ``ett demo`` ends with status 143 and says
-how to go on."""
+"""A SIGTERM (a scheduler's, or ``kill <pid of ett demo>``) or SIGINT to an experiment's process reaches the runs it
+started, which are not its children in the shell's sense: the demo's stage-2 recipe as shipped (callbacks,
+checkpoints on), shrunk, saves its ``last.ckpt`` and stops, no run starts after it, and ``ett demo`` ends with
+status 128 + the signal's number and says how to go on."""
 
 import os
 import signal
@@ -14,25 +14,26 @@ import torch
 
 from ett_lightning.experiments import demo as demo_module
 from ett_lightning.experiments import runs
-from ett_lightning.experiments.runs import LightningRun, RunsStopped, run_cli, stop_runs_on_sigterm
+from ett_lightning.experiments.runs import LightningRun, RunsStopped, run_cli, stop_runs_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 100_000  # far more than it trains before the signal
 
 
 @pytest.fixture
-def sigterm_passed_on(monkeypatch):
-    """:func:`stop_runs_on_sigterm` in this process, undone afterwards (handler and the stop it records)."""
-    monkeypatch.setattr(runs, "STOPPING", threading.Event())
-    before = signal.getsignal(signal.SIGTERM)
-    stop_runs_on_sigterm()
+def stop_signals_passed_on(monkeypatch):
+    """:func:`stop_runs_on_signals` in this process, undone afterwards (handlers and the stop they record)."""
+    monkeypatch.setattr(runs, "STOPPED_BY", [])
+    before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    stop_runs_on_signals()
     yield
-    signal.signal(signal.SIGTERM, before)
+    for number, handler in before.items():
+        signal.signal(number, handler)
     for pid in list(runs.RUNNING):  # a run the signal did not stop: not left training after a failure
         os.kill(pid, signal.SIGKILL)
 
 
-def test_a_sigterm_reaches_the_running_run_which_saves_and_stops(tmp_path, synthetic_shards, sigterm_passed_on):
+def test_a_sigterm_reaches_the_running_run_which_saves_and_stops(tmp_path, synthetic_shards, stop_signals_passed_on):
     run = LightningRun(str(ROOT / "recipes/demo/ett_sft.yaml"), tmp_path / "run", overrides={
         "data.init_args.train_shards": f"{synthetic_shards}/caption/train-*.tar",
         "data.init_args.val_shards": f"{synthetic_shards}/caption/val-*.tar",
@@ -67,31 +68,33 @@ def test_a_sigterm_reaches_the_running_run_which_saves_and_stops(tmp_path, synth
     assert not (tmp_path / "next").exists()
 
 
-def test_a_sigterm_reaches_a_run_started_as_a_subprocess(tmp_path, sigterm_passed_on):
-    """Multi-process recipes run as a fresh ``python -m ett_lightning.cli``; here it is still starting."""
+def test_a_stop_signal_reaches_a_run_started_as_a_subprocess(tmp_path, stop_signals_passed_on):
+    """Multi-process recipes run as a fresh ``python -m ett_lightning.cli``; here it is still starting. A SIGINT to
+    this process alone (``kill -INT``) reaches it as a SIGTERM."""
     codes = []
     thread = threading.Thread(target=lambda: codes.append(run_cli(["fit", "--help"], tmp_path / "log", fork=False)))
     thread.start()
     deadline = time.monotonic() + 30
     while not runs.RUNNING and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
-    signal.raise_signal(signal.SIGTERM)
+    signal.raise_signal(signal.SIGINT)
     thread.join(30)
     assert codes == [-signal.SIGTERM], (codes, (tmp_path / "log").read_text()[-2000:])  # ended by it, not by --help
 
 
-def test_ett_demo_stopped_by_sigterm_says_how_to_go_on_and_exits_143(tmp_path, monkeypatch, capsys):
+def test_ett_demo_stopped_by_a_signal_says_how_to_go_on_and_exits_with_its_status(tmp_path, monkeypatch, capsys):
     (tmp_path / "data" / "vqa").mkdir(parents=True)
-    monkeypatch.setattr(demo_module, "stop_runs_on_sigterm", lambda: None)
+    monkeypatch.setattr(demo_module, "stop_runs_on_signals", lambda: None)
+    monkeypatch.setattr(runs, "STOPPED_BY", [signal.SIGINT])
 
     def stopped(plan, reuse):
-        raise RunsStopped(f"stopped {plan.out / 'seed0/ett/tune'} (exit 143)")
+        raise RunsStopped(f"stopped {plan.out / 'seed0/ett/tune'} (exit 130)")
 
     monkeypatch.setattr(demo_module, "run_demo", stopped)
     with pytest.raises(SystemExit) as exit_status:
         demo_module.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), "--tune-steps", "9"])
-    assert exit_status.value.code == 143
+    assert exit_status.value.code == 130
     message = capsys.readouterr().err
-    assert message.strip() == (f"ett demo: stopped by SIGTERM; the runs that were training saved their last.ckpt. "
+    assert message.strip() == (f"ett demo: stopped by SIGINT; the runs that were training saved their last.ckpt. "
                                f"To go on: ett demo --out {tmp_path / 'out'} --data {tmp_path / 'data'} "
                                f"--tune-steps 9 --reuse")

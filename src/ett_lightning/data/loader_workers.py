@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import functools
 import multiprocessing
+import multiprocessing.util
 import signal
 
 IGNORED_IN_WORKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -27,13 +27,14 @@ def ignore_stop_signals(worker_id: int) -> None:
 def end_workers_at_exit() -> None:
     """Makes the rank's exit end loader workers that are still running, with SIGKILL (once per process).
 
-    At exit Python ends a process's daemonic children with SIGTERM and waits for them; a worker that ignores SIGTERM
-    would make that wait endless whenever the rank leaves without shutting its loaders down (Lightning shuts down
-    only the active loop's loaders when a run ends with an exception). Loader workers are daemonic, so ending them
-    at exit is what Python does anyway; this only makes the signal one they cannot ignore. Registered when the first
-    loader is built, so it runs before multiprocessing's own exit handler.
+    At exit multiprocessing ends a process's daemonic children with SIGTERM and waits for them; a worker that
+    ignores SIGTERM would make that wait endless whenever the rank leaves without shutting its loaders down
+    (Lightning shuts down only the active loop's loaders when a run ends with an exception, e.g. a stop signal
+    during validation). Loader workers are daemonic, so ending them at exit is what Python does anyway; this only
+    makes the signal one they cannot ignore. It runs first in multiprocessing's own exit handler, which a process
+    that multiprocessing started (a run forked by ``ett demo``) runs too, where ``atexit`` handlers never run.
     """
-    atexit.register(kill_daemonic_children)
+    multiprocessing.util.Finalize(None, kill_daemonic_children, exitpriority=1)
 
 
 def kill_daemonic_children() -> None:

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import statistics
 import sys
 import threading
@@ -41,9 +40,10 @@ import torch
 import yaml
 
 from ett_lightning.convert.synthetic import GLYPHS, make_shards
+from ett_lightning.experiments import runs
 from ett_lightning.experiments.interval import paired_interval, question_scores, reference_answers, score_matrix
 from ett_lightning.experiments.report import write_figure, write_markdown
-from ett_lightning.experiments.runs import LightningRun, RunsStopped, stop_runs_on_sigterm
+from ett_lightning.experiments.runs import LightningRun, RunsStopped, stop_runs_on_signals
 from ett_lightning.experiments.tradeoff import alpha_rows, health_summary, recipe_alpha
 from ett_lightning.packaged_recipes import RECIPES
 from ett_lightning.user_errors import UserError, non_negative_float, whole_number
@@ -373,12 +373,13 @@ def main(argv: list[str] | None = None) -> None:
         plan.family_overrides  # noqa: B018 (read before the first stage: a recipe mistake costs no training)
     except UserError as problem:
         parser.error(str(problem))
-    stop_runs_on_sigterm()
+    stop_runs_on_signals()
     try:
         results = run_demo(plan, reuse)
     except RunsStopped:
-        print("ett demo: stopped by SIGTERM; the runs that were training saved their last.ckpt. To go on: ett demo "
-              f"{shlex.join(argv)}{'' if reuse else ' --reuse'}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + signal.SIGTERM) from None
+        stopped_by = runs.STOPPED_BY[0]
+        print(f"ett demo: stopped by {stopped_by.name}; the runs that were training saved their last.ckpt. To go on: "
+              f"ett demo {shlex.join(argv)}{'' if reuse else ' --reuse'}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + stopped_by) from None
     print((Path(args["out"]) / "results.md").read_text())
     print(f"results: {args['out']}/results.json, results.md, results.png ({results['wall_seconds']:.0f} s)")

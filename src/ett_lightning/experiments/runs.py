@@ -9,7 +9,7 @@ logger directory, so it reruns elsewhere with one ``--trainer.default_root_dir``
 Where the platform has fork servers, each run is forked from one server process that imported the CLI once, so it
 starts with torch, Lightning and transformers loaded (seconds of every run on a small machine); elsewhere it is a
 fresh ``python -m ett_lightning.cli``. Either way the runs are not this process's own children in the shell's sense:
-a SIGTERM to it alone (a scheduler's, ``kill``'s) would leave them training, so :func:`stop_runs_on_sigterm` passes
+a SIGTERM to it alone (a scheduler's, ``kill``'s) would leave them training, so :func:`stop_runs_on_signals` passes
 it on to them.
 """
 
@@ -36,13 +36,13 @@ import torch
 import yaml
 
 log = logging.getLogger(__name__)
-STOPPING = threading.Event()  # set by a SIGTERM: no run starts any more
+STOPPED_BY: list[signal.Signals] = []  # the stop signal this process received: no run starts any more
 RUNNING: set[int] = set()  # process ids of the runs going on now
-RUNNING_LOCK = threading.RLock()  # re-entrant: the SIGTERM handler can interrupt its holder in the main thread
+RUNNING_LOCK = threading.RLock()  # re-entrant: the signal handler can interrupt its holder in the main thread
 
 
 class RunsStopped(Exception):
-    """A SIGTERM ended the runs: each fit saved its ``last.ckpt`` (the recipes' PreemptionCheckpoint) and none
+    """A stop signal ended the runs: each fit saved its ``last.ckpt`` (the recipes' PreemptionCheckpoint) and none
     started after it."""
 
 
@@ -94,7 +94,7 @@ class LightningRun:
     def run(self, reuse: bool = False) -> LightningRun:
         """Writes the config and runs it; raises on failure. With ``reuse``, a finished run is skipped and a fit
         stopped before its ``max_steps`` resumes from its ``last.ckpt``."""
-        if STOPPING.is_set():
+        if STOPPED_BY:
             raise RunsStopped(f"stopped before {self.out}")
         if reuse and self.done:
             log.info("reusing %s", self.out)
@@ -111,7 +111,7 @@ class LightningRun:
         exit_code = run_cli([self.command, "--config", str(config_path), *resume], self.out / "run.log",
                             fork=None if single_process(config) else False, threads=self.threads)
         self.seconds = time.monotonic() - start
-        if exit_code != 0 and STOPPING.is_set():
+        if exit_code != 0 and STOPPED_BY:
             raise RunsStopped(f"stopped {self.out} (exit {exit_code})")
         if exit_code != 0:
             tail = "".join((self.out / "run.log").read_text().splitlines(keepends=True)[-30:])
@@ -167,12 +167,12 @@ def run_cli(argv: list[str], log: Path, fork: bool | None = None, threads: int |
 
 @contextlib.contextmanager
 def running(pid: int):
-    """Counts ``pid`` among the runs a SIGTERM reaches while the block runs (one started as the signal came gets
+    """Counts ``pid`` among the runs a stop signal reaches while the block runs (one started as the signal came gets
     it here)."""
     with RUNNING_LOCK:
         RUNNING.add(pid)
-    if STOPPING.is_set():
-        pass_on(signal.SIGTERM)
+    if STOPPED_BY:
+        stop_running()
     try:
         yield
     finally:
@@ -180,23 +180,26 @@ def running(pid: int):
             RUNNING.discard(pid)
 
 
-def stop_runs_on_sigterm() -> None:
-    """From now on a SIGTERM to this process reaches every run going on (each saves its ``last.ckpt`` and stops),
-    and no run starts after it: :meth:`LightningRun.run` raises :class:`RunsStopped`. Call from the main thread."""
+def stop_runs_on_signals() -> None:
+    """From now on SIGTERM or SIGINT to this process stops every run going on (each gets a SIGTERM: it saves its
+    ``last.ckpt`` and exits), and no run starts after it: :meth:`LightningRun.run` raises :class:`RunsStopped`.
+    SIGINT is not passed on as itself: Ctrl-C has sent it to the runs already, and a second one aborts a run
+    without its checkpoint. Call from the main thread."""
 
     def stop(number: int, frame: Any) -> None:
-        STOPPING.set()
-        pass_on(signal.Signals(number))
+        STOPPED_BY.append(signal.Signals(number))
+        stop_running()
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
-def pass_on(number: signal.Signals) -> None:
+def stop_running() -> None:
     with RUNNING_LOCK:
         pids = list(RUNNING)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, number)
+            os.kill(pid, signal.SIGTERM)
 
 
 @functools.cache
