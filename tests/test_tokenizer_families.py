@@ -115,3 +115,14 @@ def test_text_to_image_predicts_the_familys_indices_and_its_loss_reaches_the_enc
     assert tokenizer.encoder.conv_in.weight.grad.abs().sum() > 0
     images, _ = module.eval().generate_images(prompt_batch(module), seed=1)
     assert images.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "vq"])
+def test_indices_outside_the_codebook_are_refused_not_turned_into_other_codes(family):
+    tokenizer = family_module(family).tokenizer if family != "vq" else tiny_module("ett").tokenizer
+    size = tokenizer.codebook_size
+    inside = torch.tensor([[0, size - 1, 1, 2]])
+    assert tokenizer.embed_indices(inside).shape == (1, 4, tokenizer.code_dim)
+    for outside in (size, size + 1, -1, 2 * size):  # LFQ's bits and FSQ's levels would wrap these onto codes
+        with pytest.raises(ValueError, match=rf"code indices must lie in \[0, {size}\).* got -?\d+ \.\. \d+"):
+            tokenizer.decode_indices(torch.tensor([[0, outside, 1, 2]]))

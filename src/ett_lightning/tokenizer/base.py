@@ -116,7 +116,12 @@ class VisionTokenizer(nn.Module):
         return self.decoder(self.post_quant_conv(grid))
 
     def embed_indices(self, indices: Tensor) -> Tensor:
-        """Codebook indices [B, N] -> their codebook embeddings [B, N, D] (what ``encode`` returns for them)."""
+        """Codebook indices [B, N] -> their codebook embeddings [B, N, D] (what ``encode`` returns for them).
+        Indices from elsewhere (a token file, another tokenizer's codes) outside ``[0, codebook_size)`` are refused:
+        the bit and level arithmetic of LFQ and FSQ would otherwise turn them into some other code."""
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
+            raise ValueError(f"code indices must lie in [0, {self.codebook_size}) for this tokenizer's codebook, got "
+                             f"{int(indices.min())} .. {int(indices.max())}")
         return self.quantize.embed(indices)
 
     def decode_indices(self, indices: Tensor) -> Tensor:
