@@ -1,6 +1,7 @@
 """The console scripts as users type them: print_config on the real recipes, img2dataset shards (the demo chain's
 checkpoints, validate, predict and text-to-image are tested on `ett demo`'s outputs, tests/experiments)."""
 
+import csv
 import runpy
 import sys
 from pathlib import Path
@@ -90,8 +91,10 @@ def test_a_fresh_fit_into_another_runs_directory_stops_and_a_resume_goes_on(tmp_
              f"--data.val_shards={synthetic_shards}/caption/val-*.tar", "--trainer.limit_val_batches=1",
              "--data.init_args.batch_size=2", "--data.init_args.num_workers=0", "--data.init_args.image_size=32",
              "--model.init_args.tokenizer.init_args.image_size=32"]
-    main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"), *small, "--trainer.max_steps=1"])
+    main(["fit", "--config", str(ROOT / "recipes/demo/ett_sft.yaml"), *small, "--trainer.max_steps=1",
+          "--trainer.log_every_n_steps=1"])
     run_dir = tmp_path / "outputs/demo/ett_sft"
+    first_rows = (run_dir / "metrics.csv").read_text().splitlines()
     record = (run_dir / "config.yaml").read_text()
     checkpoints = sorted((run_dir / "checkpoints").iterdir())
     variant = tmp_path / "variant.yaml"
@@ -106,6 +109,11 @@ def test_a_fresh_fit_into_another_runs_directory_stops_and_a_resume_goes_on(tmp_
     assert sorted((run_dir / "checkpoints").iterdir()) == checkpoints
     main(["fit", "--config", str(variant), "--trainer.max_steps=2", "--ckpt_path=last"])
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 2
+    with open(run_dir / "metrics.csv", newline="") as file:  # the resumed run's rows follow the first run's
+        rows = list(csv.DictReader(file))
+    assert [int(row["step"]) for row in rows if row["train/total"]] == [0, 1], rows
+    first = dict(zip(first_rows[0].split(","), first_rows[1].split(",")))
+    assert {key: rows[0][key] for key in first} == first  # as the first run wrote it
 
 
 def test_a_run_that_left_no_checkpoint_is_named_without_offering_a_resume(tmp_path, synthetic_shards, capsys,

@@ -14,7 +14,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from ett_lightning.callbacks.prediction_writer import PredictionWriter
 from ett_lightning.callbacks.run_dir import earlier_run
@@ -31,6 +31,7 @@ from ett_lightning.resilience.checkpoint_checks import (
     folder_needs_fsdp2,
 )
 from ett_lightning.resilience.config_checks import seed_problems
+from ett_lightning.resilience.resumed_csv_logger import ResumedCSVLogger
 from ett_lightning.user_errors import UserError, path_error, shortened
 
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -107,8 +108,8 @@ class CheckedLightningCLI(LightningCLI):
             self.config = self.parser.parse_object({subcommand: {"model": hyperparameters}}, self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Without a configured logger, TensorBoard and CSV loggers (``metrics.csv``) writing into
-        ``default_root_dir`` itself.
+        """Without a configured logger, TensorBoard and CSV loggers (``metrics.csv``, kept across resumes:
+        :class:`ResumedCSVLogger`) writing into ``default_root_dir`` itself.
 
         Lightning's default logger makes a new ``lightning_logs/version_N`` per invocation, and its checkpoints go
         there too, so a restarted job (``--ckpt_path=last``) would look in a new, empty directory. Here the
@@ -123,7 +124,7 @@ class CheckedLightningCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = [TensorBoardLogger(save_dir=root, name="", version=""),
-                                CSVLogger(save_dir=root, name="", version="")]
+                                ResumedCSVLogger(save_dir=root, name="", version="")]
         return super().instantiate_trainer(**kwargs)
 
 
