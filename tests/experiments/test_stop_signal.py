@@ -38,7 +38,8 @@ def test_a_sigterm_reaches_the_running_run_which_saves_and_stops(tmp_path, synth
         "data.init_args.train_shards": f"{synthetic_shards}/caption/train-*.tar",
         "data.init_args.val_shards": f"{synthetic_shards}/caption/val-*.tar",
         "data.init_args.batch_size": 2, "data.init_args.image_size": 32,
-        "model.init_args.tokenizer.init_args.image_size": 32, "trainer.max_steps": MAX_STEPS})
+        "model.init_args.tokenizer.init_args.image_size": 32, "trainer.max_steps": MAX_STEPS},
+        callback_args={"lightning.pytorch.callbacks.ModelCheckpoint": {"every_n_train_steps": 3}})
     ended: list[BaseException | None] = []
 
     def train() -> None:
@@ -52,7 +53,7 @@ def test_a_sigterm_reaches_the_running_run_which_saves_and_stops(tmp_path, synth
     thread.start()
     deadline = time.monotonic() + 120
     while not run.last_checkpoint.is_file() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)  # until it has trained 50 steps and written its first checkpoint
+        time.sleep(0.2)  # until it has trained 3 steps and written its first checkpoint
     assert run.last_checkpoint.is_file(), (run.out / "run.log").read_text()[-3000:]
     signal.raise_signal(signal.SIGTERM)  # to this process alone, as `kill` sends it
     thread.join(60)
@@ -62,7 +63,7 @@ def test_a_sigterm_reaches_the_running_run_which_saves_and_stops(tmp_path, synth
     log = (run.out / "run.log").read_text()
     assert "SIGTERM on rank 0 of 1: saved" in log, log[-3000:]
     step = torch.load(run.last_checkpoint, map_location="cpu", weights_only=False)["global_step"]
-    assert 50 <= step < MAX_STEPS
+    assert 3 <= step < MAX_STEPS
     with pytest.raises(RunsStopped, match="stopped before"):  # no run starts after the signal
         LightningRun(str(ROOT / "recipes/demo/ett_sft.yaml"), tmp_path / "next").run()
     assert not (tmp_path / "next").exists()
