@@ -4,6 +4,7 @@ checkpoints it leaves reload exactly and serve `lightning validate`, `predict` a
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -83,12 +84,14 @@ def demo(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("demo")
     data = make_shards(root / "data", num_train=32, num_val=32, image_size=64, samples_per_shard=16, seed=2)
     started_in = os.getcwd()
+    handlers = [signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)]
     os.chdir(root)
     try:
         main(["--out", str(root / "out"), "--data", str(data), "--seeds", "3", "--tokenizer-steps", "2",
               "--align-steps", "2", "--tune-steps", "2", "--posttrain-steps", "2"])
     finally:
         os.chdir(started_in)
+    assert [signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)] == handlers  # as it found them
     return data, root / "out"
 
 

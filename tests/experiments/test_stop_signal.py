@@ -3,6 +3,7 @@ started, which are not its children in the shell's sense: the demo's stage-2 rec
 checkpoints on), shrunk, saves its ``last.ckpt`` and stops, no run starts after it, and ``ett demo`` ends with
 status 128 + the signal's number and says how to go on."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -22,13 +23,12 @@ MAX_STEPS = 100_000  # far more than it trains before the signal
 
 @pytest.fixture
 def stop_signals_passed_on(monkeypatch):
-    """:func:`stop_runs_on_signals` in this process, undone afterwards (handlers and the stop they record)."""
+    """:func:`stop_runs_on_signals` in this process; afterwards the handlers before it are back."""
     monkeypatch.setattr(runs, "STOPPED_BY", [])
     before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
-    stop_runs_on_signals()
-    yield
-    for number, handler in before.items():
-        signal.signal(number, handler)
+    with stop_runs_on_signals():
+        yield
+    assert {number: signal.getsignal(number) for number in before} == before
     for pid in list(runs.RUNNING):  # a run the signal did not stop: not left training after a failure
         os.kill(pid, signal.SIGKILL)
 
@@ -85,7 +85,7 @@ def test_a_stop_signal_reaches_a_run_started_as_a_subprocess(tmp_path, stop_sign
 
 def test_ett_demo_stopped_by_a_signal_says_how_to_go_on_and_exits_with_its_status(tmp_path, monkeypatch, capsys):
     (tmp_path / "data" / "vqa").mkdir(parents=True)
-    monkeypatch.setattr(demo_module, "stop_runs_on_signals", lambda: None)
+    monkeypatch.setattr(demo_module, "stop_runs_on_signals", contextlib.nullcontext)
     monkeypatch.setattr(runs, "STOPPED_BY", [signal.SIGINT])
 
     def stopped(plan, reuse):

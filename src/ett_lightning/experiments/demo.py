@@ -373,9 +373,9 @@ def main(argv: list[str] | None = None) -> None:
         plan.family_overrides  # noqa: B018 (read before the first stage: a recipe mistake costs no training)
     except UserError as problem:
         parser.error(str(problem))
-    stop_runs_on_signals()
     try:
-        results = run_demo(plan, reuse)
+        with stop_runs_on_signals():
+            results = run_demo(plan, reuse)
     except RunsStopped:
         stopped_by = runs.STOPPED_BY[0]
         print(f"ett demo: stopped by {stopped_by.name}; the runs that were training saved their last.ckpt. To go on: "

@@ -180,18 +180,23 @@ def running(pid: int):
             RUNNING.discard(pid)
 
 
-def stop_runs_on_signals() -> None:
-    """From now on SIGTERM or SIGINT to this process stops every run going on (each gets a SIGTERM: it saves its
-    ``last.ckpt`` and exits), and no run starts after it: :meth:`LightningRun.run` raises :class:`RunsStopped`.
+@contextlib.contextmanager
+def stop_runs_on_signals():
+    """While the block runs, SIGTERM or SIGINT to this process stops every run going on (each gets a SIGTERM: it saves
+    its ``last.ckpt`` and exits), and no run starts after it: :meth:`LightningRun.run` raises :class:`RunsStopped`.
     SIGINT is not passed on as itself: Ctrl-C has sent it to the runs already, and a second one aborts a run
-    without its checkpoint. Call from the main thread."""
+    without its checkpoint. The handlers before are back afterwards. Enter from the main thread."""
 
     def stop(number: int, frame: Any) -> None:
         STOPPED_BY.append(signal.Signals(number))
         stop_running()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    before = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)
 
 
 def stop_running() -> None:
