@@ -70,6 +70,26 @@ def test_each_problem_names_its_key_and_the_fix(path, value, message):
         check_config(with_change(path, value))
 
 
+@pytest.mark.parametrize(("trainer", "refused"), [
+    ({"val_check_interval": 201}, True),
+    ({"val_check_interval": 200}, False),
+    ({"val_check_interval": 101, "devices": 2}, True),
+    ({"val_check_interval": 101, "devices": "auto"}, False),  # ranks unknown: only what is wrong for any count
+    ({"val_check_interval": 500, "check_val_every_n_epoch": None}, False),
+    ({"val_check_interval": 0.5}, False),
+])
+def test_a_validation_interval_longer_than_an_epoch_is_refused_unless_counted_across_epochs(trainer, refused):
+    config = copy.deepcopy(GOOD)
+    config["trainer"].update(trainer)
+    config["data"]["init_args"].update({"samples_per_epoch": 3200, "batch_size": 16})  # 200 batches in one process
+    if not refused:
+        check_config(config)
+        return
+    with pytest.raises(ValueError, match=r"trainer.val_check_interval: \d+ batches is longer than an epoch \((200|100) "
+                                         r"batches per rank.*set trainer.check_val_every_n_epoch: null"):
+        check_config(config)
+
+
 def test_all_problems_are_reported_at_once():
     config = with_change("model.init_args.stage", "sft")
     config["data"]["init_args"]["image_size"] = 60

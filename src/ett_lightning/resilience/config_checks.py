@@ -35,6 +35,26 @@ def find_problems(config: dict[str, Any]) -> Iterator[str]:
     yield from seed_problems(config.get("seed_everything"))
     yield from learning_rate_problems(config.get("model"))
     yield from health_callback_problems(config.get("trainer"))
+    yield from validation_interval_problems(config.get("trainer"), init_args(config.get("data")))
+
+
+def validation_interval_problems(trainer: Any, data: dict[str, Any]) -> Iterator[str]:
+    """A whole-number ``val_check_interval`` longer than an epoch, while validation still waits for epochs to end:
+    Lightning stops at its first batch with a traceback. Counted as the data module counts (``samples_per_epoch``
+    over batch size and ranks; all ranks are assumed where ``devices`` is not a number), so a config this
+    passes may still be refused, never the other way round."""
+    trainer = trainer if isinstance(trainer, dict) else {}
+    interval, per_epoch = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch", 1)
+    samples, batch = data.get("samples_per_epoch"), data.get("batch_size")
+    if per_epoch is None or not all(type(value) is int and value > 0 for value in (interval, samples, batch)):
+        return
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes", 1)
+    ranks = devices * nodes if type(devices) is int and type(nodes) is int and devices > 0 and nodes > 0 else 1
+    batches = max(1, samples // (batch * ranks))
+    if interval > batches:
+        yield (f"trainer.val_check_interval: {interval} batches is longer than an epoch ({batches} batches per rank: "
+               f"data samples_per_epoch {samples} / batch_size {batch} / {ranks} rank(s)); set "
+               "trainer.check_val_every_n_epoch: null to count batches across epochs, or validate more often")
 
 
 def learning_rate_problems(model: Any) -> Iterator[str]:
