@@ -122,7 +122,10 @@ def test_indices_outside_the_codebook_are_refused_not_turned_into_other_codes(fa
     tokenizer = family_module(family).tokenizer if family != "vq" else tiny_module("ett").tokenizer
     size = tokenizer.codebook_size
     inside = torch.tensor([[0, size - 1, 1, 2]])
-    assert tokenizer.embed_indices(inside).shape == (1, 4, tokenizer.code_dim)
+    assert tokenizer.decode_indices(inside).shape[:2] == (1, 3)
     for outside in (size, size + 1, -1, 2 * size):  # LFQ's bits and FSQ's levels would wrap these onto codes
         with pytest.raises(ValueError, match=rf"code indices must lie in \[0, {size}\).* got -?\d+ \.\. \d+"):
             tokenizer.decode_indices(torch.tensor([[0, outside, 1, 2]]))
+    for wrong in (inside.float(), inside.bool(), torch.tensor([[0.4, 1.0, float("nan"), 2.0]])):
+        with pytest.raises(ValueError, match="code indices must be integers, got a tensor of torch"):
+            tokenizer.decode_indices(wrong)

@@ -26,9 +26,9 @@ from ett_lightning.distributed import fsdp2  # noqa: F401  registers --trainer.s
 from ett_lightning.packaged_recipes import config_values, resolve_config_arguments
 from ett_lightning.resilience import check_config
 from ett_lightning.resilience.checkpoint_checks import (
-    checkpoint_hyperparameters,
     checkpoint_mismatch,
     folder_needs_fsdp2,
+    read_checkpoint,
 )
 from ett_lightning.resilience.config_checks import seed_problems
 from ett_lightning.resilience.resumed_csv_logger import ResumedCSVLogger
@@ -40,6 +40,8 @@ TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 class CheckedLightningCLI(LightningCLI):
     """LightningCLI that checks the resolved configuration (paths, stage, weights, dimensions, image size)
     before instantiating anything, so a typo costs seconds, not an LLM load."""
+
+    resumed_step: int | None = None  # the global step of the checkpoint a fit resumes (read with its other checks)
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
         """A seed NumPy refuses is named before LightningCLI seeds everything with it (a traceback otherwise)."""
@@ -87,7 +89,10 @@ class CheckedLightningCLI(LightningCLI):
         if not path:
             return
         try:
-            hyperparameters = checkpoint_hyperparameters(path)
+            checkpoint = read_checkpoint(path)
+            hyperparameters = dict(checkpoint.get("hyper_parameters") or {})
+            if subcommand == "fit" and type(checkpoint.get("global_step")) is int:
+                self.resumed_step = checkpoint["global_step"]
             model = config.get("model")
             model = model.as_dict() if model else {}
             strategy = config.get("trainer.strategy")
@@ -124,7 +129,7 @@ class CheckedLightningCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = [TensorBoardLogger(save_dir=root, name="", version=""),
-                                ResumedCSVLogger(save_dir=root, name="", version="")]
+                                ResumedCSVLogger(save_dir=root, name="", version="", resumed_step=self.resumed_step)]
         return super().instantiate_trainer(**kwargs)
 
 

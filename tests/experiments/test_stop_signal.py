@@ -83,6 +83,13 @@ def test_a_stop_signal_reaches_a_run_started_as_a_subprocess(tmp_path, stop_sign
     assert codes == [-signal.SIGTERM], (codes, (tmp_path / "log").read_text()[-2000:])  # ended by it, not by --help
 
 
+def test_a_stop_signal_between_runs_stops_at_once_and_a_later_block_starts_afresh(stop_signals_passed_on, tmp_path):
+    with pytest.raises(RunsStopped, match="stopped by SIGTERM between runs"):  # e.g. while shards are written
+        signal.raise_signal(signal.SIGTERM)
+    with stop_runs_on_signals():  # a demo called again in this process: the earlier stop is not held against it
+        assert runs.STOPPED_BY == []
+
+
 def test_ett_demo_stopped_by_a_signal_says_how_to_go_on_and_exits_with_its_status(tmp_path, monkeypatch, capsys):
     (tmp_path / "data" / "vqa").mkdir(parents=True)
     monkeypatch.setattr(demo_module, "stop_runs_on_signals", contextlib.nullcontext)
@@ -96,6 +103,6 @@ def test_ett_demo_stopped_by_a_signal_says_how_to_go_on_and_exits_with_its_statu
         demo_module.main(["--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"), "--tune-steps", "9"])
     assert exit_status.value.code == 130
     message = capsys.readouterr().err
-    assert message.strip() == (f"ett demo: stopped by SIGINT; the runs that were training saved their last.ckpt. "
+    assert message.strip() == (f"ett demo: stopped by SIGINT (a run it stopped saved its last.ckpt first). "
                                f"To go on: ett demo --out {tmp_path / 'out'} --data {tmp_path / 'data'} "
                                f"--tune-steps 9 --reuse")

@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             results = run_demo(plan, reuse)
     except RunsStopped:
         stopped_by = runs.STOPPED_BY[0]
-        print(f"ett demo: stopped by {stopped_by.name}; the runs that were training saved their last.ckpt. To go on: "
+        print(f"ett demo: stopped by {stopped_by.name} (a run it stopped saved its last.ckpt first). To go on: "
               f"ett demo {shlex.join(argv)}{'' if reuse else ' --reuse'}", file=sys.stderr, flush=True)
         raise SystemExit(128 + stopped_by) from None
     print((Path(args["out"]) / "results.md").read_text())

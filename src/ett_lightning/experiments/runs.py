@@ -183,14 +183,21 @@ def running(pid: int):
 @contextlib.contextmanager
 def stop_runs_on_signals():
     """While the block runs, SIGTERM or SIGINT to this process stops every run going on (each gets a SIGTERM: it saves
-    its ``last.ckpt`` and exits), and no run starts after it: :meth:`LightningRun.run` raises :class:`RunsStopped`.
-    SIGINT is not passed on as itself: Ctrl-C has sent it to the runs already, and a second one aborts a run
-    without its checkpoint. The handlers before are back afterwards. Enter from the main thread."""
+    its ``last.ckpt`` and exits) and no run starts after it: :meth:`LightningRun.run` raises :class:`RunsStopped`
+    once they have ended. With no run going on (shards being written, results being summed up) the signal raises
+    :class:`RunsStopped` at once. SIGINT is not passed on as itself: Ctrl-C has sent it to the runs already, and a
+    second one aborts a run without its checkpoint. The handlers before are back afterwards. Enter from the main
+    thread."""
 
     def stop(number: int, frame: Any) -> None:
         STOPPED_BY.append(signal.Signals(number))
+        with RUNNING_LOCK:
+            idle = not RUNNING
+        if idle:
+            raise RunsStopped(f"stopped by {signal.Signals(number).name} between runs")
         stop_running()
 
+    STOPPED_BY.clear()  # an earlier stop in this process does not refuse this block's runs
     before = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

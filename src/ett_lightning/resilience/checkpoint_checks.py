@@ -13,13 +13,24 @@ from ett_lightning.checkpoints.hyperparameters import loaded_class
 
 
 def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
-    """The ``hyper_parameters`` a Lightning checkpoint records, read memory-mapped (no tensor is loaded, so a 7B
-    model's checkpoint costs no memory here; of a checkpoint folder, its ``meta.pt``, once :func:`check_folder` has
-    found nothing but data in it). Raises one-line ValueError
-    for a file that is no readable checkpoint, naming an older checkpoint of the same folder to resume from instead."""
+    """The ``hyper_parameters`` a Lightning checkpoint records (see :func:`read_checkpoint`)."""
+    return dict(read_checkpoint(path).get("hyper_parameters") or {})
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` a Lightning checkpoint records (see :func:`read_checkpoint`), None if it records none."""
+    step = read_checkpoint(path).get("global_step")
+    return step if type(step) is int else None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint read memory-mapped (no tensor is loaded, so a 7B model's checkpoint costs no memory
+    here; of a checkpoint folder, its ``meta.pt``, once :func:`check_folder` has found nothing but data in it).
+    Raises one-line ValueError for a file that is no readable checkpoint, naming an older checkpoint of the same
+    folder to resume from instead."""
     if is_checkpoint_folder(path):
         check_folder(path)
-        return dict(folder_metadata(path).get("hyper_parameters") or {})
+        return folder_metadata(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder but no checkpoint folder (no .metadata): give a checkpoint file, e.g. "
                          "<run>/checkpoints/last.ckpt, or the folder FSDP2 saved")
@@ -35,7 +46,7 @@ def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
                          + older_checkpoint_hint(path)) from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint (it has no state_dict)" + older_checkpoint_hint(path))
-    return dict(checkpoint.get("hyper_parameters") or {})
+    return checkpoint
 
 
 def older_checkpoint_hint(path: Path) -> str:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 
 class ResumedCSVLogger(CSVLogger):
@@ -15,39 +18,56 @@ class ResumedCSVLogger(CSVLogger):
 
     Lightning's deletes the file when it opens a directory that has one, so a run resumed in its own directory
     (``--ckpt_path=last`` after a preemption) kept only the rows logged after the restart, and its loss curves
-    started there. This one reads the earlier rows before that, and puts back those logged before the first step
-    the resumed run logs; rows of steps the resumed run trains again (after its checkpoint, before the stop) are
-    replaced by the new ones. An unreadable or foreign file is left to Lightning (and so deleted), never a crash.
+    started there. This one puts the earlier rows back as soon as Lightning has deleted them (a resumed run that
+    stops before it logs loses nothing), less those of steps from ``resumed_step`` on, which the resumed run
+    trains again. A file that is not Lightning's (no whole-number ``step`` in every row), or a link, is not read
+    and is left to Lightning, which deletes it.
+
+    Args:
+        resumed_step: the global step of the checkpoint the run resumes from; None keeps every row (a
+            ``validate`` in a fit's directory).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, resumed_step: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._earlier: list[dict[str, Any]] | None = None
+        self.resumed_step = resumed_step
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> Any:
-        if self._experiment is None and self._earlier is None:
-            self._earlier = earlier_rows(Path(self.log_dir) / "metrics.csv")  # before Lightning deletes the file
-        return CSVLogger.experiment.fget(self)
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        kept = path.with_name("metrics.csv.kept")
+        header = copy_rows(path, kept, self.resumed_step)
+        with warnings.catch_warnings():  # "Previous log files in this directory will be deleted": not this one
+            warnings.filterwarnings("ignore", message="Experiment logs directory")
+            writer = CSVLogger.experiment.fget(self)
+        if header:
+            os.replace(kept, path)
+            writer.metrics_keys = header
+        return writer
 
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        writer = self.experiment
-        if self._earlier:
-            first = len(writer.metrics) if step is None else step
-            writer.metrics[:0] = [row for row in self._earlier if row["step"] < first]
-        self._earlier = []
-        super().log_metrics(metrics, step)
 
-
-def earlier_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.csv`` Lightning wrote, as written (empty cells left out, ``step`` an int); none when
-    there is no such file or it is not one (a row without a whole-number step)."""
+def copy_rows(source: Path, target: Path, before_step: int | None) -> list[str] | None:
+    """Copies the header and the rows of a Lightning ``metrics.csv`` at ``source`` whose step is below
+    ``before_step`` (every row when None) to ``target``, line by line; returns the header, or None (and no
+    ``target``) when ``source`` is missing, a link or not such a file."""
+    if source.is_symlink() or not source.is_file():
+        return None
     try:
-        with open(path, newline="") as file:
-            rows = [{key: value for key, value in row.items() if key and value} for row in csv.DictReader(file)]
-        for row in rows:
-            row["step"] = int(row["step"])
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, csv.Error):
-        return []
-    return rows
+        with open(source, newline="") as rows, open(target, "w", newline="") as out:
+            reader, writer = csv.reader(rows), csv.writer(out)
+            header = next(reader)
+            at = header.index("step")
+            writer.writerow(header)
+            for row in reader:
+                if len(row) != len(header):
+                    raise ValueError("a row of another width")
+                if before_step is None or int(row[at]) < before_step:
+                    writer.writerow(row)
+    except (OSError, UnicodeDecodeError, ValueError, StopIteration, csv.Error):
+        with contextlib.suppress(OSError):
+            target.unlink()
+        return None
+    return header

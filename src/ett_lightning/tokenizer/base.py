@@ -116,16 +116,20 @@ class VisionTokenizer(nn.Module):
         return self.decoder(self.post_quant_conv(grid))
 
     def embed_indices(self, indices: Tensor) -> Tensor:
-        """Codebook indices [B, N] -> their codebook embeddings [B, N, D] (what ``encode`` returns for them).
-        Indices from elsewhere (a token file, another tokenizer's codes) outside ``[0, codebook_size)`` are refused:
-        the bit and level arithmetic of LFQ and FSQ would otherwise turn them into some other code."""
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
-            raise ValueError(f"code indices must lie in [0, {self.codebook_size}) for this tokenizer's codebook, got "
-                             f"{int(indices.min())} .. {int(indices.max())}")
+        """Codebook indices [B, N] -> their codebook embeddings [B, N, D] (what ``encode`` returns for them). The
+        indices must lie in ``[0, codebook_size)``, unchecked here (generation calls this once per token); indices
+        from elsewhere go through :meth:`decode_indices`, which checks them."""
         return self.quantize.embed(indices)
 
     def decode_indices(self, indices: Tensor) -> Tensor:
-        """Codebook indices [B, N] -> images, for generation."""
+        """Codebook indices [B, N] -> images, for generation and for codes from elsewhere (a token file, another
+        tokenizer's codes): indices that are not integers in ``[0, codebook_size)`` are refused, since the bit and
+        level arithmetic of LFQ and FSQ would turn them into some other code."""
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise ValueError(f"code indices must be integers, got a tensor of {indices.dtype}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
+            raise ValueError(f"code indices must lie in [0, {self.codebook_size}) for this tokenizer's codebook, got "
+                             f"{int(indices.min())} .. {int(indices.max())}")
         return self.decode(self.embed_indices(indices))
 
     def forward(self, images: Tensor) -> tuple[Tensor, TokenizerOutput]:
