@@ -1,7 +1,8 @@
 """A SIGTERM (a scheduler's, or ``kill <pid of ett demo>``) or SIGINT to an experiment's process reaches the runs it
 started, which are not its children in the shell's sense: the demo's stage-2 recipe as shipped (callbacks,
 checkpoints on), shrunk, saves its ``last.ckpt`` and stops, no run starts after it, and ``ett demo`` ends with
-status 128 + the signal's number and says how to go on."""
+status 128 + the signal's number and says how to go on. A stop while the demo writes its shards leaves no half set
+that the next demo would train on."""
 
 import contextlib
 import os
@@ -106,3 +107,26 @@ def test_ett_demo_stopped_by_a_signal_says_how_to_go_on_and_exits_with_its_statu
     assert message.strip() == (f"ett demo: stopped by SIGINT (a run it stopped saved its last.ckpt first). "
                                f"To go on: ett demo --out {tmp_path / 'out'} --data {tmp_path / 'data'} "
                                f"--tune-steps 9 --reuse")
+
+
+def test_shards_stopped_while_written_are_not_taken_for_the_demos_data(tmp_path, monkeypatch):
+    def stopped_half_way(out, **options):
+        (out / "caption").mkdir(parents=True)
+        (out / "caption" / "train-000000.tar").write_bytes(b"half")
+        raise RunsStopped("stopped by SIGINT between runs")
+
+    monkeypatch.setattr(demo_module, "make_shards", stopped_half_way)
+    with pytest.raises(RunsStopped):
+        demo_module.write_shards(tmp_path / "data", "centred")
+    assert not (tmp_path / "data" / "vqa").exists()  # so the next demo writes them again
+
+    def whole(out, **options):
+        for kind in ("caption", "vqa"):
+            (out / kind).mkdir(parents=True)
+            (out / kind / "train-000000.tar").write_bytes(b"whole")
+
+    monkeypatch.setattr(demo_module, "make_shards", whole)
+    demo_module.write_shards(tmp_path / "data", "centred")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.tar")) == [
+        "data/caption/train-000000.tar", "data/vqa/train-000000.tar"]
+    assert (tmp_path / "data" / "caption" / "train-000000.tar").read_bytes() == b"whole"

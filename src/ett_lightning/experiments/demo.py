@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import threading
@@ -136,7 +137,7 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
         raise UserError(f"{plan.out} holds earlier runs ({earlier[0]}, ...): add --reuse to keep the finished ones "
                         "and go on from where the others stopped, or give another --out")
     if not (plan.data / "vqa").is_dir():
-        make_shards(plan.data, num_train=5000, num_val=500, image_size=64, glyph=plan.glyph)
+        write_shards(plan.data, plan.glyph)
     shards_seconds = time.monotonic() - start
     tokenizer = plan.fit("tokenizer", "tokenizer", plan.tokenizer_steps, plan.seeds[0], None).run(reuse)
     align = plan.fit("ett_align", "align", plan.align_steps, plan.seeds[0], tokenizer.last_checkpoint).run(reuse)
@@ -163,6 +164,19 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
     write_markdown(results, plan.out / "results.md")
     write_figure({arm: arms[arm] for arm in ARMS}, before, after, plan.seeds, plan.out / "results.png", arms)
     return results
+
+
+def write_shards(data: Path, glyph: str) -> None:
+    """The demo's shards, written beside ``data`` and moved in once whole, the ``vqa`` ones last (their folder is
+    what says the shards are there): a demo stopped while writing them leaves no half set for the next to train on."""
+    partial = data.with_name(f"{data.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    make_shards(partial, num_train=5000, num_val=500, image_size=64, glyph=glyph)
+    (data / "caption").mkdir(parents=True, exist_ok=True)
+    for shard in sorted((partial / "caption").iterdir()):
+        os.replace(shard, data / "caption" / shard.name)
+    os.replace(partial / "vqa", data / "vqa")  # at once: there is none yet
+    shutil.rmtree(partial)
 
 
 def stage_runs(shared: list[LightningRun], arms: dict[str, dict[str, list[LightningRun]]]
