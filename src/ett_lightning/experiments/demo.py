@@ -169,10 +169,10 @@ def run_demo(plan: DemoPlan, reuse: bool = False) -> dict[str, Any]:
 def write_shards(data: Path, glyph: str) -> None:
     """The demo's shards, written beside ``data`` and moved in once whole, the ``vqa`` ones last (their folder is
     what says the shards are there): a demo stopped while writing them leaves no half set for the next to train on."""
+    (data / "caption").mkdir(parents=True, exist_ok=True)  # a --data that cannot hold them fails before the writing
     partial = data.with_name(f"{data.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     make_shards(partial, num_train=5000, num_val=500, image_size=64, glyph=glyph)
-    (data / "caption").mkdir(parents=True, exist_ok=True)
     for shard in sorted((partial / "caption").iterdir()):
         os.replace(shard, data / "caption" / shard.name)
     os.replace(partial / "vqa", data / "vqa")  # at once: there is none yet
