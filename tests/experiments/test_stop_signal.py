@@ -34,6 +34,7 @@ def stop_signals_passed_on(monkeypatch):
         os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_a_sigterm_reaches_the_running_run_which_saves_and_stops(tmp_path, synthetic_shards, stop_signals_passed_on):
     run = LightningRun(str(ROOT / "recipes/demo/ett_sft.yaml"), tmp_path / "run", overrides={
         "data.init_args.train_shards": f"{synthetic_shards}/caption/train-*.tar",
