@@ -126,6 +126,15 @@ def test_indices_outside_the_codebook_are_refused_not_turned_into_other_codes(fa
     for outside in (size, size + 1, -1, 2 * size):  # LFQ's bits and FSQ's levels would wrap these onto codes
         with pytest.raises(ValueError, match=rf"code indices must lie in \[0, {size}\).* got -?\d+ \.\. \d+"):
             tokenizer.decode_indices(torch.tensor([[0, outside, 1, 2]]))
+    for narrow in (torch.uint8, torch.int16, torch.int32):  # token files in narrow types decode as int64 do
+        assert torch.equal(tokenizer.decode_indices(inside.to(narrow)), tokenizer.decode_indices(inside))
     for wrong in (inside.float(), inside.bool(), torch.tensor([[0.4, 1.0, float("nan"), 2.0]])):
         with pytest.raises(ValueError, match="code indices must be integers, got a tensor of torch"):
             tokenizer.decode_indices(wrong)
+
+
+def test_a_codebook_as_large_as_the_index_type_holds_decodes_its_last_code():
+    tokenizer = MAGVIT2Tokenizer(LookupFreeQuantizer(8), ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                 resolution=IMAGE_SIZE)  # 256 codes: uint8 indices 0..255, and 256 wraps to 0 in uint8
+    indices = torch.tensor([[0, 255, 1, 2]])
+    assert torch.equal(tokenizer.decode_indices(indices.to(torch.uint8)), tokenizer.decode_indices(indices))

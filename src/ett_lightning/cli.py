@@ -65,6 +65,12 @@ class CheckedLightningCLI(LightningCLI):
             root = config.get("trainer.default_root_dir") or os.getcwd()
             refuse_earlier_run(Path(root), config, root)
 
+    def kept_until(self) -> int | None:
+        """The step before which ``metrics.csv`` keeps its rows: a fit's resumed checkpoint step (0, none kept, for
+        a fresh fit or one whose checkpoint Lightning finds by itself, such as a SLURM requeue's); None, every row,
+        for ``validate``, ``test`` and ``predict``."""
+        return (self.resumed_step or 0) if self.subcommand == "fit" else None
+
     def before_fit(self) -> None:
         """A fresh fit (no ``--ckpt_path``) into a directory that holds a run stops here with one line naming it,
         before any logger or callback has written a file there: it would mix its checkpoints with the old ones and
@@ -129,7 +135,7 @@ class CheckedLightningCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = [TensorBoardLogger(save_dir=root, name="", version=""),
-                                ResumedCSVLogger(save_dir=root, name="", version="", resumed_step=self.resumed_step)]
+                                ResumedCSVLogger(save_dir=root, name="", version="", resumed_step=self.kept_until())]
         return super().instantiate_trainer(**kwargs)
 
 

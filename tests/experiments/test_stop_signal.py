@@ -7,6 +7,7 @@ that the next demo would train on."""
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ def stop_signals_passed_on(monkeypatch):
     with stop_runs_on_signals():
         yield
     assert {number: signal.getsignal(number) for number in before} == before
-    for pid in list(runs.RUNNING):  # a run the signal did not stop: not left training after a failure
+    for pid in [pid for pid in runs.RUNNING if isinstance(pid, int)]:  # not left training after a failure
         os.kill(pid, signal.SIGKILL)
 
 
@@ -90,6 +91,15 @@ def test_a_stop_signal_between_runs_stops_at_once_and_a_later_block_starts_afres
         signal.raise_signal(signal.SIGTERM)
     with stop_runs_on_signals():  # a demo called again in this process: the earlier stop is not held against it
         assert runs.STOPPED_BY == []
+
+
+def test_a_stop_signal_while_a_run_starts_reaches_that_run(stop_signals_passed_on):
+    with runs.running() as started:
+        signal.raise_signal(signal.SIGTERM)  # before the run's process exists: not taken for a moment between runs
+        process = subprocess.Popen(["sleep", "30"])
+        started(process.pid)
+        assert process.wait(timeout=10) == -signal.SIGTERM
+    assert runs.RUNNING == set()
 
 
 def test_ett_demo_stopped_by_a_signal_says_how_to_go_on_and_exits_with_its_status(tmp_path, monkeypatch, capsys):

@@ -68,3 +68,24 @@ def test_a_link_named_metrics_csv_is_not_read(tmp_path):
     logger.save()
     assert [(step, total) for step, total, _ in rows(run / "metrics.csv")] == [("0", "1.5")]
     assert outside.read_text() == EARLIER
+
+
+def test_a_fit_from_the_start_keeps_no_row(tmp_path):
+    (tmp_path / "metrics.csv").write_text(EARLIER)  # a run folder without a checkpoint (or a requeue Lightning finds)
+    logger = ResumedCSVLogger(save_dir=tmp_path, name="", version="", resumed_step=0)
+    logger.log_metrics({"train/total": 1.5}, step=0)
+    logger.save()
+    assert [(step, total) for step, total, _ in rows(tmp_path / "metrics.csv")] == [("0", "1.5")]
+
+
+def test_rows_set_aside_by_a_stopped_start_come_back_and_a_leftover_link_is_not_written_through(tmp_path):
+    run, victim = tmp_path / "run", tmp_path / "victim.txt"
+    run.mkdir()
+    (run / "metrics.csv.kept").write_text(EARLIER)  # stopped between Lightning's delete and the rows' return
+    ResumedCSVLogger(save_dir=run, name="", version="", resumed_step=2).log_hyperparams({})
+    assert [row[0] for row in rows(run / "metrics.csv")] == ["0", "1", "1"]
+    victim.write_text("untouched")
+    (run / "metrics.csv.kept").symlink_to(victim)
+    ResumedCSVLogger(save_dir=run, name="", version="", resumed_step=1).log_hyperparams({})
+    assert victim.read_text() == "untouched" and not (run / "metrics.csv").is_symlink()
+    assert [row[0] for row in rows(run / "metrics.csv")] == ["0"]

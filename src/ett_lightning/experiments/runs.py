@@ -37,7 +37,7 @@ import yaml
 
 log = logging.getLogger(__name__)
 STOPPED_BY: list[signal.Signals] = []  # the stop signal this process received: no run starts any more
-RUNNING: set[int] = set()  # process ids of the runs going on now
+RUNNING: set[object] = set()  # process ids of the runs going on now (a placeholder while one starts)
 RUNNING_LOCK = threading.RLock()  # re-entrant: the signal handler can interrupt its holder in the main thread
 
 
@@ -154,30 +154,41 @@ def run_cli(argv: list[str], log: Path, fork: bool | None = None, threads: int |
     if not fork:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
         with open(log, "w") as file:
-            process = subprocess.Popen([sys.executable, "-m", "ett_lightning.cli", *argv], stdout=file,
-                                       stderr=subprocess.STDOUT, env=env)
-            with running(process.pid):
+            with running() as started:
+                process = subprocess.Popen([sys.executable, "-m", "ett_lightning.cli", *argv], stdout=file,
+                                           stderr=subprocess.STDOUT, env=env)
+                started(process.pid)
                 return process.wait()
     child = fork_server().Process(target=cli_in_child, args=(argv, str(log), os.getcwd(), threads))
-    child.start()
-    with running(child.pid):
+    with running() as started:
+        child.start()
+        started(child.pid)
         child.join()
     return child.exitcode
 
 
 @contextlib.contextmanager
-def running(pid: int):
-    """Counts ``pid`` among the runs a stop signal reaches while the block runs (one started as the signal came gets
-    it here)."""
+def running():
+    """Counts the run the block starts among those a stop signal reaches, from before it is started (a signal
+    meanwhile does not take the moment for one between runs); the block passes the run's process id to the
+    function it gets, and a run started as the signal came gets it then."""
+    placeholder, pids = object(), []
     with RUNNING_LOCK:
-        RUNNING.add(pid)
-    if STOPPED_BY:
-        stop_running()
+        RUNNING.add(placeholder)
+
+    def started(pid: int) -> None:
+        with RUNNING_LOCK:
+            RUNNING.add(pid)
+            pids.append(pid)
+        if STOPPED_BY:
+            stop_running()
+
     try:
-        yield
+        yield started
     finally:
         with RUNNING_LOCK:
-            RUNNING.discard(pid)
+            RUNNING.discard(placeholder)
+            RUNNING.difference_update(pids)
 
 
 @contextlib.contextmanager
@@ -208,7 +219,7 @@ def stop_runs_on_signals():
 
 def stop_running() -> None:
     with RUNNING_LOCK:
-        pids = list(RUNNING)
+        pids = [pid for pid in RUNNING if isinstance(pid, int)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)

@@ -24,8 +24,8 @@ class ResumedCSVLogger(CSVLogger):
     and is left to Lightning, which deletes it.
 
     Args:
-        resumed_step: the global step of the checkpoint the run resumes from; None keeps every row (a
-            ``validate`` in a fit's directory).
+        resumed_step: the global step of the checkpoint the run resumes from (0 for a fit from the start: no
+            row is kept); None keeps every row (a ``validate`` in a fit's directory).
     """
 
     def __init__(self, *args: Any, resumed_step: int | None = None, **kwargs: Any) -> None:
@@ -39,6 +39,8 @@ class ResumedCSVLogger(CSVLogger):
             return self._experiment
         path = Path(self.log_dir) / "metrics.csv"
         kept = path.with_name("metrics.csv.kept")
+        if not path.exists() and kept.is_file() and not kept.is_symlink():
+            os.replace(kept, path)  # rows an earlier start had set aside when it was stopped
         header = copy_rows(path, kept, self.resumed_step)
         with warnings.catch_warnings():  # "Previous log files in this directory will be deleted": not this one
             warnings.filterwarnings("ignore", message="Experiment logs directory")
@@ -56,7 +58,9 @@ def copy_rows(source: Path, target: Path, before_step: int | None) -> list[str] 
     if source.is_symlink() or not source.is_file():
         return None
     try:
-        with open(source, newline="") as rows, open(target, "w", newline="") as out:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()  # a file or link left there; "x" below never writes through one
+        with open(source, newline="") as rows, open(target, "x", newline="") as out:
             reader, writer = csv.reader(rows), csv.writer(out)
             header = next(reader)
             at = header.index("step")

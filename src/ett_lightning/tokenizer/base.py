@@ -127,10 +127,11 @@ class VisionTokenizer(nn.Module):
         level arithmetic of LFQ and FSQ would turn them into some other code."""
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise ValueError(f"code indices must be integers, got a tensor of {indices.dtype}")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
+        low, high = (int(indices.min()), int(indices.max())) if indices.numel() else (0, 0)  # as Python ints: a
+        if low < 0 or high >= self.codebook_size:  # comparison in uint8 or int16 would wrap the codebook size
             raise ValueError(f"code indices must lie in [0, {self.codebook_size}) for this tokenizer's codebook, got "
-                             f"{int(indices.min())} .. {int(indices.max())}")
-        return self.decode(self.embed_indices(indices))
+                             f"{low} .. {high}")
+        return self.decode(self.embed_indices(indices.long()))
 
     def forward(self, images: Tensor) -> tuple[Tensor, TokenizerOutput]:
         """Reconstruction and the encode output, for tokenizer pre-training and evaluation."""
