@@ -17,12 +17,6 @@ def checkpoint_hyperparameters(path: Path) -> dict[str, Any]:
     return dict(read_checkpoint(path).get("hyper_parameters") or {})
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The ``global_step`` a Lightning checkpoint records (see :func:`read_checkpoint`), None if it records none."""
-    step = read_checkpoint(path).get("global_step")
-    return step if type(step) is int else None
-
-
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A Lightning checkpoint read memory-mapped (no tensor is loaded, so a 7B model's checkpoint costs no memory
     here; of a checkpoint folder, its ``meta.pt``, once :func:`check_folder` has found nothing but data in it).
